@@ -1,0 +1,222 @@
+//! Command-line configuration, with etcd's flag names and defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use sha2::{Digest, Sha256};
+
+use crate::server::{Limits, MemberInfo};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "etcd-lite",
+    version,
+    about = "An etcd-compatible key-value store: etcd v3 gRPC, the v3 JSON gateway and the v2 keys API on one port",
+    after_help = "EXAMPLES:
+    # a single member on 127.0.0.1:2379 with data in ./default.etcd
+    etcd-lite
+
+    # named member, own data directory, listening on every interface
+    etcd-lite --name node1 --data-dir /var/lib/etcd-lite \\
+        --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls http://10.0.0.1:2379
+
+    # then, from another shell
+    ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2379 put foo bar
+    curl -s http://127.0.0.1:2379/v2/keys/foo
+    curl -s -X POST http://127.0.0.1:2379/v3/kv/range -d '{\"key\":\"Zm9v\"}'"
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default", env = "ETCD_NAME")]
+    pub name: String,
+    /// Path to the data directory (default: <name>.etcd).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic.
+    #[arg(long, default_value = "http://localhost:2379", env = "ETCD_LISTEN_CLIENT_URLS")]
+    pub listen_client_urls: String,
+    /// Comma-separated client URLs of this member, as advertised to the cluster.
+    #[arg(long, default_value = "http://localhost:2379", env = "ETCD_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: String,
+    /// Comma-separated URLs to listen on for peer traffic (used once clustering is enabled).
+    #[arg(long, default_value = "http://localhost:2380", env = "ETCD_LISTEN_PEER_URLS")]
+    pub listen_peer_urls: String,
+    /// Comma-separated peer URLs of this member, as advertised to the cluster.
+    #[arg(long, default_value = "http://localhost:2380", env = "ETCD_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration: name=peer-url,...
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: new or existing.
+    #[arg(long, default_value = "new", env = "ETCD_INITIAL_CLUSTER_STATE",
+          value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Initial cluster token, which makes cluster and member ids unique.
+    #[arg(long, default_value = "etcd-cluster", env = "ETCD_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: String,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, default_value_t = 1536 * 1024, env = "ETCD_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: usize,
+    /// Interval of watch progress notifications, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub watch_progress_notify_interval: u64,
+    /// Memory the storage engine may use for its page cache, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub cache_bytes: u64,
+    /// Log level: debug, info, warn or error.
+    #[arg(long, default_value = "info", env = "ETCD_LOG_LEVEL")]
+    pub log_level: String,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// A configuration error a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid URL {url:?} in --{flag}: {reason}")]
+    BadUrl {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("--initial-cluster: {0}")]
+    BadCluster(String),
+}
+
+fn split(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// Resolves a client URL to an address to bind.
+pub fn listen_addr(flag: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |reason: String| ConfigError::BadUrl {
+        flag,
+        url: raw.to_string(),
+        reason,
+    };
+    let u = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
+    match u.scheme() {
+        "http" => {}
+        "https" => return Err(bad("TLS listeners are not supported yet; use http".into())),
+        s => return Err(bad(format!("unsupported scheme {s:?}"))),
+    }
+    let host = match u.host_str() {
+        Some("localhost") | None => "127.0.0.1".to_string(),
+        Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+    };
+    let port = u.port().ok_or_else(|| bad("a port is required".into()))?;
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| bad(format!("{host:?} is not an IP address")))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn hash_id(parts: &[&str]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("sha256 has 32 bytes"))
+}
+
+impl Config {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+    }
+
+    pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        split(&self.listen_client_urls)
+            .iter()
+            .map(|u| listen_addr("listen-client-urls", u))
+            .collect()
+    }
+
+    /// This member's identity, derived like etcd's from peer URLs, name and cluster token.
+    pub fn member(&self) -> Result<MemberInfo, ConfigError> {
+        let peer_urls = split(&self.initial_advertise_peer_urls);
+        let initial = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, peer_urls.join(",")));
+        let mut members = Vec::new();
+        for entry in split(&initial) {
+            let (name, url) = entry
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadCluster(format!("{entry:?} is not name=url")))?;
+            url::Url::parse(url)
+                .map_err(|e| ConfigError::BadCluster(format!("{url:?}: {e}")))?;
+            members.push((name.to_string(), url.to_string()));
+        }
+        if !members.iter().any(|(n, _)| *n == self.name) {
+            return Err(ConfigError::BadCluster(format!(
+                "this member ({}) is not in the initial cluster",
+                self.name
+            )));
+        }
+        let names: std::collections::BTreeSet<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        if names.len() > 1 {
+            return Err(ConfigError::BadCluster(
+                "more than one member: replication is not available in this build yet".into(),
+            ));
+        }
+        let mut all_urls: Vec<&str> = members.iter().map(|(_, u)| u.as_str()).collect();
+        all_urls.sort_unstable();
+        let mut id_parts: Vec<&str> = vec!["member"];
+        id_parts.extend(peer_urls.iter().map(String::as_str));
+        id_parts.sort_unstable();
+        id_parts.push(&self.initial_cluster_token);
+        let mut cluster_parts = vec!["cluster"];
+        cluster_parts.extend(all_urls.iter().copied());
+        cluster_parts.push(&self.initial_cluster_token);
+        Ok(MemberInfo {
+            id: hash_id(&id_parts),
+            cluster_id: hash_id(&cluster_parts),
+            name: self.name.clone(),
+            peer_urls,
+            client_urls: split(&self.advertise_client_urls),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_request_bytes: self.max_request_bytes,
+            progress_interval: std::time::Duration::from_secs(self.watch_progress_notify_interval.max(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut v = vec!["etcd-lite"];
+        v.extend_from_slice(args);
+        Config::parse_from(v)
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = cfg(&[]);
+        assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
+        assert_eq!(c.listen_addrs().ok(), Some(vec!["127.0.0.1:2379".parse().expect("addr")]));
+        assert!(c.member().is_ok());
+    }
+
+    #[test]
+    fn bad_urls_are_explained() {
+        let c = cfg(&["--listen-client-urls", "http://nohost:2379"]);
+        assert!(c.listen_addrs().is_err());
+        let c = cfg(&["--listen-client-urls", "https://127.0.0.1:2379"]);
+        let e = c.listen_addrs().expect_err("https is refused");
+        assert!(e.to_string().contains("TLS"));
+        let c = cfg(&["--initial-cluster", "other=http://127.0.0.1:2380"]);
+        assert!(c.member().is_err());
+    }
+}

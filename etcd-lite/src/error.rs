@@ -1,0 +1,111 @@
+//! Errors of the store and the server, with etcd's exact messages. The mapping to gRPC status
+//! codes lives here and nowhere else.
+
+/// Everything a client request can fail with. Messages are etcd's, so clients that match on them
+/// (etcdctl, clientv3) behave as with etcd.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: {0}")]
+    Unsupported(String),
+    #[error("etcdserver: invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<sled::Error> for EtcdError {
+    fn from(e: sled::Error) -> Self {
+        EtcdError::Storage(e.to_string())
+    }
+}
+
+impl From<prost::DecodeError> for EtcdError {
+    fn from(e: prost::DecodeError) -> Self {
+        EtcdError::Storage(format!("corrupt record: {e}"))
+    }
+}
+
+impl EtcdError {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            EtcdError::EmptyKey
+            | EtcdError::KeyNotFound
+            | EtcdError::ValueProvided
+            | EtcdError::LeaseProvided
+            | EtcdError::TooManyOps
+            | EtcdError::DuplicateKey
+            | EtcdError::RequestTooLarge
+            | EtcdError::InvalidArgument(_) => Code::InvalidArgument,
+            EtcdError::Compacted | EtcdError::FutureRev | EtcdError::LeaseTtlTooLarge => {
+                Code::OutOfRange
+            }
+            EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
+            EtcdError::LeaseExist => Code::FailedPrecondition,
+            EtcdError::Unsupported(_) => Code::Unimplemented,
+            EtcdError::Stopped => Code::Unavailable,
+            EtcdError::Storage(_) => Code::Internal,
+        }
+    }
+
+    /// The HTTP status the JSON gateway answers with (grpc-gateway's mapping of the code).
+    pub fn http_status(&self) -> u16 {
+        grpc_code_to_http(self.code())
+    }
+}
+
+/// grpc-gateway's mapping from gRPC codes to HTTP statuses.
+pub fn grpc_code_to_http(code: tonic::Code) -> u16 {
+    use tonic::Code;
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 408,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::Unauthenticated => 401,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        _ => 500,
+    }
+}
+
+impl From<EtcdError> for tonic::Status {
+    fn from(e: EtcdError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+pub type Result<T, E = EtcdError> = std::result::Result<T, E>;

@@ -1,0 +1,323 @@
+//! The etcd v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance) over [`EtcdServer`].
+
+// tonic::Status is large by design and is what every handler returns.
+#![allow(clippy::result_large_err)]
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use etcd_api::etcdserverpb::{
+    cluster_server::{Cluster, ClusterServer},
+    kv_server::{Kv, KvServer},
+    lease_server::{Lease, LeaseServer},
+    maintenance_server::{Maintenance, MaintenanceServer},
+    watch_server::{Watch, WatchServer},
+    *,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::EtcdError;
+use crate::server::{EtcdServer, API_VERSION, GRPC_OVERHEAD_BYTES};
+
+/// Bytes of snapshot per streamed message (etcd sends 32 KiB chunks).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
+/// Handle implementing every service.
+#[derive(Clone)]
+pub struct Services(pub Arc<EtcdServer>);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl Services {
+    /// The tonic router with all five services, limits applied.
+    pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
+        let max = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let s = Services(server);
+        tonic::service::Routes::new(KvServer::new(s.clone()).max_decoding_message_size(max))
+            .add_service(WatchServer::new(s.clone()).max_decoding_message_size(max))
+            .add_service(LeaseServer::new(s.clone()).max_decoding_message_size(max))
+            .add_service(ClusterServer::new(s.clone()).max_decoding_message_size(max))
+            .add_service(
+                MaintenanceServer::new(s)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(usize::MAX),
+            )
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for Services {
+    async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(self.0.range(r.get_ref())?))
+    }
+    async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        Ok(Response::new(self.0.put(r.into_inner()).await?))
+    }
+    async fn delete_range(
+        &self,
+        r: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        Ok(Response::new(self.0.delete_range(r.into_inner()).await?))
+    }
+    async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        Ok(Response::new(self.0.txn(r.into_inner()).await?))
+    }
+    async fn compact(
+        &self,
+        r: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let rev = self.0.compact(r.get_ref().revision).await?;
+        Ok(Response::new(CompactionResponse {
+            header: self.0.header(rev),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for Services {
+    type WatchStream = BoxStream<WatchResponse>;
+    async fn watch(
+        &self,
+        r: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(crate::watch::serve(self.0.clone(), r.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for Services {
+    async fn lease_grant(
+        &self,
+        r: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let (id, ttl, rev) = self.0.lease_grant(r.get_ref().ttl, r.get_ref().id).await?;
+        Ok(Response::new(LeaseGrantResponse {
+            header: self.0.header(rev),
+            id,
+            ttl,
+            error: String::new(),
+        }))
+    }
+    async fn lease_revoke(
+        &self,
+        r: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let rev = self.0.lease_revoke(r.get_ref().id).await?;
+        Ok(Response::new(LeaseRevokeResponse {
+            header: self.0.header(rev),
+        }))
+    }
+    type LeaseKeepAliveStream = BoxStream<LeaseKeepAliveResponse>;
+    async fn lease_keep_alive(
+        &self,
+        r: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let server = self.0.clone();
+        let out = r.into_inner().map(move |req| {
+            let req = req?;
+            let ttl = server.lease_keepalive(req.id);
+            Ok(LeaseKeepAliveResponse {
+                header: server.header(server.store.published()),
+                id: req.id,
+                ttl,
+            })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+    async fn lease_time_to_live(
+        &self,
+        r: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let (ttl, granted, keys) = self.0.lease_ttl(r.get_ref().id, r.get_ref().keys)?;
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header: self.0.header(self.0.store.published()),
+            id: r.get_ref().id,
+            ttl,
+            granted_ttl: granted,
+            keys,
+        }))
+    }
+    async fn lease_leases(
+        &self,
+        _r: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.0.header(self.0.store.published()),
+            leases: self
+                .0
+                .lease_ids()
+                .into_iter()
+                .map(|id| LeaseStatus { id })
+                .collect(),
+        }))
+    }
+}
+
+fn single_member(what: &str) -> Status {
+    EtcdError::Unsupported(format!(
+        "{what} needs a replicated cluster; this etcd-lite runs as a single member"
+    ))
+    .into()
+}
+
+#[tonic::async_trait]
+impl Cluster for Services {
+    async fn member_add(
+        &self,
+        _r: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        Err(single_member("member add"))
+    }
+    async fn member_remove(
+        &self,
+        r: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        if r.get_ref().id != self.0.member.id {
+            return Err(EtcdError::MemberNotFound.into());
+        }
+        Err(single_member("removing the only member"))
+    }
+    async fn member_update(
+        &self,
+        r: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        if r.get_ref().id != self.0.member.id {
+            return Err(EtcdError::MemberNotFound.into());
+        }
+        Err(single_member("member update"))
+    }
+    async fn member_list(
+        &self,
+        _r: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse {
+            header: self.0.header(self.0.store.published()),
+            members: vec![self.0.member.to_proto()],
+        }))
+    }
+    async fn member_promote(
+        &self,
+        r: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        if r.get_ref().id != self.0.member.id {
+            return Err(EtcdError::MemberNotFound.into());
+        }
+        Err(Status::failed_precondition(
+            "etcdserver: can only promote a learner member",
+        ))
+    }
+}
+
+impl Services {
+    /// Status of this member (shared with the JSON gateway).
+    pub fn status(&self) -> StatusResponse {
+        let s = &self.0;
+        let rev = s.store.published();
+        StatusResponse {
+            header: s.header(rev),
+            version: API_VERSION.into(),
+            db_size: s.store.size_on_disk(),
+            leader: s.member.id,
+            raft_index: rev as u64,
+            raft_term: 1,
+            raft_applied_index: rev as u64,
+            errors: vec![],
+            db_size_in_use: s.store.size_on_disk(),
+            is_learner: false,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for Services {
+    async fn alarm(&self, _r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // No alarm is ever raised by a single member without a quota.
+        Ok(Response::new(AlarmResponse {
+            header: self.0.header(self.0.store.published()),
+            alarms: vec![],
+        }))
+    }
+    async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(Services::status(self)))
+    }
+    async fn defragment(
+        &self,
+        _r: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // sled reclaims space itself; defragmenting amounts to making everything durable.
+        self.0.store.flush()?;
+        Ok(Response::new(DefragmentResponse {
+            header: self.0.header(self.0.store.published()),
+        }))
+    }
+    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let view = self.0.store.read();
+        let hash = view.hash(view.rev)?;
+        Ok(Response::new(HashResponse {
+            header: self.0.header(view.rev),
+            hash,
+        }))
+    }
+    async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let view = self.0.store.read();
+        let at = if r.get_ref().revision <= 0 {
+            view.rev
+        } else {
+            r.get_ref().revision
+        };
+        if at > view.rev {
+            return Err(EtcdError::FutureRev.into());
+        }
+        if at < view.compacted() {
+            return Err(EtcdError::Compacted.into());
+        }
+        let hash = view.hash(at)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.0.header(view.rev),
+            hash,
+            compact_revision: view.compacted(),
+            hash_revision: at,
+        }))
+    }
+    type SnapshotStream = BoxStream<SnapshotResponse>;
+    async fn snapshot(
+        &self,
+        _r: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let (blob, rev) = {
+            let view = self.0.store.read();
+            (view.snapshot()?, view.rev)
+        };
+        let header = self.0.header(rev);
+        let total = blob.len();
+        let chunks: Vec<SnapshotResponse> = blob
+            .chunks(SNAPSHOT_CHUNK)
+            .enumerate()
+            .map(|(i, c)| SnapshotResponse {
+                header,
+                remaining_bytes: (total - (i * SNAPSHOT_CHUNK + c.len())) as u64,
+                blob: c.to_vec(),
+                version: API_VERSION.into(),
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
+    }
+    async fn move_leader(
+        &self,
+        r: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        if r.get_ref().target_id == self.0.member.id {
+            return Ok(Response::new(MoveLeaderResponse {
+                header: self.0.header(self.0.store.published()),
+            }));
+        }
+        Err(EtcdError::MemberNotFound.into())
+    }
+}

@@ -1,0 +1,24 @@
+//! etcd-lite: an etcd-compatible key-value store in one binary.
+//!
+//! It serves etcd's v3 gRPC API (KV, Watch, Lease, Cluster, Maintenance), etcd's v3 JSON gateway
+//! and the v2 keys API on one port, over a single MVCC store kept in sled. It is what corelite
+//! nodes share their state through, and the default store of fleetd; anything that speaks to etcd
+//! speaks to it. It is not (yet) replicated: this crate is the single-member server.
+//!
+//! Layers, from the wire down: [`grpc`] / [`http`] / [`http_v2`] (transports) → [`server`]
+//! (validation, headers, leases' expiry) → [`applier`] (the single writer, group commit) →
+//! [`mvcc`] (the revisioned store) and [`lease`] (lease bookkeeping). [`watch`] reads the
+//! applier's committed revisions and the store's history.
+
+pub mod applier;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod http_v2;
+pub mod lease;
+pub mod metrics;
+pub mod mvcc;
+pub mod server;
+pub mod v2store;
+pub mod watch;

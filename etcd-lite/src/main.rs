@@ -1,0 +1,87 @@
+//! The etcd-lite binary: parse flags, open the store, serve until SIGTERM/SIGINT.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use etcd_lite::config::Config;
+use etcd_lite::server::EtcdServer;
+use tracing_subscriber::EnvFilter;
+
+/// How long open streams (watches, keep-alives) may keep shutdown waiting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+fn init_logs(cfg: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},sled=warn,h2=warn,hyper=warn", cfg.log_level)));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT, shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    init_logs(&cfg);
+    let addrs = cfg.listen_addrs()?;
+    let member = cfg.member()?;
+    let data_dir = cfg.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let server = EtcdServer::open(&data_dir, member, cfg.limits(), cfg.cache_bytes)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    tracing::info!(
+        name = %server.member.name,
+        member_id = %format!("{:x}", server.member.id),
+        cluster_id = %format!("{:x}", server.member.cluster_id),
+        data_dir = %data_dir.display(),
+        revision = server.store.published(),
+        "store opened"
+    );
+    server.spawn_lease_sweeper();
+    let app = etcd_lite::http::router(server.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for addr in addrs {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(%addr, "ready to serve client requests");
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        }));
+    }
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let drain = futures::future::join_all(tasks);
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::info!("closing streams still open after the grace period");
+    }
+    server.store.flush().context("flushing the store at shutdown")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! The revisioned key-value store: values in sled addressed by revision, the key index in memory.
+//!
+//! Durability: every write transaction is one atomic sled batch; the caller (the applier) flushes
+//! sled before it acknowledges and before it *publishes* the revision. Readers always read at the
+//! published revision, so nobody ever observes a write that a crash could still take back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use etcd_api::mvccpb::{event::EventType, Event, KeyValue};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use prost::Message;
+
+use super::index::{KeyIndex, KeyRange};
+use super::revision::{Revision, LEASE_PREFIX, META_PREFIX};
+use crate::error::{EtcdError, Result};
+
+const META_COMPACTED: &[u8] = b"mcompacted";
+
+/// What [`MvccStore::open`] found besides the key space: persisted leases and, for every live
+/// key with a lease, that attachment.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// (lease id, granted TTL in seconds)
+    pub leases: Vec<(i64, i64)>,
+    /// (key, lease id) of live keys that carry a lease.
+    pub attached: Vec<(Vec<u8>, i64)>,
+}
+
+/// The index and the revision counters, guarded together.
+#[derive(Debug)]
+pub struct State {
+    pub index: KeyIndex,
+    /// Revision of the last committed (maybe not yet published) write transaction.
+    pub current: i64,
+    /// Revision of the last compaction; reads below it fail.
+    pub compacted: i64,
+}
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct MvccStore {
+    db: sled::Db,
+    state: RwLock<State>,
+    published: AtomicI64,
+}
+
+/// A consistent read of the store at one revision.
+pub struct ReadView<'a> {
+    store: &'a MvccStore,
+    state: RwLockReadGuard<'a, State>,
+    /// The revision this view reads at by default (the published one).
+    pub rev: i64,
+}
+
+/// One write transaction: all its changes share one main revision and land in sled as one batch.
+pub struct WriteTxn<'a> {
+    store: &'a MvccStore,
+    state: RwLockWriteGuard<'a, State>,
+    rev: i64,
+    sub: i64,
+    batch: sled::Batch,
+    pending: HashMap<Revision, KeyValue>,
+    events: Vec<Event>,
+    dirty: bool,
+}
+
+/// What a committed write transaction changed.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The new revision, or `None` if the transaction changed no key.
+    pub rev: Option<i64>,
+    /// One event per change, with `prev_kv` filled when the key existed.
+    pub events: Vec<Event>,
+}
+
+fn decode(bytes: &[u8]) -> Result<KeyValue> {
+    Ok(KeyValue::decode(bytes)?)
+}
+
+impl MvccStore {
+    /// Opens (or creates) the store in `path` and rebuilds the index from the records.
+    pub fn open(path: &std::path::Path, cache_bytes: u64) -> Result<(Self, Recovered)> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    /// A store in memory only (tests).
+    pub fn temporary() -> Result<Self> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Ok(Self::from_db(db)?.0)
+    }
+
+    fn from_db(db: sled::Db) -> Result<(Self, Recovered)> {
+        let mut index = KeyIndex::default();
+        let mut current = 1;
+        let mut lease_of: HashMap<Vec<u8>, i64> = HashMap::new();
+        for item in db.scan_prefix([super::revision::KV_PREFIX]) {
+            let (k, v) = item?;
+            let (rev, tombstone) = Revision::from_key(&k)
+                .ok_or_else(|| EtcdError::Storage("malformed revision key".into()))?;
+            let kv = decode(&v)?;
+            index.record(&kv.key, rev, tombstone);
+            current = current.max(rev.main);
+            if tombstone || kv.lease == 0 {
+                lease_of.remove(&kv.key);
+            } else {
+                lease_of.insert(kv.key, kv.lease);
+            }
+        }
+        let compacted = match db.get(META_COMPACTED)? {
+            Some(v) => i64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| EtcdError::Storage("malformed compaction record".into()))?,
+            ),
+            None => 0,
+        };
+        current = current.max(compacted);
+        let mut leases = Vec::new();
+        for item in db.scan_prefix([LEASE_PREFIX]) {
+            let (k, v) = item?;
+            let (id, ttl) = (decode_i64(&k[1..])?, decode_i64(&v)?);
+            leases.push((id, ttl));
+        }
+        let store = MvccStore {
+            db,
+            state: RwLock::new(State {
+                index,
+                current,
+                compacted,
+            }),
+            published: AtomicI64::new(current),
+        };
+        let attached = lease_of.into_iter().collect();
+        Ok((store, Recovered { leases, attached }))
+    }
+
+    /// The newest revision readers may see.
+    pub fn published(&self) -> i64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Makes revisions up to `rev` visible to readers. Call only after they are durable.
+    pub fn publish(&self, rev: i64) {
+        self.published.fetch_max(rev, Ordering::AcqRel);
+    }
+
+    /// The newest committed revision (maybe not yet published).
+    pub fn read_current(&self) -> i64 {
+        self.state.read().current
+    }
+
+    /// Makes every committed change durable (fsync).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A read view at the published revision.
+    pub fn read(&self) -> ReadView<'_> {
+        let state = self.state.read();
+        let rev = self.published();
+        ReadView {
+            store: self,
+            state,
+            rev,
+        }
+    }
+
+    /// Starts a write transaction (the caller must be the only writer: the applier thread).
+    pub fn write(&self) -> WriteTxn<'_> {
+        let state = self.state.write();
+        let rev = state.current + 1;
+        WriteTxn {
+            store: self,
+            state,
+            rev,
+            sub: 0,
+            batch: sled::Batch::default(),
+            pending: HashMap::new(),
+            events: Vec::new(),
+            dirty: false,
+        }
+    }
+
+    fn fetch(&self, rev: Revision) -> Result<KeyValue> {
+        match self.db.get(rev.to_key(false))? {
+            Some(v) => decode(&v),
+            None => Err(EtcdError::Storage(format!(
+                "index points at missing revision {}.{}",
+                rev.main, rev.sub
+            ))),
+        }
+    }
+
+    /// Drops history older than `at` (etcd's compaction). Does not bump the revision.
+    pub fn compact(&self, at: i64) -> Result<()> {
+        let mut st = self.state.write();
+        if at <= st.compacted {
+            return Err(EtcdError::Compacted);
+        }
+        if at > st.current {
+            return Err(EtcdError::FutureRev);
+        }
+        let dropped = st.index.compact(at);
+        let mut batch = sled::Batch::default();
+        for c in dropped {
+            batch.remove(&c.rev.to_key(c.tombstone)[..]);
+        }
+        batch.insert(META_COMPACTED, &at.to_be_bytes()[..]);
+        self.db.apply_batch(batch)?;
+        st.compacted = at;
+        Ok(())
+    }
+
+    /// Size of the database files on disk, in bytes.
+    pub fn size_on_disk(&self) -> i64 {
+        self.db.size_on_disk().map(|s| s as i64).unwrap_or(0)
+    }
+
+    /// Stores a metadata value (outside the key space, not versioned).
+    pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.db.insert(meta_key(name), value)?;
+        Ok(())
+    }
+
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
+    }
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![META_PREFIX];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn decode_i64(b: &[u8]) -> Result<i64> {
+    Ok(i64::from_be_bytes(b.try_into().map_err(|_| {
+        EtcdError::Storage("malformed lease record".into())
+    })?))
+}
+
+fn lease_key(id: i64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = LEASE_PREFIX;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Read access shared by [`ReadView`] and [`WriteTxn`], so range and compare logic is written once.
+pub trait KvRead {
+    fn state(&self) -> &State;
+    fn fetch(&self, rev: Revision) -> Result<KeyValue>;
+    /// The revision a read without an explicit revision sees.
+    fn read_rev(&self) -> i64;
+
+    /// The newest value of `key`, if it exists.
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        match self.state().index.get(key, self.read_rev()) {
+            Some(rev) => Ok(Some(self.fetch(rev)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Values of the live keys of `range` at `at`, in key order, at most `limit` (0: all).
+    fn values(&self, range: &KeyRange<'_>, at: i64, limit: usize) -> Result<Vec<KeyValue>> {
+        let revs = self.state().index.range(range, at);
+        let take = if limit == 0 { revs.len() } else { limit };
+        revs.into_iter()
+            .take(take)
+            .map(|(_, rev)| self.fetch(rev))
+            .collect()
+    }
+}
+
+impl KvRead for ReadView<'_> {
+    fn state(&self) -> &State {
+        &self.state
+    }
+    fn fetch(&self, rev: Revision) -> Result<KeyValue> {
+        self.store.fetch(rev)
+    }
+    fn read_rev(&self) -> i64 {
+        self.rev
+    }
+}
+
+impl ReadView<'_> {
+    /// Every change with revision in `[from, to]` to a key of `range`, in revision order, with the
+    /// previous value of each key when `prev_kv` is set. `from` must not be compacted.
+    pub fn events(
+        &self,
+        range: &KeyRange<'_>,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+    ) -> Result<Vec<Event>> {
+        if from <= self.state.compacted {
+            return Err(EtcdError::Compacted);
+        }
+        let mut out = Vec::new();
+        for item in self.store.db.range(Revision::lower_bound(from)..) {
+            let (k, v) = item?;
+            let Some((rev, tombstone)) = Revision::from_key(&k) else {
+                break;
+            };
+            if rev.main > to {
+                break;
+            }
+            let kv = decode(&v)?;
+            if !range.contains(&kv.key) {
+                continue;
+            }
+            let prev = if prev_kv {
+                match self.state.index.before(&kv.key, rev) {
+                    Some(c) if !c.tombstone => Some(self.store.fetch(c.rev)?),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            out.push(Event {
+                r#type: if tombstone {
+                    EventType::Delete
+                } else {
+                    EventType::Put
+                } as i32,
+                kv: Some(kv),
+                prev_kv: prev,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn compacted(&self) -> i64 {
+        self.state.compacted
+    }
+
+    /// CRC-32 of every stored record up to revision `at` (etcd's HashKV: same data, same hash).
+    pub fn hash(&self, at: i64) -> Result<u32> {
+        let mut h = crc32fast::Hasher::new();
+        for item in self.store.db.range(Revision::lower_bound(0)..) {
+            let (k, v) = item?;
+            let Some((rev, _)) = Revision::from_key(&k) else {
+                break;
+            };
+            if rev.main > at {
+                break;
+            }
+            h.update(&k);
+            h.update(&v);
+        }
+        Ok(h.finalize())
+    }
+
+    /// Every record of the database (key space, leases, metadata) as one self-describing stream:
+    /// per record u32 key length, key, u32 value length, value; a SHA-256 of all that follows.
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
+        use sha2::Digest;
+        let mut out = Vec::new();
+        out.extend_from_slice(b"corelite-etcd-snapshot-v1\n");
+        for item in self.store.db.iter() {
+            let (k, v) = item?;
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(&k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(&v);
+        }
+        let digest = sha2::Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        Ok(out)
+    }
+}
+
+impl KvRead for WriteTxn<'_> {
+    fn state(&self) -> &State {
+        &self.state
+    }
+    fn fetch(&self, rev: Revision) -> Result<KeyValue> {
+        match self.pending.get(&rev) {
+            Some(kv) => Ok(kv.clone()),
+            None => self.store.fetch(rev),
+        }
+    }
+    /// Reads inside a transaction see the transaction's own earlier changes, as in etcd.
+    fn read_rev(&self) -> i64 {
+        if self.dirty {
+            self.rev
+        } else {
+            self.state.current
+        }
+    }
+}
+
+impl WriteTxn<'_> {
+    /// The revision this transaction writes at.
+    pub fn rev(&self) -> i64 {
+        self.rev
+    }
+
+    pub fn current(&self) -> i64 {
+        self.state.current
+    }
+
+    pub fn compacted(&self) -> i64 {
+        self.state.compacted
+    }
+
+    fn next_rev(&mut self) -> Revision {
+        let r = Revision::new(self.rev, self.sub);
+        self.sub += 1;
+        self.dirty = true;
+        r
+    }
+
+    /// Writes `key`; returns the previous value.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Option<KeyValue>> {
+        let prev = self.get(key)?;
+        let rev = self.next_rev();
+        let (create, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev.main, 1),
+        };
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: create,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        self.batch
+            .insert(&rev.to_key(false)[..], kv.encode_to_vec());
+        self.state.index.record(key, rev, false);
+        self.pending.insert(rev, kv.clone());
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: prev.clone(),
+        });
+        Ok(prev)
+    }
+
+    /// Deletes every live key of `range`; returns their previous values.
+    pub fn delete_range(&mut self, range: &KeyRange<'_>) -> Result<Vec<KeyValue>> {
+        let at = self.read_rev();
+        let prevs = self.values(range, at, 0)?;
+        for p in &prevs {
+            let rev = self.next_rev();
+            let tomb = KeyValue {
+                key: p.key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.batch
+                .insert(&rev.to_key(true)[..], tomb.encode_to_vec());
+            self.state.index.record(&p.key, rev, true);
+            self.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(tomb),
+                prev_kv: Some(p.clone()),
+            });
+        }
+        Ok(prevs)
+    }
+
+    /// Persists a lease record in the same batch as the transaction's key changes.
+    pub fn save_lease(&mut self, id: i64, ttl: i64) {
+        self.batch.insert(&lease_key(id)[..], &ttl.to_be_bytes()[..]);
+    }
+
+    /// Removes a lease record in the same batch.
+    pub fn remove_lease(&mut self, id: i64) {
+        self.batch.remove(&lease_key(id)[..]);
+    }
+
+    /// Applies the batch atomically. The changes are durable only after [`MvccStore::flush`].
+    pub fn commit(mut self) -> Result<Committed> {
+        let batch = std::mem::take(&mut self.batch);
+        self.store.db.apply_batch(batch)?;
+        let rev = if self.dirty {
+            self.state.current = self.rev;
+            Some(self.rev)
+        } else {
+            None
+        };
+        Ok(Committed {
+            rev,
+            events: std::mem::take(&mut self.events),
+        })
+    }
+}

@@ -1,0 +1,349 @@
+//! The server core shared by the gRPC services and the HTTP routes: request validation, reads at
+//! the published revision, writes through the applier, leases' expiry, response headers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_api::etcdserverpb::{
+    request_op::Request, response_op::Response, DeleteRangeRequest, DeleteRangeResponse, Member,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest,
+    TxnResponse,
+};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::broadcast;
+
+use crate::applier::{Applied, Applier, Command, Outcome, RevEvents};
+use crate::error::{EtcdError, Result};
+use crate::lease::LeaseTable;
+use crate::metrics::Metrics;
+use crate::mvcc::{txn, MvccStore};
+use crate::v2store::{V2Command, V2Outcome};
+
+/// The API version we speak (etcd's v3.5 wire API); reported by Status and /version.
+pub const API_VERSION: &str = "3.5.0";
+/// Room on the wire for gRPC framing above `max_request_bytes` (etcd's grpcOverheadBytes).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// How often expired leases are looked for.
+const LEASE_SWEEP: Duration = Duration::from_millis(250);
+/// Watch events buffered per revision-stream subscriber before it must catch up from the store.
+const EVENT_BUFFER: usize = 4096;
+
+/// Identity of this member.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+impl MemberInfo {
+    pub fn to_proto(&self) -> Member {
+        Member {
+            id: self.id,
+            name: self.name.clone(),
+            peer_ur_ls: self.peer_urls.clone(),
+            client_ur_ls: self.client_urls.clone(),
+            is_learner: false,
+        }
+    }
+}
+
+/// Tunables with etcd's defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest client request accepted (etcd's `--max-request-bytes`, 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Interval of progress notifications for watchers that asked for them.
+    pub progress_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 1536 * 1024,
+            progress_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The whole single-member server.
+pub struct EtcdServer {
+    pub store: Arc<MvccStore>,
+    pub leases: Arc<Mutex<LeaseTable>>,
+    pub events: broadcast::Sender<Arc<RevEvents>>,
+    applier: Applier,
+    pub member: MemberInfo,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub started: Instant,
+}
+
+impl EtcdServer {
+    /// Opens the data directory and starts the writer and the lease sweeper.
+    pub fn open(
+        data_dir: &std::path::Path,
+        mut member: MemberInfo,
+        limits: Limits,
+        cache_bytes: u64,
+    ) -> Result<Arc<Self>> {
+        let (store, recovered) = MvccStore::open(&data_dir.join("member").join("kv"), cache_bytes)?;
+        // The member id is fixed at the first start, like etcd's.
+        match store.get_meta("member_id")? {
+            Some(b) if b.len() == 16 => {
+                member.id = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                member.cluster_id = u64::from_be_bytes(b[8..].try_into().expect("8 bytes"));
+            }
+            _ => {
+                let mut b = member.id.to_be_bytes().to_vec();
+                b.extend_from_slice(&member.cluster_id.to_be_bytes());
+                store.set_meta("member_id", &b)?;
+                store.flush()?;
+            }
+        }
+        let mut table = LeaseTable::default();
+        let now = Instant::now();
+        // Like etcd after a restart or leader change: every lease gets its full TTL again.
+        for (id, ttl) in recovered.leases {
+            table.insert(id, ttl, now);
+        }
+        for (key, id) in recovered.attached {
+            table.attach(id, &key);
+        }
+        let store = Arc::new(store);
+        let leases = Arc::new(Mutex::new(table));
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let applier = Applier::start(store.clone(), leases.clone(), events.clone());
+        Ok(Arc::new(EtcdServer {
+            store,
+            leases,
+            events,
+            applier,
+            member,
+            limits,
+            metrics: Metrics::new(),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Starts the task that revokes expired leases.
+    pub fn spawn_lease_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_SWEEP);
+            loop {
+                tick.tick().await;
+                let expired = this.leases.lock().expired(Instant::now());
+                for id in expired {
+                    match this.applier.submit(Command::LeaseRevoke { id }).await {
+                        Ok(_) => {
+                            this.metrics.leases_expired.inc();
+                            tracing::debug!(lease = id, "lease expired");
+                        }
+                        Err(EtcdError::LeaseNotFound) => {}
+                        Err(e) => tracing::warn!(lease = id, error = %e, "revoking expired lease"),
+                    }
+                }
+            }
+        })
+    }
+
+    /// A response header at `rev`.
+    pub fn header(&self, rev: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.member.cluster_id,
+            member_id: self.member.id,
+            revision: rev,
+            raft_term: 1,
+        })
+    }
+
+    fn check_size(&self, m: &impl Message) -> Result<()> {
+        if m.encoded_len() > self.limits.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    pub async fn submit(&self, cmd: Command) -> Result<Applied> {
+        self.applier.submit(cmd).await
+    }
+
+    /// Range. Single member: linearizable and serializable reads are both local reads at the
+    /// published revision, which already includes every acknowledged write.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        if req.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        self.metrics.range_total.inc();
+        let view = self.store.read();
+        let mut resp = txn::range(&view, req)?;
+        resp.header = self.header(view.rev);
+        Ok(resp)
+    }
+
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        if req.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        self.check_size(&req)?;
+        self.metrics.put_total.inc();
+        let (mut resp, rev) = self.single(Request::RequestPut(req)).await?;
+        match resp.pop() {
+            Some(Response::ResponsePut(mut p)) => {
+                p.header = self.header(rev);
+                Ok(p)
+            }
+            _ => Err(EtcdError::Storage("put produced no put response".into())),
+        }
+    }
+
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        if req.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        self.metrics.delete_total.inc();
+        let (mut resp, rev) = self.single(Request::RequestDeleteRange(req)).await?;
+        match resp.pop() {
+            Some(Response::ResponseDeleteRange(mut d)) => {
+                d.header = self.header(rev);
+                Ok(d)
+            }
+            _ => Err(EtcdError::Storage("delete produced no delete response".into())),
+        }
+    }
+
+    async fn single(&self, op: Request) -> Result<(Vec<Response>, i64)> {
+        let req = TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp { request: Some(op) }],
+            failure: vec![],
+        };
+        let applied = self.submit(Command::Txn(req)).await?;
+        match applied.outcome {
+            Outcome::Txn(t) => Ok((
+                t.responses.into_iter().filter_map(|r| r.response).collect(),
+                applied.rev,
+            )),
+            _ => Err(EtcdError::Storage("unexpected outcome".into())),
+        }
+    }
+
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        self.check_size(&req)?;
+        txn::check_txn(&req)?;
+        self.metrics.txn_total.inc();
+        let read_only = [&req.success, &req.failure].iter().all(|b| {
+            b.iter()
+                .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
+        });
+        if read_only {
+            // Read-only transactions need no writer: evaluate at the published revision.
+            let view = self.store.read();
+            let mut ok = true;
+            for c in &req.compare {
+                if !txn::compare(&view, c)? {
+                    ok = false;
+                    break;
+                }
+            }
+            let mut responses = Vec::new();
+            for op in if ok { &req.success } else { &req.failure } {
+                if let Some(Request::RequestRange(r)) = &op.request {
+                    let mut rr = txn::range(&view, r)?;
+                    rr.header = self.header(view.rev);
+                    responses.push(etcd_api::etcdserverpb::ResponseOp {
+                        response: Some(Response::ResponseRange(rr)),
+                    });
+                }
+            }
+            return Ok(TxnResponse {
+                header: self.header(view.rev),
+                succeeded: ok,
+                responses,
+            });
+        }
+        let applied = self.submit(Command::Txn(req)).await?;
+        match applied.outcome {
+            Outcome::Txn(mut t) => {
+                set_headers(&mut t, self.header(applied.rev));
+                Ok(*t)
+            }
+            _ => Err(EtcdError::Storage("unexpected outcome".into())),
+        }
+    }
+
+    pub async fn compact(&self, rev: i64) -> Result<i64> {
+        let applied = self.submit(Command::Compact(rev)).await?;
+        Ok(applied.rev)
+    }
+
+    pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<(i64, i64, i64)> {
+        if id < 0 {
+            return Err(EtcdError::InvalidArgument("lease ID must be positive".into()));
+        }
+        let ttl = LeaseTable::effective_ttl(ttl)?;
+        let id = if id == 0 {
+            let seed = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(1);
+            self.leases.lock().new_id(seed ^ self.member.id as i64)
+        } else {
+            id
+        };
+        let applied = self.submit(Command::LeaseGrant { id, ttl }).await?;
+        match applied.outcome {
+            Outcome::LeaseGranted { id, ttl } => Ok((id, ttl, applied.rev)),
+            _ => Err(EtcdError::Storage("unexpected outcome".into())),
+        }
+    }
+
+    pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
+        Ok(self.submit(Command::LeaseRevoke { id }).await?.rev)
+    }
+
+    /// Restarts a lease's countdown; `Ok(0)` for an unknown lease, as etcd answers keep-alives.
+    pub fn lease_keepalive(&self, id: i64) -> i64 {
+        self.leases.lock().renew(id, Instant::now()).unwrap_or(0)
+    }
+
+    /// (remaining TTL, granted TTL, keys) of a lease.
+    pub fn lease_ttl(&self, id: i64, keys: bool) -> Result<(i64, i64, Vec<Vec<u8>>)> {
+        let table = self.leases.lock();
+        let l = table.get(id).ok_or(EtcdError::LeaseNotFound)?;
+        let ks = if keys {
+            l.keys.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        Ok((l.remaining(Instant::now()), l.ttl, ks))
+    }
+
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.leases.lock().ids()
+    }
+
+    pub async fn v2(&self, cmd: V2Command) -> Result<(V2Outcome, i64)> {
+        let applied = self.submit(Command::V2(cmd)).await?;
+        match applied.outcome {
+            Outcome::V2(o) => Ok((*o, applied.rev)),
+            _ => Err(EtcdError::Storage("unexpected outcome".into())),
+        }
+    }
+}
+
+fn set_headers(t: &mut TxnResponse, h: Option<ResponseHeader>) {
+    t.header = h;
+    for r in &mut t.responses {
+        match &mut r.response {
+            Some(Response::ResponseRange(x)) => x.header = h,
+            Some(Response::ResponsePut(x)) => x.header = h,
+            Some(Response::ResponseDeleteRange(x)) => x.header = h,
+            Some(Response::ResponseTxn(x)) => set_headers(x, h),
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Generates the prost messages, tonic services and grpc-gateway style JSON (pbjson) for the
+//! etcd v3 API from `proto/`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/kv.proto", "proto/rpc.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out.join("etcd_descriptor.bin");
+    tonic_build::configure()
+        .file_descriptor_set_path(&descriptors)
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&protos, &["proto"])?;
+    let set = std::fs::read(&descriptors)?;
+    // etcd's gateway marshals with OrigName: snake_case field names, as in the .proto files.
+    pbjson_build::Builder::new()
+        .register_descriptors(&set)?
+        .preserve_proto_field_names()
+        .build(&[".etcdserverpb", ".mvccpb"])?;
+    Ok(())
+}

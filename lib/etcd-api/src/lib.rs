@@ -1,0 +1,20 @@
+//! The etcd v3 wire API: messages and gRPC services of the `etcdserverpb` and `mvccpb` packages,
+//! generated from corelite's own `.proto` files (etcd's names and field numbers, so real etcd
+//! clients interoperate), plus serde impls that follow etcd's JSON gateway (snake_case names,
+//! int64 as strings, bytes as base64).
+//!
+//! This crate holds no hand-written logic: servers live in `etcd-lite`, clients elsewhere.
+
+#![allow(clippy::all, clippy::unwrap_used, missing_docs)]
+
+/// `mvccpb`: key-values and watch events.
+pub mod mvccpb {
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
+}
+
+/// `etcdserverpb`: requests, responses and the KV, Watch, Lease, Cluster and Maintenance services.
+pub mod etcdserverpb {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
+}
