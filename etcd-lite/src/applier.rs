@@ -199,7 +199,9 @@ fn apply_in(w: &mut WriteTxn<'_>, leases: &Mutex<LeaseTable>, cmd: Command) -> R
             let resp = txn::txn(w, &req, &exists)?;
             Ok(Outcome::Txn(Box::new(resp)))
         }
-        Command::Compact(_) => unreachable!("compaction is handled before a write transaction opens"),
+        Command::Compact(_) => {
+            unreachable!("compaction is handled before a write transaction opens")
+        }
         Command::LeaseGrant { id, ttl } => {
             let mut table = leases.lock();
             if table.contains(id) {

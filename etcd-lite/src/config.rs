@@ -34,16 +34,32 @@ pub struct Config {
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Comma-separated URLs to listen on for client traffic.
-    #[arg(long, default_value = "http://localhost:2379", env = "ETCD_LISTEN_CLIENT_URLS")]
+    #[arg(
+        long,
+        default_value = "http://localhost:2379",
+        env = "ETCD_LISTEN_CLIENT_URLS"
+    )]
     pub listen_client_urls: String,
     /// Comma-separated client URLs of this member, as advertised to the cluster.
-    #[arg(long, default_value = "http://localhost:2379", env = "ETCD_ADVERTISE_CLIENT_URLS")]
+    #[arg(
+        long,
+        default_value = "http://localhost:2379",
+        env = "ETCD_ADVERTISE_CLIENT_URLS"
+    )]
     pub advertise_client_urls: String,
     /// Comma-separated URLs to listen on for peer traffic (used once clustering is enabled).
-    #[arg(long, default_value = "http://localhost:2380", env = "ETCD_LISTEN_PEER_URLS")]
+    #[arg(
+        long,
+        default_value = "http://localhost:2380",
+        env = "ETCD_LISTEN_PEER_URLS"
+    )]
     pub listen_peer_urls: String,
     /// Comma-separated peer URLs of this member, as advertised to the cluster.
-    #[arg(long, default_value = "http://localhost:2380", env = "ETCD_INITIAL_ADVERTISE_PEER_URLS")]
+    #[arg(
+        long,
+        default_value = "http://localhost:2380",
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration: name=peer-url,...
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
@@ -53,7 +69,11 @@ pub struct Config {
           value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
     /// Initial cluster token, which makes cluster and member ids unique.
-    #[arg(long, default_value = "etcd-cluster", env = "ETCD_INITIAL_CLUSTER_TOKEN")]
+    #[arg(
+        long,
+        default_value = "etcd-cluster",
+        env = "ETCD_INITIAL_CLUSTER_TOKEN"
+    )]
     pub initial_cluster_token: String,
     /// Largest client request accepted, in bytes.
     #[arg(long, default_value_t = 1536 * 1024, env = "ETCD_MAX_REQUEST_BYTES")]
@@ -86,7 +106,11 @@ pub enum ConfigError {
 }
 
 fn split(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Resolves a client URL to an address to bind.
@@ -149,8 +173,7 @@ impl Config {
             let (name, url) = entry
                 .split_once('=')
                 .ok_or_else(|| ConfigError::BadCluster(format!("{entry:?} is not name=url")))?;
-            url::Url::parse(url)
-                .map_err(|e| ConfigError::BadCluster(format!("{url:?}: {e}")))?;
+            url::Url::parse(url).map_err(|e| ConfigError::BadCluster(format!("{url:?}: {e}")))?;
             members.push((name.to_string(), url.to_string()));
         }
         if !members.iter().any(|(n, _)| *n == self.name) {
@@ -159,7 +182,8 @@ impl Config {
                 self.name
             )));
         }
-        let names: std::collections::BTreeSet<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        let names: std::collections::BTreeSet<&str> =
+            members.iter().map(|(n, _)| n.as_str()).collect();
         if names.len() > 1 {
             return Err(ConfigError::BadCluster(
                 "more than one member: replication is not available in this build yet".into(),
@@ -186,7 +210,9 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_request_bytes: self.max_request_bytes,
-            progress_interval: std::time::Duration::from_secs(self.watch_progress_notify_interval.max(1)),
+            progress_interval: std::time::Duration::from_secs(
+                self.watch_progress_notify_interval.max(1),
+            ),
         }
     }
 }
@@ -205,7 +231,10 @@ mod tests {
     fn defaults_match_etcd() {
         let c = cfg(&[]);
         assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
-        assert_eq!(c.listen_addrs().ok(), Some(vec!["127.0.0.1:2379".parse().expect("addr")]));
+        assert_eq!(
+            c.listen_addrs().ok(),
+            Some(vec!["127.0.0.1:2379".parse().expect("addr")])
+        );
         assert!(c.member().is_ok());
     }
 

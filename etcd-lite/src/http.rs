@@ -52,8 +52,12 @@ fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| gw_error(tonic::Code::InvalidArgument, &format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        gw_error(
+            tonic::Code::InvalidArgument,
+            &format!("invalid request body: {e}"),
+        )
+    })
 }
 
 async fn gateway<Req, Resp, F, Fut>(body: Bytes, f: F) -> Response
@@ -79,7 +83,10 @@ async fn kv_put(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |r: PutRequest| async move { s.put(r).await }).await
 }
 async fn kv_delete(State(s): Srv, body: Bytes) -> Response {
-    gateway(body, |r: DeleteRangeRequest| async move { s.delete_range(r).await }).await
+    gateway(body, |r: DeleteRangeRequest| async move {
+        s.delete_range(r).await
+    })
+    .await
 }
 async fn kv_txn(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |r: TxnRequest| async move { s.txn(r).await }).await
@@ -87,21 +94,30 @@ async fn kv_txn(State(s): Srv, body: Bytes) -> Response {
 async fn kv_compact(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |r: CompactionRequest| async move {
         let rev = s.compact(r.revision).await?;
-        Ok(CompactionResponse { header: s.header(rev) })
+        Ok(CompactionResponse {
+            header: s.header(rev),
+        })
     })
     .await
 }
 async fn lease_grant(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |r: LeaseGrantRequest| async move {
         let (id, ttl, rev) = s.lease_grant(r.ttl, r.id).await?;
-        Ok(LeaseGrantResponse { header: s.header(rev), id, ttl, error: String::new() })
+        Ok(LeaseGrantResponse {
+            header: s.header(rev),
+            id,
+            ttl,
+            error: String::new(),
+        })
     })
     .await
 }
 async fn lease_revoke(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |r: LeaseRevokeRequest| async move {
         let rev = s.lease_revoke(r.id).await?;
-        Ok(LeaseRevokeResponse { header: s.header(rev) })
+        Ok(LeaseRevokeResponse {
+            header: s.header(rev),
+        })
     })
     .await
 }
@@ -122,7 +138,11 @@ async fn lease_leases(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |_: LeaseLeasesRequest| async move {
         Ok(LeaseLeasesResponse {
             header: s.header(s.store.published()),
-            leases: s.lease_ids().into_iter().map(|id| LeaseStatus { id }).collect(),
+            leases: s
+                .lease_ids()
+                .into_iter()
+                .map(|id| LeaseStatus { id })
+                .collect(),
         })
     })
     .await
@@ -130,7 +150,11 @@ async fn lease_leases(State(s): Srv, body: Bytes) -> Response {
 async fn lease_keepalive(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |r: LeaseKeepAliveRequest| async move {
         let ttl = s.lease_keepalive(r.id);
-        let resp = LeaseKeepAliveResponse { header: s.header(s.store.published()), id: r.id, ttl };
+        let resp = LeaseKeepAliveResponse {
+            header: s.header(s.store.published()),
+            id: r.id,
+            ttl,
+        };
         Ok(serde_json::json!({ "result": resp }))
     })
     .await
@@ -145,7 +169,11 @@ async fn member_list(State(s): Srv, body: Bytes) -> Response {
     .await
 }
 async fn maint_status(State(s): Srv, body: Bytes) -> Response {
-    gateway(body, |_: StatusRequest| async move { Ok(Services(s).status()) }).await
+    gateway(
+        body,
+        |_: StatusRequest| async move { Ok(Services(s).status()) },
+    )
+    .await
 }
 
 /// POST /v3/watch: the body holds one or more WatchRequest objects; the answer is a stream of
@@ -156,7 +184,10 @@ async fn watch(State(s): Srv, body: Bytes) -> Response {
         match item {
             Ok(r) => reqs.push(Ok(r)),
             Err(e) => {
-                return gw_error(tonic::Code::InvalidArgument, &format!("invalid request body: {e}"))
+                return gw_error(
+                    tonic::Code::InvalidArgument,
+                    &format!("invalid request body: {e}"),
+                )
             }
         }
     }
@@ -167,7 +198,9 @@ async fn watch(State(s): Srv, body: Bytes) -> Response {
     let lines = ReceiverStream::new(rx).map(|r| {
         let v = match r {
             Ok(resp) => serde_json::json!({ "result": resp }),
-            Err(st) => serde_json::json!({"error": {"code": st.code() as i32, "message": st.message()}}),
+            Err(st) => {
+                serde_json::json!({"error": {"code": st.code() as i32, "message": st.message()}})
+            }
         };
         let mut line = serde_json::to_vec(&v).unwrap_or_default();
         line.push(b'\n');
@@ -183,14 +216,23 @@ async fn watch(State(s): Srv, body: Bytes) -> Response {
 async fn health(State(s): Srv) -> Response {
     // Healthy when the store answers a read (etcd checks a quorum read of the key "health").
     let ok = s
-        .range(&RangeRequest { key: b"health".to_vec(), ..Default::default() })
+        .range(&RangeRequest {
+            key: b"health".to_vec(),
+            ..Default::default()
+        })
         .is_ok();
     let status = if ok { 200 } else { 503 };
-    json(status, &serde_json::json!({"health": if ok {"true"} else {"false"}, "reason": ""}))
+    json(
+        status,
+        &serde_json::json!({"health": if ok {"true"} else {"false"}, "reason": ""}),
+    )
 }
 
 async fn version() -> Response {
-    json(200, &serde_json::json!({"etcdserver": API_VERSION, "etcdcluster": API_VERSION}))
+    json(
+        200,
+        &serde_json::json!({"etcdserver": API_VERSION, "etcdcluster": API_VERSION}),
+    )
 }
 
 async fn metrics(State(s): Srv) -> Response {

@@ -138,12 +138,7 @@ async fn keys(
         Method::PUT => put(&s, &path, &f).await,
         Method::POST => post(&s, &path, &f).await,
         Method::DELETE => delete(&s, &path, &f).await,
-        _ => {
-            return json(
-                405,
-                &serde_json::json!({"message": "Method Not Allowed"}),
-            )
-        }
+        _ => return json(405, &serde_json::json!({"message": "Method Not Allowed"})),
     };
     match res {
         Ok(r) => r,
@@ -154,9 +149,18 @@ async fn keys(
 async fn write(s: &EtcdServer, cmd: V2Command) -> Result<Response, V2Error> {
     match s.v2(cmd).await {
         Ok((V2Outcome::Done(d), rev)) => {
-            let V2Done { action, node, prev_node, created } = *d;
+            let V2Done {
+                action,
+                node,
+                prev_node,
+                created,
+            } = *d;
             let status = if created { 201 } else { 200 };
-            Ok(with_index(json(status, &action_body(action, &node, prev_node.as_ref())), s, rev))
+            Ok(with_index(
+                json(status, &action_body(action, &node, prev_node.as_ref())),
+                s,
+                rev,
+            ))
         }
         Ok((V2Outcome::Failed(e), _)) => Err(e),
         Err(e) => Ok(internal(e)),
@@ -169,7 +173,11 @@ async fn put(s: &EtcdServer, path: &str, f: &Form) -> Result<Response, V2Error> 
         Some("true") => Some(true),
         Some("false") => Some(false),
         Some(_) => {
-            return Err(V2Error::new(code::INVALID_FIELD, "invalid value for \"prevExist\"", 0))
+            return Err(V2Error::new(
+                code::INVALID_FIELD,
+                "invalid value for \"prevExist\"",
+                0,
+            ))
         }
     };
     if f.get("prevValue").is_some_and(|v| v.is_empty()) {
@@ -186,7 +194,11 @@ async fn put(s: &EtcdServer, path: &str, f: &Form) -> Result<Response, V2Error> 
         ));
     }
     if dir && f.get("value").is_some_and(|v| !v.is_empty()) {
-        return Err(V2Error::new(code::INVALID_FIELD, "a directory has no value", 0));
+        return Err(V2Error::new(
+            code::INVALID_FIELD,
+            "a directory has no value",
+            0,
+        ));
     }
     write(
         s,
@@ -313,7 +325,14 @@ async fn wait(
                 let all = KeyRange::new(b"\0", b"\0");
                 match view.events(&all, next, view.rev, true) {
                     Ok(evs) => {
-                        if let Some(b) = evs.iter().filter(|e| e.kv.as_ref().is_some_and(|kv| watched(path, recursive, &kv.key))).find_map(event_body) {
+                        if let Some(b) = evs
+                            .iter()
+                            .filter(|e| {
+                                e.kv.as_ref()
+                                    .is_some_and(|kv| watched(path, recursive, &kv.key))
+                            })
+                            .find_map(event_body)
+                        {
                             return Ok(with_index(json(200, &b), s, start_idx));
                         }
                         next = view.rev + 1;
@@ -321,7 +340,11 @@ async fn wait(
                     Err(EtcdError::Compacted) => {
                         return Err(V2Error::new(
                             code::EVENT_INDEX_CLEARED,
-                            format!("the requested history has been cleared [{}/{}]", view.compacted() + 1, next),
+                            format!(
+                                "the requested history has been cleared [{}/{}]",
+                                view.compacted() + 1,
+                                next
+                            ),
                             view.rev,
                         ))
                     }
@@ -334,14 +357,26 @@ async fn wait(
             match got {
                 Err(_) => {
                     // Nothing happened in time: an empty answer the client re-issues.
-                    return Ok(with_index(axum::http::StatusCode::OK.into_response(), s, start_idx));
+                    return Ok(with_index(
+                        axum::http::StatusCode::OK.into_response(),
+                        s,
+                        start_idx,
+                    ));
                 }
                 Ok(Ok(rev)) => {
                     if rev.rev < next {
                         continue;
                     }
                     next = rev.rev + 1;
-                    if let Some(b) = rev.events.iter().filter(|e| e.kv.as_ref().is_some_and(|kv| watched(path, recursive, &kv.key))).find_map(event_body) {
+                    if let Some(b) = rev
+                        .events
+                        .iter()
+                        .filter(|e| {
+                            e.kv.as_ref()
+                                .is_some_and(|kv| watched(path, recursive, &kv.key))
+                        })
+                        .find_map(event_body)
+                    {
                         return Ok(with_index(json(200, &b), s, start_idx));
                     }
                 }

@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(t.renew(7, t0 + Duration::from_secs(4)), Ok(5));
         assert!(t.expired(t0 + Duration::from_secs(8)).is_empty());
         assert_eq!(t.expired(t0 + Duration::from_secs(9)), vec![7]);
-        assert_eq!(t.get(7).map(|l| l.remaining(t0 + Duration::from_secs(9))), Some(-1));
+        assert_eq!(
+            t.get(7).map(|l| l.remaining(t0 + Duration::from_secs(9))),
+            Some(-1)
+        );
         assert_eq!(t.renew(8, t0), Err(EtcdError::LeaseNotFound));
     }
 

@@ -12,9 +12,12 @@ use tracing_subscriber::EnvFilter;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 fn init_logs(cfg: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},sled=warn,h2=warn,hyper=warn", cfg.log_level)));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{},sled=warn,h2=warn,hyper=warn", cfg.log_level))
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         b.json().init();
     } else {
@@ -81,7 +84,10 @@ async fn main() -> anyhow::Result<()> {
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tracing::info!("closing streams still open after the grace period");
     }
-    server.store.flush().context("flushing the store at shutdown")?;
+    server
+        .store
+        .flush()
+        .context("flushing the store at shutdown")?;
     tracing::info!("stopped");
     Ok(())
 }

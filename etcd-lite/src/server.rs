@@ -211,7 +211,9 @@ impl EtcdServer {
                 d.header = self.header(rev);
                 Ok(d)
             }
-            _ => Err(EtcdError::Storage("delete produced no delete response".into())),
+            _ => Err(EtcdError::Storage(
+                "delete produced no delete response".into(),
+            )),
         }
     }
 
@@ -282,7 +284,9 @@ impl EtcdServer {
 
     pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<(i64, i64, i64)> {
         if id < 0 {
-            return Err(EtcdError::InvalidArgument("lease ID must be positive".into()));
+            return Err(EtcdError::InvalidArgument(
+                "lease ID must be positive".into(),
+            ));
         }
         let ttl = LeaseTable::effective_ttl(ttl)?;
         let id = if id == 0 {
@@ -310,10 +314,13 @@ impl EtcdServer {
         self.leases.lock().renew(id, Instant::now()).unwrap_or(0)
     }
 
-    /// (remaining TTL, granted TTL, keys) of a lease.
+    /// (remaining TTL, granted TTL, keys) of a lease. An unknown lease reports TTL -1 rather than
+    /// an error, as etcd's lease service does (clients print "already expired").
     pub fn lease_ttl(&self, id: i64, keys: bool) -> Result<(i64, i64, Vec<Vec<u8>>)> {
         let table = self.leases.lock();
-        let l = table.get(id).ok_or(EtcdError::LeaseNotFound)?;
+        let Some(l) = table.get(id) else {
+            return Ok((-1, 0, Vec::new()));
+        };
         let ks = if keys {
             l.keys.iter().cloned().collect()
         } else {

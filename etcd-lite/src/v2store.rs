@@ -342,7 +342,11 @@ fn children(
         }
         match rest.iter().position(|b| *b == b'/') {
             None => {
-                let child = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(rest));
+                let child = format!(
+                    "{}/{}",
+                    path.trim_end_matches('/'),
+                    String::from_utf8_lossy(rest)
+                );
                 out.push(file_node(child, kv, leases, now));
                 i += 1;
             }
@@ -357,7 +361,9 @@ fn children(
                 let group = &below[i..j];
                 let child = format!("{}/{}", path.trim_end_matches('/'), name);
                 let mk = group.iter().find(|kv| kv.key == sub_prefix);
-                out.push(dir_node(&child, mk, group, recursive, recursive, leases, now));
+                out.push(dir_node(
+                    &child, mk, group, recursive, recursive, leases, now,
+                ));
                 i = j;
             }
         }
@@ -408,8 +414,16 @@ fn compare_cause(
     let i_bad = prev_index.is_some_and(|p| p != kv.mod_revision);
     match (v_bad, i_bad) {
         (false, false) => None,
-        (true, false) => Some(format!("[{} != {}]", prev_value.as_deref().unwrap_or(""), value)),
-        (false, true) => Some(format!("[{} != {}]", prev_index.unwrap_or(0), kv.mod_revision)),
+        (true, false) => Some(format!(
+            "[{} != {}]",
+            prev_value.as_deref().unwrap_or(""),
+            value
+        )),
+        (false, true) => Some(format!(
+            "[{} != {}]",
+            prev_index.unwrap_or(0),
+            kv.mod_revision
+        )),
         (true, true) => Some(format!(
             "[{} != {}] [{} != {}]",
             prev_value.as_deref().unwrap_or(""),
@@ -439,12 +453,7 @@ fn ensure_parents(w: &mut WriteTxn<'_>, path: &str) -> Result<std::result::Resul
     Ok(Ok(()))
 }
 
-fn grant_for(
-    w: &mut WriteTxn<'_>,
-    table: &mut LeaseTable,
-    ttl: Option<i64>,
-    now: Instant,
-) -> i64 {
+fn grant_for(w: &mut WriteTxn<'_>, table: &mut LeaseTable, ttl: Option<i64>, now: Instant) -> i64 {
     match ttl {
         Some(ttl) if ttl > 0 => {
             let id = table.new_id(now.elapsed().as_nanos() as i64 ^ w.rev());
@@ -477,7 +486,8 @@ pub fn apply(
     cmd: V2Command,
     now: Instant,
 ) -> Result<V2Outcome> {
-    let fail = |code: u32, cause: String, idx: i64| Ok(V2Outcome::Failed(V2Error::new(code, cause, idx)));
+    let fail =
+        |code: u32, cause: String, idx: i64| Ok(V2Outcome::Failed(V2Error::new(code, cause, idx)));
     match cmd {
         V2Command::Set {
             path,
@@ -499,7 +509,15 @@ pub fn apply(
             let prev_node = match &found {
                 Found::Missing => None,
                 Found::File(kv) => Some(file_node(path.clone(), kv, &table_snapshot, now)),
-                Found::Dir(m, below) => Some(dir_node(&path, m.as_ref(), below, false, false, &table_snapshot, now)),
+                Found::Dir(m, below) => Some(dir_node(
+                    &path,
+                    m.as_ref(),
+                    below,
+                    false,
+                    false,
+                    &table_snapshot,
+                    now,
+                )),
             };
             drop(table_snapshot);
             let exists = !matches!(found, Found::Missing);
@@ -548,7 +566,9 @@ pub fn apply(
             }
             let lease = grant_for(w, &mut table, ttl, now);
             w.put(&key, val, lease)?;
-            let kv = w.get(&key)?.expect("a key just written is readable in its transaction");
+            let kv = w
+                .get(&key)?
+                .expect("a key just written is readable in its transaction");
             // The new lease's key set is tracked after commit; report its TTL from the grant.
             table.attach(lease, &key);
             let node = if dir {
@@ -614,7 +634,9 @@ pub fn apply(
                     if is_cas || !(dir || recursive) {
                         return fail(code::NOT_FILE, path, cur);
                     }
-                    let has_children = below.iter().any(|kv| Some(&kv.key) != m.as_ref().map(|m| &m.key));
+                    let has_children = below
+                        .iter()
+                        .any(|kv| Some(&kv.key) != m.as_ref().map(|m| &m.key));
                     if has_children && !recursive {
                         return fail(code::DIR_NOT_EMPTY, path, cur);
                     }
@@ -654,7 +676,9 @@ pub fn apply(
             let key = v3_key(&path);
             w.put(&key, value.into_bytes(), lease)?;
             table.attach(lease, &key);
-            let kv = w.get(&key)?.expect("a key just written is readable in its transaction");
+            let kv = w
+                .get(&key)?
+                .expect("a key just written is readable in its transaction");
             Ok(V2Outcome::Done(Box::new(V2Done {
                 action: "create",
                 node: file_node(path, &kv, &table, now),

@@ -84,7 +84,11 @@ impl WatchStream {
 
     async fn create(&mut self, c: WatchCreateRequest) -> Sent {
         let published = self.server.store.published();
-        let id = if c.watch_id != 0 { c.watch_id } else { self.next_id };
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            self.next_id
+        };
         if self.watchers.contains_key(&id) || self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
             let reason = if self.watchers.contains_key(&id) {
                 "mvcc: duplicate watch ID provided on the WatchStream"
@@ -147,7 +151,11 @@ impl WatchStream {
         match events {
             Ok((evs, upto)) => {
                 let w = &self.watchers[&id];
-                let evs: Vec<Event> = evs.iter().filter(|e| w.wants(e)).map(|e| w.shape(e)).collect();
+                let evs: Vec<Event> = evs
+                    .iter()
+                    .filter(|e| w.wants(e))
+                    .map(|e| w.shape(e))
+                    .collect();
                 for chunk in evs.chunks(MAX_EVENTS_PER_RESPONSE) {
                     let mut r = self.response(id, upto);
                     r.events = chunk.to_vec();
@@ -179,7 +187,12 @@ impl WatchStream {
                 continue;
             }
             w.next_rev = rev.rev + 1;
-            let evs: Vec<Event> = rev.events.iter().filter(|e| w.wants(e)).map(|e| w.shape(e)).collect();
+            let evs: Vec<Event> = rev
+                .events
+                .iter()
+                .filter(|e| w.wants(e))
+                .map(|e| w.shape(e))
+                .collect();
             if !evs.is_empty() {
                 sends.push((*id, evs));
             }

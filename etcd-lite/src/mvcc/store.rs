@@ -359,7 +359,10 @@ impl ReadView<'_> {
     }
 
     /// Every record of the database (key space, leases, metadata) as one self-describing stream:
-    /// per record u32 key length, key, u32 value length, value; a SHA-256 of all that follows.
+    /// a header line; per record u32 key length, key, u32 value length, value; an end marker
+    /// (key length u32::MAX); zero padding to a multiple of 512 bytes; then the SHA-256 of all
+    /// that. The padding and trailing digest are the framing etcd's clients check (`etcdctl
+    /// snapshot save` verifies the digest).
     pub fn snapshot(&self) -> Result<Vec<u8>> {
         use sha2::Digest;
         let mut out = Vec::new();
@@ -371,6 +374,8 @@ impl ReadView<'_> {
             out.extend_from_slice(&(v.len() as u32).to_be_bytes());
             out.extend_from_slice(&v);
         }
+        out.extend_from_slice(&u32::MAX.to_be_bytes());
+        out.resize(out.len().div_ceil(512) * 512, 0);
         let digest = sha2::Sha256::digest(&out);
         out.extend_from_slice(&digest);
         Ok(out)
@@ -471,7 +476,8 @@ impl WriteTxn<'_> {
 
     /// Persists a lease record in the same batch as the transaction's key changes.
     pub fn save_lease(&mut self, id: i64, ttl: i64) {
-        self.batch.insert(&lease_key(id)[..], &ttl.to_be_bytes()[..]);
+        self.batch
+            .insert(&lease_key(id)[..], &ttl.to_be_bytes()[..]);
     }
 
     /// Removes a lease record in the same batch.

@@ -1,0 +1,251 @@
+//! Test harness shared by the integration tests: starts real `etcd-lite` processes on loopback
+//! ports with their own temporary data directories, runs real clients (`etcdctl`, `curl`) against
+//! them, and cleans up (only the processes it started, by PID) when dropped — also when a test
+//! fails.
+//!
+//! Tools the tests need are installed by `make deps`; a missing tool is a loud failure, never a
+//! skip.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a member may take to answer its first request.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Fails loudly when a tool the tests depend on is not installed.
+pub fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("required tool `{name}` is not installed; run `make deps`");
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel's pick; released before use).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port");
+    l.local_addr().expect("bound socket has an address").port()
+}
+
+/// One running etcd-lite member.
+pub struct EtcdLite {
+    bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl EtcdLite {
+    /// Starts a member with a fresh data directory; waits until it serves.
+    pub fn start(bin: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("etcd-lite-test")
+            .tempdir()
+            .expect("creating a temporary data directory");
+        let mut m = EtcdLite {
+            bin: PathBuf::from(bin),
+            dir,
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        m.spawn();
+        m
+    }
+
+    /// The client endpoint, `127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("member is running")
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("http://127.0.0.1:{}", self.port);
+        let child = Command::new(&self.bin)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("etcd-lite.log"))
+                    .expect("opening the member's log file"),
+            ))
+            .spawn()
+            .expect("starting etcd-lite");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("etcd-lite exited early with {status}; log:\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "etcd-lite did not start in {START_TIMEOUT:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The member's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("etcd-lite.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// kill -9, then wait for the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// Starts the member again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Runs the real etcdctl (API v3) against this member.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_stdin(args, None)
+    }
+
+    /// Runs etcdctl with `stdin` fed in.
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let bin = require_tool("etcdctl");
+        let mut cmd = Command::new(bin);
+        cmd.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint(), "--dial-timeout", "5s"])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("running etcdctl");
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            pipe.write_all(input.as_bytes())
+                .expect("writing etcdctl's stdin");
+        }
+        child.wait_with_output().expect("waiting for etcdctl")
+    }
+
+    /// etcdctl that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// etcdctl that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            !out.status.success(),
+            "etcdctl {args:?} succeeded but should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs curl against this member: `args` are passed as is, `path` is appended to the base URL.
+    /// Returns (HTTP status, body, response headers).
+    pub fn curl(&self, args: &[&str], path: &str) -> (u16, String, String) {
+        let bin = require_tool("curl");
+        let headers = self.dir.path().join(format!("headers-{}", free_port()));
+        let out = Command::new(bin)
+            .args(["-sS", "--max-time", "30", "-o", "-", "-D"])
+            .arg(&headers)
+            .args(["-w", "\n%{http_code}"])
+            .args(args)
+            .arg(self.url(path))
+            .output()
+            .expect("running curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        let hdrs = std::fs::read_to_string(&headers).unwrap_or_default();
+        let _ = std::fs::remove_file(&headers);
+        (code.trim().parse().unwrap_or(0), body.to_string(), hdrs)
+    }
+}
+
+impl Drop for EtcdLite {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `timeout`.
+pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs the Debian packages that building, testing, benchmarking and the demo use.
+# Idempotent: does nothing when everything is present. Needs root (or sudo).
+set -eu
+
+PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq"
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+if [ -z "$missing" ]; then
+    echo "deps: all packages present"
+    exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "deps: installing$missing"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
