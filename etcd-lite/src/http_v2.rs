@@ -306,6 +306,28 @@ fn event_body(ev: &Event) -> Option<serde_json::Value> {
     Some(action_body("set", &node, prev.as_ref()))
 }
 
+/// The v2 event for the first revision among `evs` (in revision order) that touches the path.
+/// Within one revision a key change wins over the directory markers written along with it, as v2
+/// reports the key, not the implicit creation of its parents.
+fn first_event(evs: &[Event], path: &str, recursive: bool) -> Option<serde_json::Value> {
+    let matching = |e: &&Event| {
+        e.kv.as_ref()
+            .is_some_and(|kv| watched(path, recursive, &kv.key))
+    };
+    let first = evs.iter().find(matching)?;
+    let rev = first.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let same_rev = || {
+        evs.iter()
+            .filter(matching)
+            .filter(move |e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision == rev))
+    };
+    let is_marker = |e: &&Event| e.kv.as_ref().is_some_and(|kv| kv.key.ends_with(b"/"));
+    let best = same_rev()
+        .find(|e| !is_marker(e))
+        .or_else(|| same_rev().next())?;
+    event_body(best)
+}
+
 /// Long-poll: answers with the first change at or after `from` under `path`.
 async fn wait(
     s: &Arc<EtcdServer>,
@@ -325,14 +347,7 @@ async fn wait(
                 let all = KeyRange::new(b"\0", b"\0");
                 match view.events(&all, next, view.rev, true) {
                     Ok(evs) => {
-                        if let Some(b) = evs
-                            .iter()
-                            .filter(|e| {
-                                e.kv.as_ref()
-                                    .is_some_and(|kv| watched(path, recursive, &kv.key))
-                            })
-                            .find_map(event_body)
-                        {
+                        if let Some(b) = first_event(&evs, path, recursive) {
                             return Ok(with_index(json(200, &b), s, start_idx));
                         }
                         next = view.rev + 1;
@@ -368,15 +383,7 @@ async fn wait(
                         continue;
                     }
                     next = rev.rev + 1;
-                    if let Some(b) = rev
-                        .events
-                        .iter()
-                        .filter(|e| {
-                            e.kv.as_ref()
-                                .is_some_and(|kv| watched(path, recursive, &kv.key))
-                        })
-                        .find_map(event_body)
-                    {
+                    if let Some(b) = first_event(&rev.events, path, recursive) {
                         return Ok(with_index(json(200, &b), s, start_idx));
                     }
                 }
