@@ -250,10 +250,7 @@ fn v2_in_order_keys_ttl_and_wait() {
     );
     assert_eq!(json(&body)["node"]["value"], "again");
     // Recursive wait sees changes below a directory.
-    let (_, body, _) = m.curl(
-        &[],
-        &format!("/v2/keys/queue?wait=true&recursive=true&waitIndex=1"),
-    );
+    let (_, body, _) = m.curl(&[], "/v2/keys/queue?wait=true&recursive=true&waitIndex=1");
     assert_eq!(json(&body)["node"]["value"], "job1");
 }
 

@@ -501,3 +501,150 @@ impl WriteTxn<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The store against a model: a full copy of the key space at every revision.
+    use std::collections::BTreeMap;
+
+    use etcd_api::etcdserverpb::RangeRequest;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mvcc::txn;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u8, u8),
+        Delete(u8),
+        DeletePrefix(u8),
+        Compact(u8),
+        Read(u8, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..6, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            2 => (0u8..6).prop_map(Op::Delete),
+            1 => (0u8..3).prop_map(Op::DeletePrefix),
+            1 => any::<u8>().prop_map(Op::Compact),
+            3 => (0u8..6, any::<u8>()).prop_map(|(k, r)| Op::Read(k, r)),
+        ]
+    }
+
+    type Model = BTreeMap<Vec<u8>, KeyValue>;
+
+    fn key(k: u8) -> Vec<u8> {
+        // Keys share prefixes so that prefix deletes cover several of them.
+        format!("k{}/{}", k % 3, k).into_bytes()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn store_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let store = MvccStore::temporary().expect("temporary store");
+            // history[r] = key space at revision r; revision 1 is the empty store.
+            let mut history: Vec<Model> = vec![Model::new(), Model::new()];
+            let mut compacted = 0i64;
+            for op in ops {
+                let cur = (history.len() - 1) as i64;
+                let mut next = history[cur as usize].clone();
+                match op {
+                    Op::Put(k, v) => {
+                        let k = key(k);
+                        let mut w = store.write();
+                        w.put(&k, vec![v], 0).expect("put");
+                        w.commit().expect("commit");
+                        let rev = cur + 1;
+                        let prev = next.get(&k).cloned();
+                        next.insert(k.clone(), KeyValue {
+                            key: k,
+                            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                            mod_revision: rev,
+                            version: prev.map_or(1, |p| p.version + 1),
+                            value: vec![v],
+                            lease: 0,
+                        });
+                        history.push(next);
+                    }
+                    Op::Delete(k) | Op::DeletePrefix(k) => {
+                        let (start, end) = match op {
+                            Op::Delete(_) => (key(k), Vec::new()),
+                            _ => (format!("k{}/", k).into_bytes(), format!("k{}0", k).into_bytes()),
+                        };
+                        let kr = KeyRange::new(&start, &end);
+                        let mut w = store.write();
+                        let prevs = w.delete_range(&kr).expect("delete");
+                        let done = w.commit().expect("commit");
+                        let expect: Vec<_> = next.keys().filter(|k| kr.contains(k)).cloned().collect();
+                        prop_assert_eq!(prevs.len(), expect.len());
+                        if expect.is_empty() {
+                            prop_assert_eq!(done.rev, None);
+                        } else {
+                            for k in expect { next.remove(&k); }
+                            history.push(next);
+                        }
+                    }
+                    Op::Compact(frac) => {
+                        let at = 1 + (i64::from(frac) * cur) / 256;
+                        let r = store.compact(at);
+                        if at <= compacted {
+                            prop_assert_eq!(r, Err(EtcdError::Compacted));
+                        } else {
+                            prop_assert!(r.is_ok());
+                            compacted = at;
+                        }
+                    }
+                    Op::Read(k, frac) => {
+                        store.publish(cur);
+                        let at = 1 + (i64::from(frac) * cur) / 256;
+                        let view = store.read();
+                        let req = RangeRequest { key: key(k), revision: at, ..Default::default() };
+                        let got = txn::range(&view, &req);
+                        if at < compacted {
+                            prop_assert_eq!(got.err(), Some(EtcdError::Compacted));
+                        } else {
+                            let got = got.expect("range");
+                            let want: Vec<KeyValue> = history[at as usize].get(&key(k)).cloned().into_iter().collect();
+                            prop_assert_eq!(got.kvs, want);
+                            // The whole key space too.
+                            let all = RangeRequest { key: vec![0], range_end: vec![0], revision: at, ..Default::default() };
+                            let got = txn::range(&view, &all).expect("range all");
+                            let want: Vec<KeyValue> = history[at as usize].values().cloned().collect();
+                            prop_assert_eq!(got.count as usize, want.len());
+                            prop_assert_eq!(got.kvs, want);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reopening_rebuilds_index_and_leases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
+            let mut w = s.write();
+            w.put(b"a", b"1".to_vec(), 7).expect("put");
+            w.save_lease(7, 30);
+            w.commit().expect("commit");
+            let mut w = s.write();
+            w.put(b"b", b"2".to_vec(), 0).expect("put");
+            w.delete_range(&KeyRange::new(b"b", b"")).expect("delete");
+            w.commit().expect("commit");
+            s.flush().expect("flush");
+        }
+        let (s, rec) = MvccStore::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(s.published(), 3);
+        assert_eq!(rec.leases, vec![(7, 30)]);
+        assert_eq!(rec.attached, vec![(b"a".to_vec(), 7)]);
+        let view = s.read();
+        assert_eq!(
+            view.get(b"a").expect("get").map(|kv| kv.value),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(view.get(b"b").expect("get"), None);
+    }
+}
