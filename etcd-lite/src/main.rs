@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             axum::serve(listener, app)
+                .tcp_nodelay(true)
                 .with_graceful_shutdown(async move {
                     let _ = stop.changed().await;
                 })

@@ -89,7 +89,7 @@ impl EtcdServer {
         limits: Limits,
         cache_bytes: u64,
     ) -> Result<Arc<Self>> {
-        let (store, recovered) = MvccStore::open(&data_dir.join("member").join("kv"), cache_bytes)?;
+        let (store, recovered) = MvccStore::open(&data_dir.join("member"), cache_bytes)?;
         // The member id is fixed at the first start, like etcd's.
         match store.get_meta("member_id")? {
             Some(b) if b.len() == 16 => {

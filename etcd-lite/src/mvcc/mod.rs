@@ -8,6 +8,7 @@ pub mod index;
 pub mod revision;
 pub mod store;
 pub mod txn;
+pub mod wal;
 
 pub use index::KeyRange;
 pub use revision::Revision;

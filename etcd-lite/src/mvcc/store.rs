@@ -1,7 +1,8 @@
 //! The revisioned key-value store: values in sled addressed by revision, the key index in memory.
 //!
-//! Durability: every write transaction is one atomic sled batch; the caller (the applier) flushes
-//! sled before it acknowledges and before it *publishes* the revision. Readers always read at the
+//! Durability: every write transaction is one atomic sled batch and one write-ahead log record;
+//! the caller (the applier) calls [`MvccStore::flush`] (one fdatasync of the log for a whole group)
+//! before it acknowledges and before it *publishes* the revision. Readers always read at the
 //! published revision, so nobody ever observes a write that a crash could still take back.
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use prost::Message;
 
 use super::index::{KeyIndex, KeyRange};
 use super::revision::{Revision, LEASE_PREFIX, META_PREFIX};
+use super::wal::{Change, Wal, CHECKPOINT_BYTES};
 use crate::error::{EtcdError, Result};
 
 const META_COMPACTED: &[u8] = b"mcompacted";
@@ -40,6 +42,8 @@ pub struct State {
 /// The store. Cheap to share behind an `Arc`.
 pub struct MvccStore {
     db: sled::Db,
+    /// `None` for a temporary (test) store.
+    wal: parking_lot::Mutex<Option<Wal>>,
     state: RwLock<State>,
     published: AtomicI64,
 }
@@ -59,6 +63,7 @@ pub struct WriteTxn<'a> {
     rev: i64,
     sub: i64,
     batch: sled::Batch,
+    changes: Vec<Change>,
     pending: HashMap<Revision, KeyValue>,
     events: Vec<Event>,
     dirty: bool,
@@ -78,23 +83,38 @@ fn decode(bytes: &[u8]) -> Result<KeyValue> {
 }
 
 impl MvccStore {
-    /// Opens (or creates) the store in `path` and rebuilds the index from the records.
-    pub fn open(path: &std::path::Path, cache_bytes: u64) -> Result<(Self, Recovered)> {
+    /// Opens (or creates) the store in directory `dir` (sled in `dir/kv`, the log in `dir/wal`),
+    /// replays the log and rebuilds the index from the records.
+    pub fn open(dir: &std::path::Path, cache_bytes: u64) -> Result<(Self, Recovered)> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| EtcdError::Storage(format!("creating {}: {e}", dir.display())))?;
         let db = sled::Config::new()
-            .path(path)
+            .path(dir.join("kv"))
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            // Durability comes from our log; sled is flushed at checkpoints only, which spares
+            // the disk a second stream of syncs.
+            .flush_every_ms(None)
             .open()?;
-        Self::from_db(db)
+        let (mut wal, records) = Wal::open(&dir.join("wal"))?;
+        if !records.is_empty() {
+            tracing::info!(records = records.len(), "replaying the write-ahead log");
+            for rec in records {
+                db.apply_batch(to_batch(&rec))?;
+            }
+            db.flush()?;
+            wal.reset()?;
+        }
+        Self::from_db(db, Some(wal))
     }
 
     /// A store in memory only (tests).
     pub fn temporary() -> Result<Self> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(Self::from_db(db)?.0)
+        Ok(Self::from_db(db, None)?.0)
     }
 
-    fn from_db(db: sled::Db) -> Result<(Self, Recovered)> {
+    fn from_db(db: sled::Db, wal: Option<Wal>) -> Result<(Self, Recovered)> {
         let mut index = KeyIndex::default();
         let mut current = 1;
         let mut lease_of: HashMap<Vec<u8>, i64> = HashMap::new();
@@ -128,6 +148,7 @@ impl MvccStore {
         }
         let store = MvccStore {
             db,
+            wal: parking_lot::Mutex::new(wal),
             state: RwLock::new(State {
                 index,
                 current,
@@ -154,9 +175,23 @@ impl MvccStore {
         self.state.read().current
     }
 
-    /// Makes every committed change durable (fsync).
+    /// Makes every committed change durable: one fdatasync of the log. When the log has grown
+    /// past [`CHECKPOINT_BYTES`], sled is flushed and the log restarts. Only the single writer
+    /// calls this, so nothing is appended during a checkpoint.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        let mut wal = self.wal.lock();
+        match wal.as_mut() {
+            Some(w) => {
+                w.sync()?;
+                if w.size() > CHECKPOINT_BYTES {
+                    self.db.flush()?;
+                    w.reset()?;
+                }
+            }
+            None => {
+                self.db.flush()?;
+            }
+        }
         Ok(())
     }
 
@@ -181,6 +216,7 @@ impl MvccStore {
             rev,
             sub: 0,
             batch: sled::Batch::default(),
+            changes: Vec::new(),
             pending: HashMap::new(),
             events: Vec::new(),
             dirty: false,
@@ -207,12 +243,15 @@ impl MvccStore {
             return Err(EtcdError::FutureRev);
         }
         let dropped = st.index.compact(at);
-        let mut batch = sled::Batch::default();
-        for c in dropped {
-            batch.remove(&c.rev.to_key(c.tombstone)[..]);
+        let mut changes: Vec<Change> = dropped
+            .into_iter()
+            .map(|c| (c.rev.to_key(c.tombstone).to_vec(), None))
+            .collect();
+        changes.push((META_COMPACTED.to_vec(), Some(at.to_be_bytes().to_vec())));
+        self.db.apply_batch(to_batch(&changes))?;
+        if let Some(w) = self.wal.lock().as_mut() {
+            w.append(&changes);
         }
-        batch.insert(META_COMPACTED, &at.to_be_bytes()[..]);
-        self.db.apply_batch(batch)?;
         st.compacted = at;
         Ok(())
     }
@@ -222,15 +261,27 @@ impl MvccStore {
         self.db.size_on_disk().map(|s| s as i64).unwrap_or(0)
     }
 
-    /// Stores a metadata value (outside the key space, not versioned).
+    /// Stores a metadata value (outside the key space, not versioned) durably.
     pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
         self.db.insert(meta_key(name), value)?;
+        self.db.flush()?;
         Ok(())
     }
 
     pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
     }
+}
+
+fn to_batch(changes: &[Change]) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    for (k, v) in changes {
+        match v {
+            Some(v) => b.insert(k.as_slice(), v.as_slice()),
+            None => b.remove(k.as_slice()),
+        }
+    }
+    b
 }
 
 fn meta_key(name: &str) -> Vec<u8> {
@@ -439,8 +490,7 @@ impl WriteTxn<'_> {
             value,
             lease,
         };
-        self.batch
-            .insert(&rev.to_key(false)[..], kv.encode_to_vec());
+        self.change(rev.to_key(false).to_vec(), Some(kv.encode_to_vec()));
         self.state.index.record(key, rev, false);
         self.pending.insert(rev, kv.clone());
         self.events.push(Event {
@@ -462,8 +512,7 @@ impl WriteTxn<'_> {
                 mod_revision: rev.main,
                 ..Default::default()
             };
-            self.batch
-                .insert(&rev.to_key(true)[..], tomb.encode_to_vec());
+            self.change(rev.to_key(true).to_vec(), Some(tomb.encode_to_vec()));
             self.state.index.record(&p.key, rev, true);
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
@@ -476,19 +525,29 @@ impl WriteTxn<'_> {
 
     /// Persists a lease record in the same batch as the transaction's key changes.
     pub fn save_lease(&mut self, id: i64, ttl: i64) {
-        self.batch
-            .insert(&lease_key(id)[..], &ttl.to_be_bytes()[..]);
+        self.change(lease_key(id).to_vec(), Some(ttl.to_be_bytes().to_vec()));
     }
 
     /// Removes a lease record in the same batch.
     pub fn remove_lease(&mut self, id: i64) {
-        self.batch.remove(&lease_key(id)[..]);
+        self.change(lease_key(id).to_vec(), None);
+    }
+
+    fn change(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match &value {
+            Some(v) => self.batch.insert(key.as_slice(), v.as_slice()),
+            None => self.batch.remove(key.as_slice()),
+        }
+        self.changes.push((key, value));
     }
 
     /// Applies the batch atomically. The changes are durable only after [`MvccStore::flush`].
     pub fn commit(mut self) -> Result<Committed> {
         let batch = std::mem::take(&mut self.batch);
         self.store.db.apply_batch(batch)?;
+        if let Some(w) = self.store.wal.lock().as_mut() {
+            w.append(&self.changes);
+        }
         let rev = if self.dirty {
             self.state.current = self.rev;
             Some(self.rev)

@@ -1,0 +1,371 @@
+//! etcd-bench: a load generator for any etcd v3 endpoint list, and a side-by-side comparison of
+//! etcd-lite with the real etcd (Debian's etcd-server) in one run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use etcd_api::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "etcd-bench",
+    about = "Load generator for etcd v3 endpoints, and etcd-lite vs etcd comparisons",
+    after_help = "EXAMPLES:
+    # 10k puts of 256-byte values from 16 clients against one endpoint
+    etcd-bench load --endpoints 127.0.0.1:2379 --clients 16 --total 10000 put
+
+    # linearizable ranges over 3 endpoints
+    etcd-bench load --endpoints 10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 range
+
+    # etcd-lite vs /usr/bin/etcd, same workload, ratios printed (what `make bench` runs)
+    etcd-bench compare"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one workload against an endpoint list.
+    Load {
+        #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+        endpoints: Vec<String>,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 10_000)]
+        total: usize,
+        #[arg(long, default_value_t = 256)]
+        val_size: usize,
+        #[arg(long)]
+        serializable: bool,
+        /// put or range
+        op: String,
+    },
+    /// Start etcd-lite and etcd side by side and compare them.
+    Compare {
+        /// The etcd-lite binary (default: next to this one).
+        #[arg(long)]
+        etcd_lite: Option<PathBuf>,
+        /// The reference etcd binary.
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: PathBuf,
+        /// Scale every workload by this factor (1.0 = the README's numbers).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Put,
+    Range { serializable: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn connect(endpoints: &[String], n: usize) -> Result<Vec<KvClient<Channel>>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let ep = &endpoints[i % endpoints.len()];
+        let ch = Channel::from_shared(format!("http://{ep}"))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {ep}"))?;
+        out.push(KvClient::new(ch));
+    }
+    Ok(out)
+}
+
+/// Runs `total` operations spread over `clients` concurrent clients (one connection each).
+async fn run(
+    endpoints: &[String],
+    clients: usize,
+    total: usize,
+    val_size: usize,
+    op: Op,
+    key_space: usize,
+) -> Result<Stats> {
+    let conns = connect(endpoints, clients).await?;
+    let value = Arc::new(vec![b'x'; val_size]);
+    let per = total.div_ceil(clients);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut kv) in conns.into_iter().enumerate() {
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+            for i in 0..per {
+                let key = format!("bench/{:08}", (c * per + i) % key_space.max(1)).into_bytes();
+                let t = Instant::now();
+                match op {
+                    Op::Put => {
+                        kv.put(PutRequest {
+                            key,
+                            value: value.to_vec(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    }
+                    Op::Range { serializable } => {
+                        kv.range(RangeRequest {
+                            key,
+                            serializable,
+                            ..Default::default()
+                        })
+                        .await?;
+                    }
+                }
+                let _ = h.record(t.elapsed().as_micros() as u64);
+            }
+            Ok::<_, tonic::Status>(h)
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Stats {
+        ops_per_sec: (per * clients) as f64 / secs,
+        p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+    startup: Duration,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts a server and measures the time until its first successful Range.
+async fn start(bin: &Path, lite: bool) -> Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let (port, peer) = (free_port()?, free_port()?);
+    let client = format!("http://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut cmd = Command::new(bin);
+    cmd.arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if !lite {
+        cmd.args(["--log-level", "error"]);
+    }
+    let t0 = Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut server = Server {
+        child,
+        port,
+        _dir: dir,
+        startup: Duration::ZERO,
+    };
+    let deadline = t0 + Duration::from_secs(30);
+    loop {
+        if Instant::now() > deadline {
+            bail!("{} did not serve within 30 s", bin.display());
+        }
+        if let Ok(ch) = Channel::from_shared(client.clone())?.connect().await {
+            if KvClient::new(ch)
+                .range(RangeRequest {
+                    key: b"x".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            {
+                server.startup = t0.elapsed();
+                return Ok(server);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Row {
+    name: String,
+    lite: f64,
+    etcd: f64,
+    /// Whether bigger is better (ratio printed as lite/etcd) or smaller (etcd/lite).
+    higher_better: bool,
+}
+
+async fn measure(bin: &Path, lite: bool, scale: f64) -> Result<Vec<(String, f64, bool)>> {
+    let s = |n: usize| ((n as f64 * scale) as usize).max(100);
+    let srv = start(bin, lite).await?;
+    let ep = vec![format!("127.0.0.1:{}", srv.port)];
+    let mut out = vec![(
+        "start-up to first request (ms)".to_string(),
+        srv.startup.as_secs_f64() * 1000.0,
+        false,
+    )];
+    for (clients, total) in [(1, s(2_000)), (16, s(20_000)), (64, s(40_000))] {
+        let st = run(&ep, clients, total, 256, Op::Put, usize::MAX).await?;
+        out.push((
+            format!("put ops/s, {clients} clients"),
+            st.ops_per_sec,
+            true,
+        ));
+        out.push((format!("put p50 ms, {clients} clients"), st.p50_ms, false));
+        out.push((format!("put p99 ms, {clients} clients"), st.p99_ms, false));
+    }
+    for serializable in [false, true] {
+        let st = run(&ep, 16, s(40_000), 0, Op::Range { serializable }, s(10_000)).await?;
+        let kind = if serializable {
+            "serializable"
+        } else {
+            "linearizable"
+        };
+        out.push((
+            format!("{kind} range ops/s, 16 clients"),
+            st.ops_per_sec,
+            true,
+        ));
+    }
+    // Fill to 100k keys in total, then read the server's resident memory.
+    run(&ep, 64, s(100_000), 256, Op::Put, s(100_000)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    out.push((
+        "RSS after 100k keys (MiB)".to_string(),
+        rss_mib(srv.child.id()),
+        false,
+    ));
+    Ok(out)
+}
+
+async fn compare(lite_bin: PathBuf, etcd_bin: PathBuf, scale: f64) -> Result<()> {
+    if !etcd_bin.exists() {
+        bail!(
+            "{} not found; run `make deps` (Debian package etcd-server)",
+            etcd_bin.display()
+        );
+    }
+    eprintln!("measuring etcd ({}) ...", etcd_bin.display());
+    let etcd = measure(&etcd_bin, false, scale).await?;
+    eprintln!("measuring etcd-lite ({}) ...", lite_bin.display());
+    let lite = measure(&lite_bin, true, scale).await?;
+    let rows: Vec<Row> = etcd
+        .into_iter()
+        .zip(lite)
+        .map(|((name, e, hb), (_, l, _))| Row {
+            name,
+            lite: l,
+            etcd: e,
+            higher_better: hb,
+        })
+        .collect();
+    println!(
+        "{:<40} {:>12} {:>12} {:>8}",
+        "metric", "etcd-lite", "etcd 3.4", "ratio"
+    );
+    for r in &rows {
+        let ratio = if r.higher_better {
+            r.lite / r.etcd
+        } else {
+            r.etcd / r.lite
+        };
+        println!(
+            "{:<40} {:>12.1} {:>12.1} {:>7.2}x",
+            r.name, r.lite, r.etcd, ratio
+        );
+    }
+    println!("(ratio > 1 means etcd-lite is better: faster, higher throughput or smaller)");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Load {
+            endpoints,
+            clients,
+            total,
+            val_size,
+            serializable,
+            op,
+        } => {
+            let op = match op.as_str() {
+                "put" => Op::Put,
+                "range" => Op::Range { serializable },
+                other => bail!("unknown operation {other:?}: use put or range"),
+            };
+            if clients == 0 {
+                bail!("--clients must be at least 1");
+            }
+            let st = run(
+                &endpoints,
+                clients,
+                total,
+                val_size,
+                op,
+                usize::MAX.min(total),
+            )
+            .await?;
+            println!(
+                "{:.0} ops/s  p50 {:.2} ms  p99 {:.2} ms",
+                st.ops_per_sec, st.p50_ms, st.p99_ms
+            );
+        }
+        Cmd::Compare {
+            etcd_lite,
+            etcd,
+            scale,
+        } => {
+            let lite = match etcd_lite {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("etcd-lite"),
+            };
+            compare(lite, etcd, scale).await?;
+        }
+    }
+    Ok(())
+}
