@@ -347,7 +347,7 @@ async fn main() -> Result<()> {
                 total,
                 val_size,
                 op,
-                usize::MAX.min(total),
+                total,
             )
             .await?;
             println!(
