@@ -341,15 +341,7 @@ async fn main() -> Result<()> {
             if clients == 0 {
                 bail!("--clients must be at least 1");
             }
-            let st = run(
-                &endpoints,
-                clients,
-                total,
-                val_size,
-                op,
-                total,
-            )
-            .await?;
+            let st = run(&endpoints, clients, total, val_size, op, total).await?;
             println!(
                 "{:.0} ops/s  p50 {:.2} ms  p99 {:.2} ms",
                 st.ops_per_sec, st.p50_ms, st.p99_ms

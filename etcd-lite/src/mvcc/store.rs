@@ -44,8 +44,17 @@ pub struct MvccStore {
     db: sled::Db,
     /// `None` for a temporary (test) store.
     wal: parking_lot::Mutex<Option<Wal>>,
+    /// Committed transactions not yet applied to sled: a whole commit group goes to sled as one
+    /// batch (sled's cost is per batch) and to the log as one record.
+    staged: parking_lot::Mutex<Staged>,
     state: RwLock<State>,
     published: AtomicI64,
+}
+
+#[derive(Default)]
+struct Staged {
+    changes: Vec<Change>,
+    pending: HashMap<Revision, KeyValue>,
 }
 
 /// A consistent read of the store at one revision.
@@ -62,7 +71,6 @@ pub struct WriteTxn<'a> {
     state: RwLockWriteGuard<'a, State>,
     rev: i64,
     sub: i64,
-    batch: sled::Batch,
     changes: Vec<Change>,
     pending: HashMap<Revision, KeyValue>,
     events: Vec<Event>,
@@ -149,6 +157,7 @@ impl MvccStore {
         let store = MvccStore {
             db,
             wal: parking_lot::Mutex::new(wal),
+            staged: parking_lot::Mutex::new(Staged::default()),
             state: RwLock::new(State {
                 index,
                 current,
@@ -170,6 +179,20 @@ impl MvccStore {
         self.published.fetch_max(rev, Ordering::AcqRel);
     }
 
+    /// Applies the committed-but-staged transactions to sled in one batch and queues them in the
+    /// log as one record. [`MvccStore::flush`] does this first; compaction too.
+    pub fn apply_staged(&self) -> Result<()> {
+        let staged = std::mem::take(&mut *self.staged.lock());
+        if staged.changes.is_empty() {
+            return Ok(());
+        }
+        self.db.apply_batch(to_batch(&staged.changes))?;
+        if let Some(w) = self.wal.lock().as_mut() {
+            w.append(&staged.changes);
+        }
+        Ok(())
+    }
+
     /// The newest committed revision (maybe not yet published).
     pub fn read_current(&self) -> i64 {
         self.state.read().current
@@ -179,6 +202,7 @@ impl MvccStore {
     /// past [`CHECKPOINT_BYTES`], sled is flushed and the log restarts. Only the single writer
     /// calls this, so nothing is appended during a checkpoint.
     pub fn flush(&self) -> Result<()> {
+        self.apply_staged()?;
         let mut wal = self.wal.lock();
         match wal.as_mut() {
             Some(w) => {
@@ -215,7 +239,6 @@ impl MvccStore {
             state,
             rev,
             sub: 0,
-            batch: sled::Batch::default(),
             changes: Vec::new(),
             pending: HashMap::new(),
             events: Vec::new(),
@@ -235,6 +258,8 @@ impl MvccStore {
 
     /// Drops history older than `at` (etcd's compaction). Does not bump the revision.
     pub fn compact(&self, at: i64) -> Result<()> {
+        // Dropped revisions may still be staged: put everything in sled first.
+        self.apply_staged()?;
         let mut st = self.state.write();
         if at <= st.compacted {
             return Err(EtcdError::Compacted);
@@ -438,10 +463,13 @@ impl KvRead for WriteTxn<'_> {
         &self.state
     }
     fn fetch(&self, rev: Revision) -> Result<KeyValue> {
-        match self.pending.get(&rev) {
-            Some(kv) => Ok(kv.clone()),
-            None => self.store.fetch(rev),
+        if let Some(kv) = self.pending.get(&rev) {
+            return Ok(kv.clone());
         }
+        if let Some(kv) = self.store.staged.lock().pending.get(&rev) {
+            return Ok(kv.clone());
+        }
+        self.store.fetch(rev)
     }
     /// Reads inside a transaction see the transaction's own earlier changes, as in etcd.
     fn read_rev(&self) -> i64 {
@@ -534,19 +562,16 @@ impl WriteTxn<'_> {
     }
 
     fn change(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        match &value {
-            Some(v) => self.batch.insert(key.as_slice(), v.as_slice()),
-            None => self.batch.remove(key.as_slice()),
-        }
         self.changes.push((key, value));
     }
 
-    /// Applies the batch atomically. The changes are durable only after [`MvccStore::flush`].
+    /// Ends the transaction: its changes are staged for the group's sled batch and log record.
+    /// They are durable only after [`MvccStore::flush`].
     pub fn commit(mut self) -> Result<Committed> {
-        let batch = std::mem::take(&mut self.batch);
-        self.store.db.apply_batch(batch)?;
-        if let Some(w) = self.store.wal.lock().as_mut() {
-            w.append(&self.changes);
+        {
+            let mut staged = self.store.staged.lock();
+            staged.changes.append(&mut self.changes);
+            staged.pending.extend(self.pending.drain());
         }
         let rev = if self.dirty {
             self.state.current = self.rev;
@@ -656,6 +681,7 @@ mod tests {
                         }
                     }
                     Op::Read(k, frac) => {
+                        store.apply_staged().expect("apply staged");
                         store.publish(cur);
                         let at = 1 + (i64::from(frac) * cur) / 256;
                         let view = store.read();
