@@ -1,9 +1,13 @@
 //! The revisioned key-value store: values in sled addressed by revision, the key index in memory.
 //!
-//! Durability: every write transaction is one atomic sled batch and one write-ahead log record;
-//! the caller (the applier) calls [`MvccStore::flush`] (one fdatasync of the log for a whole group)
-//! before it acknowledges and before it *publishes* the revision. Readers always read at the
-//! published revision, so nobody ever observes a write that a crash could still take back.
+//! Durability: the caller (the applier) calls [`MvccStore::flush`] after a group of write
+//! transactions: the group becomes one write-ahead log record and one fdatasync, before anything
+//! is acknowledged or *published*. Readers always read at the published revision, so nobody ever
+//! observes a write that a crash could still take back.
+//!
+//! sled is written behind the log: synced groups sit in an in-memory overlay that readers consult
+//! first, and go to sled in one large atomic batch every [`APPLY_EVERY`] changes (sled's cost is
+//! per batch). So sled's content is always a prefix of what the log made durable.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -18,6 +22,8 @@ use super::wal::{Change, Wal, CHECKPOINT_BYTES};
 use crate::error::{EtcdError, Result};
 
 const META_COMPACTED: &[u8] = b"mcompacted";
+/// Synced changes held in the overlay before they are written to sled in one batch.
+pub const APPLY_EVERY: usize = 8192;
 
 /// What [`MvccStore::open`] found besides the key space: persisted leases and, for every live
 /// key with a lease, that attachment.
@@ -44,9 +50,10 @@ pub struct MvccStore {
     db: sled::Db,
     /// `None` for a temporary (test) store.
     wal: parking_lot::Mutex<Option<Wal>>,
-    /// Committed transactions not yet applied to sled: a whole commit group goes to sled as one
-    /// batch (sled's cost is per batch) and to the log as one record.
+    /// Committed transactions of the current group, not yet in the log (writer only).
     staged: parking_lot::Mutex<Staged>,
+    /// Logged and synced changes not yet in sled; readers look here first.
+    overlay: RwLock<Overlay>,
     state: RwLock<State>,
     published: AtomicI64,
 }
@@ -57,10 +64,24 @@ struct Staged {
     pending: HashMap<Revision, KeyValue>,
 }
 
+/// Synced changes waiting for sled, by sled key (`None`: removed).
+#[derive(Default)]
+struct Overlay {
+    records: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    changes: Vec<Change>,
+}
+
+impl Overlay {
+    fn get(&self, key: &[u8]) -> Option<Option<&Vec<u8>>> {
+        self.records.get(key).map(Option::as_ref)
+    }
+}
+
 /// A consistent read of the store at one revision.
 pub struct ReadView<'a> {
     store: &'a MvccStore,
     state: RwLockReadGuard<'a, State>,
+    overlay: RwLockReadGuard<'a, Overlay>,
     /// The revision this view reads at by default (the published one).
     pub rev: i64,
 }
@@ -158,6 +179,7 @@ impl MvccStore {
             db,
             wal: parking_lot::Mutex::new(wal),
             staged: parking_lot::Mutex::new(Staged::default()),
+            overlay: RwLock::new(Overlay::default()),
             state: RwLock::new(State {
                 index,
                 current,
@@ -179,19 +201,40 @@ impl MvccStore {
         self.published.fetch_max(rev, Ordering::AcqRel);
     }
 
-    /// Applies the committed-but-staged transactions to sled in one batch and queues them in the
-    /// log as one record. [`MvccStore::flush`] does this first; compaction too.
-    pub fn apply_staged(&self) -> Result<()> {
+    /// Logs the staged group (one record, one fdatasync) and moves it into the overlay, where
+    /// readers see it. Without a log (temporary stores) the overlay is the only copy until
+    /// [`MvccStore::apply_overlay`].
+    pub fn log_staged(&self) -> Result<()> {
         let staged = std::mem::take(&mut *self.staged.lock());
+        if let Some(w) = self.wal.lock().as_mut() {
+            if !staged.changes.is_empty() {
+                w.append(&staged.changes);
+            }
+            w.sync()?;
+        }
         if staged.changes.is_empty() {
             return Ok(());
         }
-        self.db.apply_batch(to_batch(&staged.changes))?;
-        if let Some(w) = self.wal.lock().as_mut() {
-            w.append(&staged.changes);
+        let mut ov = self.overlay.write();
+        for (k, v) in &staged.changes {
+            ov.records.insert(k.clone(), v.clone());
         }
+        ov.changes.extend(staged.changes);
         Ok(())
     }
+
+    /// Writes the overlay to sled in one atomic batch, then empties it (under the overlay's lock,
+    /// so a reader sees each record in exactly one of the two places).
+    pub fn apply_overlay(&self) -> Result<()> {
+        let mut ov = self.overlay.write();
+        if ov.changes.is_empty() {
+            return Ok(());
+        }
+        self.db.apply_batch(to_batch(&ov.changes))?;
+        *ov = Overlay::default();
+        Ok(())
+    }
+
 
     /// The newest committed revision (maybe not yet published).
     pub fn read_current(&self) -> i64 {
@@ -202,18 +245,20 @@ impl MvccStore {
     /// past [`CHECKPOINT_BYTES`], sled is flushed and the log restarts. Only the single writer
     /// calls this, so nothing is appended during a checkpoint.
     pub fn flush(&self) -> Result<()> {
-        self.apply_staged()?;
-        let mut wal = self.wal.lock();
-        match wal.as_mut() {
-            Some(w) => {
-                w.sync()?;
-                if w.size() > CHECKPOINT_BYTES {
-                    self.db.flush()?;
-                    w.reset()?;
-                }
-            }
-            None => {
-                self.db.flush()?;
+        self.log_staged()?;
+        if self.overlay.read().changes.len() >= APPLY_EVERY {
+            self.apply_overlay()?;
+        }
+        let checkpoint = self
+            .wal
+            .lock()
+            .as_ref()
+            .is_none_or(|w| w.size() > CHECKPOINT_BYTES);
+        if checkpoint {
+            self.apply_overlay()?;
+            self.db.flush()?;
+            if let Some(w) = self.wal.lock().as_mut() {
+                w.reset()?;
             }
         }
         Ok(())
@@ -222,10 +267,12 @@ impl MvccStore {
     /// A read view at the published revision.
     pub fn read(&self) -> ReadView<'_> {
         let state = self.state.read();
+        let overlay = self.overlay.read();
         let rev = self.published();
         ReadView {
             store: self,
             state,
+            overlay,
             rev,
         }
     }
@@ -247,7 +294,21 @@ impl MvccStore {
     }
 
     fn fetch(&self, rev: Revision) -> Result<KeyValue> {
-        match self.db.get(rev.to_key(false))? {
+        self.fetch_with(&self.overlay.read(), rev)
+    }
+
+    fn fetch_with(&self, ov: &Overlay, rev: Revision) -> Result<KeyValue> {
+        let key = rev.to_key(false);
+        if let Some(v) = ov.get(&key) {
+            return match v {
+                Some(v) => decode(v),
+                None => Err(EtcdError::Storage(format!(
+                    "index points at removed revision {}.{}",
+                    rev.main, rev.sub
+                ))),
+            };
+        }
+        match self.db.get(key)? {
             Some(v) => decode(&v),
             None => Err(EtcdError::Storage(format!(
                 "index points at missing revision {}.{}",
@@ -258,8 +319,9 @@ impl MvccStore {
 
     /// Drops history older than `at` (etcd's compaction). Does not bump the revision.
     pub fn compact(&self, at: i64) -> Result<()> {
-        // Dropped revisions may still be staged: put everything in sled first.
-        self.apply_staged()?;
+        // Dropped revisions may still be staged or in the overlay: put everything in sled first.
+        self.log_staged()?;
+        self.apply_overlay()?;
         let mut st = self.state.write();
         if at <= st.compacted {
             return Err(EtcdError::Compacted);
@@ -359,7 +421,7 @@ impl KvRead for ReadView<'_> {
         &self.state
     }
     fn fetch(&self, rev: Revision) -> Result<KeyValue> {
-        self.store.fetch(rev)
+        self.store.fetch_with(&self.overlay, rev)
     }
     fn read_rev(&self) -> i64 {
         self.rev
@@ -367,6 +429,35 @@ impl KvRead for ReadView<'_> {
 }
 
 impl ReadView<'_> {
+    /// Every record with key `>= start`, in key order: sled's, with the overlay's changes merged
+    /// in (an overlay removal hides the sled record).
+    fn records_from(&self, start: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut ov = self.overlay.records.range(start.to_vec()..).peekable();
+        for item in self.store.db.range(start..) {
+            let (k, v) = item?;
+            while let Some((ok, ovv)) = ov.next_if(|(ok, _)| ok.as_slice() < &k[..]) {
+                if let Some(ovv) = ovv {
+                    out.push((ok.clone(), ovv.clone()));
+                }
+            }
+            // The overlay's version of this very key wins (or hides it when removed).
+            if let Some((ok, ovv)) = ov.next_if(|(ok, _)| ok.as_slice() == &k[..]) {
+                if let Some(ovv) = ovv {
+                    out.push((ok.clone(), ovv.clone()));
+                }
+                continue;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        for (ok, ovv) in ov {
+            if let Some(ovv) = ovv {
+                out.push((ok.clone(), ovv.clone()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every change with revision in `[from, to]` to a key of `range`, in revision order, with the
     /// previous value of each key when `prev_kv` is set. `from` must not be compacted.
     pub fn events(
@@ -380,8 +471,7 @@ impl ReadView<'_> {
             return Err(EtcdError::Compacted);
         }
         let mut out = Vec::new();
-        for item in self.store.db.range(Revision::lower_bound(from)..) {
-            let (k, v) = item?;
+        for (k, v) in self.records_from(&Revision::lower_bound(from))? {
             let Some((rev, tombstone)) = Revision::from_key(&k) else {
                 break;
             };
@@ -394,7 +484,7 @@ impl ReadView<'_> {
             }
             let prev = if prev_kv {
                 match self.state.index.before(&kv.key, rev) {
-                    Some(c) if !c.tombstone => Some(self.store.fetch(c.rev)?),
+                    Some(c) if !c.tombstone => Some(self.fetch(c.rev)?),
                     _ => None,
                 }
             } else {
@@ -420,8 +510,7 @@ impl ReadView<'_> {
     /// CRC-32 of every stored record up to revision `at` (etcd's HashKV: same data, same hash).
     pub fn hash(&self, at: i64) -> Result<u32> {
         let mut h = crc32fast::Hasher::new();
-        for item in self.store.db.range(Revision::lower_bound(0)..) {
-            let (k, v) = item?;
+        for (k, v) in self.records_from(&Revision::lower_bound(0))? {
             let Some((rev, _)) = Revision::from_key(&k) else {
                 break;
             };
@@ -443,8 +532,7 @@ impl ReadView<'_> {
         use sha2::Digest;
         let mut out = Vec::new();
         out.extend_from_slice(b"corelite-etcd-snapshot-v1\n");
-        for item in self.store.db.iter() {
-            let (k, v) = item?;
+        for (k, v) in self.records_from(&[])? {
             out.extend_from_slice(&(k.len() as u32).to_be_bytes());
             out.extend_from_slice(&k);
             out.extend_from_slice(&(v.len() as u32).to_be_bytes());
@@ -604,6 +692,7 @@ mod tests {
         DeletePrefix(u8),
         Compact(u8),
         Read(u8, u8),
+        ApplyOverlay,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -613,6 +702,7 @@ mod tests {
             1 => (0u8..3).prop_map(Op::DeletePrefix),
             1 => any::<u8>().prop_map(Op::Compact),
             3 => (0u8..6, any::<u8>()).prop_map(|(k, r)| Op::Read(k, r)),
+            1 => Just(Op::ApplyOverlay),
         ]
     }
 
@@ -680,8 +770,10 @@ mod tests {
                             compacted = at;
                         }
                     }
+                    Op::ApplyOverlay => store.apply_overlay().expect("apply overlay"),
                     Op::Read(k, frac) => {
-                        store.apply_staged().expect("apply staged");
+                        // Reads go through the overlay until an ApplyOverlay moves it to sled.
+                        store.log_staged().expect("log staged");
                         store.publish(cur);
                         let at = 1 + (i64::from(frac) * cur) / 256;
                         let view = store.read();
