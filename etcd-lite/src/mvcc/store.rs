@@ -6,11 +6,14 @@
 //! observes a write that a crash could still take back.
 //!
 //! sled is written behind the log: synced groups sit in an in-memory overlay that readers consult
-//! first, and go to sled in one large atomic batch every [`APPLY_EVERY`] changes (sled's cost is
-//! per batch). So sled's content is always a prefix of what the log made durable.
+//! first; every [`APPLY_EVERY`] changes the overlay is frozen and a background thread writes it to
+//! sled in one large atomic batch (sled's cost is per batch), while readers still see it. So
+//! sled's content is always a prefix of what the log made durable, and the writer never waits
+//! for sled except at compactions and log checkpoints.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use etcd_api::mvccpb::{event::EventType, Event, KeyValue};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -54,6 +57,11 @@ pub struct MvccStore {
     staged: parking_lot::Mutex<Staged>,
     /// Logged and synced changes not yet in sled; readers look here first.
     overlay: RwLock<Overlay>,
+    /// A frozen overlay the background thread is writing to sled; readers look here second.
+    applying: Arc<RwLock<Option<Arc<Overlay>>>>,
+    /// Hands frozen overlays to the background thread (taken on drop to stop it).
+    to_sled: Option<std::sync::mpsc::SyncSender<Arc<Overlay>>>,
+    sled_writer: Option<std::thread::JoinHandle<()>>,
     state: RwLock<State>,
     published: AtomicI64,
 }
@@ -67,7 +75,7 @@ struct Staged {
 /// Synced changes waiting for sled, by sled key (`None`: removed).
 #[derive(Default)]
 struct Overlay {
-    records: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    records: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     changes: Vec<Change>,
 }
 
@@ -82,6 +90,7 @@ pub struct ReadView<'a> {
     store: &'a MvccStore,
     state: RwLockReadGuard<'a, State>,
     overlay: RwLockReadGuard<'a, Overlay>,
+    applying: Option<Arc<Overlay>>,
     /// The revision this view reads at by default (the published one).
     pub rev: i64,
 }
@@ -175,11 +184,31 @@ impl MvccStore {
             let (id, ttl) = (decode_i64(&k[1..])?, decode_i64(&v)?);
             leases.push((id, ttl));
         }
+        let applying: Arc<RwLock<Option<Arc<Overlay>>>> = Arc::default();
+        let (to_sled, frozen) = std::sync::mpsc::sync_channel::<Arc<Overlay>>(1);
+        let sled_writer = {
+            let (db, applying) = (db.clone(), applying.clone());
+            std::thread::Builder::new()
+                .name("etcd-sled-writer".into())
+                .spawn(move || {
+                    while let Ok(ov) = frozen.recv() {
+                        if let Err(e) = db.apply_batch(to_batch(&ov.changes)) {
+                            tracing::error!(error = %e, "writing to sled failed; stopping to protect the data");
+                            std::process::exit(70);
+                        }
+                        *applying.write() = None;
+                    }
+                })
+                .map_err(|e| EtcdError::Storage(format!("starting the sled writer: {e}")))?
+        };
         let store = MvccStore {
             db,
             wal: parking_lot::Mutex::new(wal),
             staged: parking_lot::Mutex::new(Staged::default()),
             overlay: RwLock::new(Overlay::default()),
+            applying,
+            to_sled: Some(to_sled),
+            sled_writer: Some(sled_writer),
             state: RwLock::new(State {
                 index,
                 current,
@@ -223,9 +252,36 @@ impl MvccStore {
         Ok(())
     }
 
-    /// Writes the overlay to sled in one atomic batch, then empties it (under the overlay's lock,
-    /// so a reader sees each record in exactly one of the two places).
+    /// Waits until the background thread has written the frozen overlay, if any.
+    fn wait_applied(&self) {
+        while self.applying.read().is_some() {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
+    /// Freezes the overlay and hands it to the background thread, unless it is still busy with
+    /// the previous one (then the overlay keeps growing until the next call).
+    fn start_apply(&self) {
+        if self.applying.read().is_some() {
+            return;
+        }
+        let mut ov = self.overlay.write();
+        if ov.changes.is_empty() {
+            return;
+        }
+        let frozen = Arc::new(std::mem::take(&mut *ov));
+        *self.applying.write() = Some(frozen.clone());
+        drop(ov);
+        let sent = self.to_sled.as_ref().map(|tx| tx.send(frozen));
+        if !matches!(sent, Some(Ok(()))) {
+            tracing::error!("the sled writer thread is gone; stopping to protect the data");
+            std::process::exit(70);
+        }
+    }
+
+    /// Writes everything in the overlays to sled now (compaction, checkpoints, tests).
     pub fn apply_overlay(&self) -> Result<()> {
+        self.wait_applied();
         let mut ov = self.overlay.write();
         if ov.changes.is_empty() {
             return Ok(());
@@ -234,7 +290,6 @@ impl MvccStore {
         *ov = Overlay::default();
         Ok(())
     }
-
 
     /// The newest committed revision (maybe not yet published).
     pub fn read_current(&self) -> i64 {
@@ -247,7 +302,7 @@ impl MvccStore {
     pub fn flush(&self) -> Result<()> {
         self.log_staged()?;
         if self.overlay.read().changes.len() >= APPLY_EVERY {
-            self.apply_overlay()?;
+            self.start_apply();
         }
         let checkpoint = self
             .wal
@@ -267,12 +322,16 @@ impl MvccStore {
     /// A read view at the published revision.
     pub fn read(&self) -> ReadView<'_> {
         let state = self.state.read();
+        // Order matters: freezing takes the overlay's write lock, so while we hold its read lock
+        // a record is in the overlay, in the frozen one we clone next, or already in sled.
         let overlay = self.overlay.read();
+        let applying = self.applying.read().clone();
         let rev = self.published();
         ReadView {
             store: self,
             state,
             overlay,
+            applying,
             rev,
         }
     }
@@ -294,12 +353,19 @@ impl MvccStore {
     }
 
     fn fetch(&self, rev: Revision) -> Result<KeyValue> {
-        self.fetch_with(&self.overlay.read(), rev)
+        let ov = self.overlay.read();
+        let applying = self.applying.read().clone();
+        self.fetch_with(&ov, applying.as_deref(), rev)
     }
 
-    fn fetch_with(&self, ov: &Overlay, rev: Revision) -> Result<KeyValue> {
+    fn fetch_with(
+        &self,
+        ov: &Overlay,
+        applying: Option<&Overlay>,
+        rev: Revision,
+    ) -> Result<KeyValue> {
         let key = rev.to_key(false);
-        if let Some(v) = ov.get(&key) {
+        if let Some(v) = ov.get(&key).or_else(|| applying.and_then(|a| a.get(&key))) {
             return match v {
                 Some(v) => decode(v),
                 None => Err(EtcdError::Storage(format!(
@@ -357,6 +423,16 @@ impl MvccStore {
 
     pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
+    }
+}
+
+impl Drop for MvccStore {
+    fn drop(&mut self) {
+        // Stop the background writer and wait for it, so the database is closed on return.
+        self.to_sled.take();
+        if let Some(h) = self.sled_writer.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -421,7 +497,8 @@ impl KvRead for ReadView<'_> {
         &self.state
     }
     fn fetch(&self, rev: Revision) -> Result<KeyValue> {
-        self.store.fetch_with(&self.overlay, rev)
+        self.store
+            .fetch_with(&self.overlay, self.applying.as_deref(), rev)
     }
     fn read_rev(&self) -> i64 {
         self.rev
@@ -433,7 +510,13 @@ impl ReadView<'_> {
     /// in (an overlay removal hides the sled record).
     fn records_from(&self, start: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        let mut ov = self.overlay.records.range(start.to_vec()..).peekable();
+        // The frozen overlay, with the newer active one laid over it.
+        let mut merged: BTreeMap<&Vec<u8>, &Option<Vec<u8>>> = BTreeMap::new();
+        if let Some(a) = &self.applying {
+            merged.extend(a.records.range(start.to_vec()..));
+        }
+        merged.extend(self.overlay.records.range(start.to_vec()..));
+        let mut ov = merged.into_iter().peekable();
         for item in self.store.db.range(start..) {
             let (k, v) = item?;
             while let Some((ok, ovv)) = ov.next_if(|(ok, _)| ok.as_slice() < &k[..]) {
@@ -796,6 +879,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn reads_see_every_published_write_while_sled_catches_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = APPLY_EVERY * 3 + 17;
+        {
+            let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
+            for i in 0..n {
+                let mut w = s.write();
+                w.put(
+                    format!("k{}", i % 1000).as_bytes(),
+                    i.to_string().into_bytes(),
+                    0,
+                )
+                .expect("put");
+                w.commit().expect("commit");
+                if i % 64 == 63 || i + 1 == n {
+                    s.flush().expect("flush");
+                    s.publish(i as i64 + 2);
+                    // Whatever sits in the overlays or sled, every published write is visible.
+                    let view = s.read();
+                    let last = view.get(format!("k{}", i % 1000).as_bytes()).expect("get");
+                    assert_eq!(last.map(|kv| kv.value), Some(i.to_string().into_bytes()));
+                    if i % 2048 == 2047 {
+                        let all = view
+                            .events(&KeyRange::new(b"\0", b"\0"), 2, view.rev, false)
+                            .expect("events");
+                        assert_eq!(all.len(), i + 1, "history is complete, without duplicates");
+                    }
+                }
+            }
+        }
+        let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(s.published(), n as i64 + 1);
+        let view = s.read();
+        assert_eq!(
+            view.events(&KeyRange::new(b"\0", b"\0"), 2, view.rev, false)
+                .expect("events")
+                .len(),
+            n
+        );
     }
 
     #[test]
