@@ -105,7 +105,11 @@ impl KeyIndex {
 
     /// Records a change. `rev` must be newer than every change already recorded for `key`.
     pub fn record(&mut self, key: &[u8], rev: Revision, tombstone: bool) {
-        let ch = self.keys.entry(key.to_vec()).or_default();
+        // Most keys change rarely: start with room for one change, not Vec's default four.
+        let ch = self
+            .keys
+            .entry(key.to_vec())
+            .or_insert_with(|| Vec::with_capacity(1));
         assert!(
             ch.last().is_none_or(|l| l.rev < rev),
             "index changes are recorded in revision order"

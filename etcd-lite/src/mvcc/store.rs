@@ -192,7 +192,7 @@ impl MvccStore {
                 .name("etcd-sled-writer".into())
                 .spawn(move || {
                     while let Ok(ov) = frozen.recv() {
-                        if let Err(e) = db.apply_batch(to_batch(&ov.changes)) {
+                        if let Err(e) = write_through(&db, &ov.changes) {
                             tracing::error!(error = %e, "writing to sled failed; stopping to protect the data");
                             std::process::exit(70);
                         }
@@ -434,6 +434,19 @@ impl Drop for MvccStore {
             let _ = h.join();
         }
     }
+}
+
+/// Writes changes to sled one by one, without sled's batch machinery (which costs a log buffer
+/// roll per batch). Atomicity is not needed here: everything written this way is already in the
+/// synced log, and recovery replays the log over whatever part of it reached sled.
+fn write_through(db: &sled::Db, changes: &[Change]) -> Result<()> {
+    for (k, v) in changes {
+        match v {
+            Some(v) => db.insert(k.as_slice(), v.as_slice())?,
+            None => db.remove(k.as_slice())?,
+        };
+    }
+    Ok(())
 }
 
 fn to_batch(changes: &[Change]) -> sled::Batch {
