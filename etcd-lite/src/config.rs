@@ -82,7 +82,7 @@ pub struct Config {
     #[arg(long, default_value_t = 600)]
     pub watch_progress_notify_interval: u64,
     /// Memory the storage engine may use for its page cache, in bytes.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
     pub cache_bytes: u64,
     /// Log level: debug, info, warn or error.
     #[arg(long, default_value = "info", env = "ETCD_LOG_LEVEL")]

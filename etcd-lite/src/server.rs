@@ -27,7 +27,7 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How often expired leases are looked for.
 const LEASE_SWEEP: Duration = Duration::from_millis(250);
 /// Watch events buffered per revision-stream subscriber before it must catch up from the store.
-const EVENT_BUFFER: usize = 4096;
+const EVENT_BUFFER: usize = 1024;
 
 /// Identity of this member.
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use crate::error::{EtcdError, Result};
 
 const META_COMPACTED: &[u8] = b"mcompacted";
 /// Synced changes held in the overlay before they are written to sled in one batch.
-pub const APPLY_EVERY: usize = 8192;
+pub const APPLY_EVERY: usize = 2048;
 
 /// What [`MvccStore::open`] found besides the key space: persisted leases and, for every live
 /// key with a lease, that attachment.
