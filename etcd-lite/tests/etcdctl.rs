@@ -382,3 +382,36 @@ fn sigterm_shuts_down_cleanly_and_data_survives() {
     m.restart();
     assert_eq!(m.ok(&["get", "durable", "--print-value-only"]), "yes\n");
 }
+
+#[test]
+fn maintenance_and_lease_preserving_puts() {
+    let m = member();
+    let out = m.ok(&["lease", "grant", "300"]);
+    let id = out.split_whitespace().nth(1).expect("lease id").to_string();
+    m.ok(&["put", "k", "v1", "--lease", &id]);
+    m.ok(&["put", "k", "v2", "--ignore-lease"]);
+    let j = json(&m.ok(&["get", "k", "-w", "json"]));
+    assert_eq!(
+        format!("{:x}", j["kvs"][0]["lease"].as_i64().unwrap_or(0)),
+        id
+    );
+    assert!(m
+        .fails(&["put", "k", "v3", "--ignore-lease", "--lease", &id])
+        .contains("lease is provided"));
+    assert!(m
+        .ok(&["defrag"])
+        .contains("Finished defragmenting etcd member"));
+    let h1 = json(&m.ok(&["endpoint", "hashkv", "-w", "json"]));
+    let h2 = json(&m.ok(&["endpoint", "hashkv", "-w", "json"]));
+    assert_eq!(
+        h1[0]["HashKV"]["hash"], h2[0]["HashKV"]["hash"],
+        "same data, same hash"
+    );
+    m.ok(&["put", "k", "v4"]);
+    let h3 = json(&m.ok(&["endpoint", "hashkv", "-w", "json"]));
+    assert_ne!(
+        h1[0]["HashKV"]["hash"], h3[0]["HashKV"]["hash"],
+        "new data, new hash"
+    );
+    assert_eq!(m.ok(&["alarm", "list"]), "");
+}

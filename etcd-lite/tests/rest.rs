@@ -397,7 +397,7 @@ fn v3_watch_streams_json_lines() {
     let url = m.url("/v3/watch");
     let body = format!(r#"{{"create_request":{{"key":"{}"}}}}"#, b64("w"));
     let mut watcher = Command::new(require_tool("curl"))
-        .args(["-sS", "-N", "--max-time", "4", "-XPOST", "-d", &body, &url])
+        .args(["-s", "-N", "--max-time", "4", "-XPOST", "-d", &body, &url])
         .stdout(Stdio::piped())
         .spawn()
         .expect("curl watch");
@@ -440,4 +440,95 @@ fn health_version_metrics_members() {
     let j = json(&body);
     assert_eq!(j["members"][0]["name"], "default");
     assert_eq!(j["members"][0]["clientURLs"][0], m.url(""));
+}
+
+/// Runs a /v3/watch stream with `body` for `secs` seconds while `during` writes; returns the lines.
+fn watch_lines(
+    m: &EtcdLite,
+    body: &str,
+    secs: u32,
+    during: impl FnOnce(),
+) -> Vec<serde_json::Value> {
+    let url = m.url("/v3/watch");
+    let mut watcher = Command::new(require_tool("curl"))
+        .args([
+            "-s",
+            "-N",
+            "--max-time",
+            &secs.to_string(),
+            "-XPOST",
+            "-d",
+            body,
+            &url,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl watch");
+    std::thread::sleep(Duration::from_millis(700));
+    during();
+    let _ = watcher.wait();
+    let mut out = String::new();
+    use std::io::Read;
+    watcher
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("reading watch output");
+    out.lines().map(json).collect()
+}
+
+#[test]
+fn v3_watch_many_watchers_filters_progress_and_cancel() {
+    let m = member();
+    let key = b64("f");
+    let body = format!(
+        r#"{{"create_request":{{"key":"{key}"}}}} {{"create_request":{{"key":"{key}","filters":["NOPUT"],"prev_kv":true}}}} {{"progress_request":{{}}}}"#
+    );
+    let lines = watch_lines(&m, &body, 4, || {
+        m.ok(&["put", "f", "1"]);
+        m.ok(&["del", "f"]);
+    });
+    let results: Vec<&serde_json::Value> = lines.iter().map(|l| &l["result"]).collect();
+    assert_eq!(results.len(), 6, "{lines:?}");
+    assert_eq!(
+        (results[0]["created"].as_bool(), results[0].get("watch_id")),
+        (Some(true), None),
+        "first id is 0 (omitted)"
+    );
+    assert_eq!(
+        (
+            results[1]["created"].as_bool(),
+            results[1]["watch_id"].as_str()
+        ),
+        (Some(true), Some("1"))
+    );
+    assert_eq!(results[2]["watch_id"], "-1", "progress response");
+    let events: Vec<(Option<&str>, &str, Option<&str>)> = results[3..]
+        .iter()
+        .map(|r| {
+            (
+                r["watch_id"].as_str(),
+                r["events"][0]["type"].as_str().unwrap_or("PUT"),
+                r["events"][0]["prev_kv"]["value"].as_str(),
+            )
+        })
+        .collect();
+    // Watcher 0 sees the put and the delete; watcher 1 filters puts out and gets prev_kv.
+    assert!(events.contains(&(None, "PUT", None)), "{events:?}");
+    assert!(events.contains(&(None, "DELETE", None)), "{events:?}");
+    assert!(
+        events.contains(&(Some("1"), "DELETE", Some(b64("1").as_str()))),
+        "{events:?}"
+    );
+    // Cancel: created, then canceled, and no events afterwards.
+    let body = format!(
+        r#"{{"create_request":{{"key":"{key}","watch_id":"7"}}}} {{"cancel_request":{{"watch_id":"7"}}}}"#
+    );
+    let lines = watch_lines(&m, &body, 3, || {
+        m.ok(&["put", "f", "2"]);
+    });
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[1]["result"]["canceled"], true);
+    assert_eq!(lines[1]["result"]["watch_id"], "7");
 }
