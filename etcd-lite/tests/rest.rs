@@ -394,28 +394,13 @@ fn v3_gateway_kv_lease_and_errors() {
 #[test]
 fn v3_watch_streams_json_lines() {
     let m = member();
-    let url = m.url("/v3/watch");
     let body = format!(r#"{{"create_request":{{"key":"{}"}}}}"#, b64("w"));
-    let mut watcher = Command::new(require_tool("curl"))
-        .args(["-s", "-N", "--max-time", "4", "-XPOST", "-d", &body, &url])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl watch");
-    std::thread::sleep(Duration::from_millis(700));
-    m.ok(&["put", "w", "v1"]);
-    m.ok(&["put", "other", "x"]);
-    m.ok(&["del", "w"]);
-    let _ = watcher.wait();
-    let mut out = String::new();
-    use std::io::Read;
-    watcher
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("reading watch output");
-    let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
-    assert!(lines.len() >= 3, "{out}");
+    let lines = watch_lines(&m, &body, 4, || {
+        m.ok(&["put", "w", "v1"]);
+        m.ok(&["put", "other", "x"]);
+        m.ok(&["del", "w"]);
+    });
+    assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0]["result"]["created"], true);
     assert_eq!(lines[1]["result"]["events"][0]["kv"]["value"], b64("v1"));
     assert_eq!(lines[2]["result"]["events"][0]["type"], "DELETE");
