@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -eu
 
-PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq"
+PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static"
 
 missing=""
 for p in $PACKAGES; do

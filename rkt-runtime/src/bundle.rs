@@ -1,0 +1,115 @@
+//! Loading and checking a bundle: config.json (through oci-spec) and the root filesystem.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{Result, RuntimeError};
+
+/// A bundle whose config is loaded and checked against what rkt supports.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Absolute path of the bundle directory.
+    pub dir: PathBuf,
+    pub spec: Spec,
+    /// Absolute path of the root filesystem.
+    pub rootfs: PathBuf,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::BadConfig {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Bundle {
+    /// Loads `dir/config.json` and checks it.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let dir = std::fs::canonicalize(dir).map_err(|e| RuntimeError::io(dir, e))?;
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| RuntimeError::io(&path, e))?;
+        let spec: Spec = serde_json::from_str(&text).map_err(|e| bad(&path, e.to_string()))?;
+        let major = spec.version().split('.').next().unwrap_or("");
+        if major != "1" {
+            return Err(bad(
+                &path,
+                format!("ociVersion {:?} is not a 1.x runtime spec", spec.version()),
+            ));
+        }
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| bad(&path, "no root filesystem (\"root\") given"))?;
+        let rootfs = dir.join(root.path());
+        if !rootfs.is_dir() {
+            return Err(bad(
+                &path,
+                format!("root filesystem {} is not a directory", rootfs.display()),
+            ));
+        }
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| bad(&path, "no \"process\" given"))?;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(bad(&path, "process.args must name the program to run"));
+        }
+        if process.terminal().unwrap_or(false) {
+            return Err(RuntimeError::Unsupported(
+                "process.terminal (a pseudo-terminal through --console-socket) is not implemented yet; set \"terminal\": false".into(),
+            ));
+        }
+        if spec.hooks().is_some() {
+            return Err(RuntimeError::Unsupported(
+                "hooks are not implemented yet".into(),
+            ));
+        }
+        if let Some(linux) = spec.linux() {
+            for ns in linux.namespaces().as_deref().unwrap_or_default() {
+                if matches!(
+                    ns.typ(),
+                    LinuxNamespaceType::User | LinuxNamespaceType::Time
+                ) {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "{:?} namespaces are not implemented yet",
+                        ns.typ()
+                    )));
+                }
+            }
+            if linux.seccomp().is_some() {
+                return Err(RuntimeError::Unsupported(
+                    "seccomp filters are not implemented yet".into(),
+                ));
+            }
+            if let Some(r) = linux.resources() {
+                let limits = r.memory().is_some()
+                    || r.cpu().is_some()
+                    || r.pids().is_some()
+                    || r.block_io().is_some()
+                    || r.hugepage_limits().is_some()
+                    || r.network().is_some()
+                    || r.unified().is_some();
+                if limits {
+                    return Err(RuntimeError::Unsupported(
+                        "cgroup resource limits are not implemented yet".into(),
+                    ));
+                }
+            }
+        }
+        Ok(Bundle { dir, spec, rootfs })
+    }
+}
+
+/// The default spec `rkt spec` writes: oci-spec's (runc's) default, without a terminal, since rkt
+/// does not do terminals yet, and without the device cgroup rule it does not enforce.
+pub fn default_spec() -> Spec {
+    let mut spec = Spec::default();
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(false));
+    }
+    if let Some(l) = spec.linux_mut() {
+        l.set_resources(None);
+    }
+    spec
+}

@@ -1,0 +1,616 @@
+//! The syscall layer: namespaces, mounts, pivot_root, credentials and exec. The only module of
+//! the runtime that calls them.
+//!
+//! Process shape (like runc's): `rkt create` forks a helper, which joins or creates the
+//! namespaces and forks the container's init; init sets up the root filesystem, reports "ready"
+//! over a pipe, then waits on the container's `exec.fifo` until `rkt start` writes to it, and
+//! execs the process. The helper reports init's pid and exits; `rkt` stays the child subreaper
+//! so that `rkt run` can wait for init itself.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::stat::Mode;
+use nix::unistd::{chdir, fork, pivot_root, ForkResult, Pid};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+use crate::bundle::Bundle;
+use crate::error::{Result, RuntimeError};
+use crate::mounts;
+
+/// Devices every container gets, bind-mounted from the host (as the spec's defaults require).
+const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RuntimeError {
+    let what = what.into();
+    move |e| RuntimeError::sys(what, e)
+}
+
+/// Starts the container's init for `bundle`, held before exec until the fifo at `fifo` is
+/// written. Returns init's pid once the root filesystem is ready.
+pub fn spawn_init(bundle: &Bundle, fifo: &Path) -> Result<Pid> {
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
+    // SAFETY: rkt is single-threaded here (no runtime, no helper threads), so the child may
+    // keep running Rust code after fork.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut out = std::fs::File::from(wr);
+            let code = match helper(bundle, fifo, &mut out) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(out, "error {e}");
+                    1
+                }
+            };
+            // SAFETY: _exit skips destructors and atexit handlers that belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let res = read_report(rd);
+            let _ = nix::sys::wait::waitpid(child, None);
+            res
+        }
+    }
+}
+
+/// Reads the helper's and init's report: "pid N", then "ready" or "error MSG".
+fn read_report(rd: OwnedFd) -> Result<Pid> {
+    let mut pid = None;
+    for line in BufReader::new(std::fs::File::from(rd)).lines() {
+        let line = line.map_err(|e| RuntimeError::Init(e.to_string()))?;
+        if let Some(p) = line.strip_prefix("pid ") {
+            pid = p.parse::<i32>().ok().map(Pid::from_raw);
+        } else if line == "ready" {
+            return pid
+                .ok_or_else(|| RuntimeError::Init("init reported ready without a pid".into()));
+        } else if let Some(msg) = line.strip_prefix("error ") {
+            if let Some(p) = pid {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            }
+            return Err(RuntimeError::Init(msg.to_string()));
+        }
+    }
+    Err(RuntimeError::Init(
+        "container init exited during setup".into(),
+    ))
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
+    Some(match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::User | LinuxNamespaceType::Time => return None,
+    })
+}
+
+/// The helper: join/create namespaces, fork init, report its pid.
+fn helper(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<()> {
+    let namespaces = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    let mut new = CloneFlags::empty();
+    for ns in &namespaces {
+        let flag = ns_flag(ns.typ())
+            .ok_or_else(|| RuntimeError::Unsupported(format!("{:?} namespace", ns.typ())))?;
+        match ns.path() {
+            Some(p) => {
+                let f = std::fs::File::open(p).map_err(|e| RuntimeError::io(p, e))?;
+                setns(f, flag).map_err(sys(format!("joining namespace {}", p.display())))?;
+            }
+            None => new |= flag,
+        }
+    }
+    if !new.contains(CloneFlags::CLONE_NEWNS)
+        && !namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Mount)
+    {
+        return Err(RuntimeError::Unsupported(
+            "a container without its own mount namespace".into(),
+        ));
+    }
+    unshare(new).map_err(sys("creating namespaces"))?;
+    // SAFETY: still single-threaded.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            let code = match init(bundle, fifo, out) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    let _ = writeln!(out, "error {e}");
+                    1
+                }
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            writeln!(out, "pid {child}").map_err(|e| RuntimeError::Init(e.to_string()))?;
+            Ok(())
+        }
+    }
+}
+
+/// Joins `dest` (absolute inside the container) under `root`, refusing to climb out of it.
+fn in_root(root: &Path, dest: &Path) -> Result<PathBuf> {
+    let mut p = root.to_path_buf();
+    for c in dest.components() {
+        match c {
+            Component::Normal(n) => p.push(n),
+            Component::ParentDir => {
+                return Err(RuntimeError::Unsupported(format!(
+                    "mount destination with '..': {}",
+                    dest.display()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+fn mount_one(rootfs: &Path, m: &Mount, has_netns: bool) -> Result<()> {
+    let dest = in_root(rootfs, m.destination())?;
+    let options = m.options().clone().unwrap_or_default();
+    let dest_s = m.destination().display().to_string();
+    let plan = mounts::plan(&dest_s, &options)?;
+    let typ = m.typ().clone().unwrap_or_default();
+    let source = m.source().clone();
+    if plan.bind {
+        let src = source.ok_or_else(|| RuntimeError::BadConfig {
+            path: dest.clone(),
+            reason: "bind mount without source".into(),
+        })?;
+        if src.is_dir() {
+            std::fs::create_dir_all(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
+        } else {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
+            }
+            if !dest.exists() {
+                std::fs::File::create(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
+            }
+        }
+        let bind_flags = plan.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
+        mount(Some(&src), &dest, None::<&str>, bind_flags, None::<&str>)
+            .map_err(sys(format!("bind mounting {} on {dest_s}", src.display())))?;
+        // Bind mounts take their other flags only through a remount.
+        let rest = plan.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !rest.is_empty() {
+            mount(
+                None::<&str>,
+                &dest,
+                None::<&str>,
+                rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                None::<&str>,
+            )
+            .map_err(sys(format!("remounting {dest_s}")))?;
+        }
+    } else {
+        std::fs::create_dir_all(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
+        let data = (!plan.data.is_empty()).then_some(plan.data.as_str());
+        let res = match typ.as_str() {
+            // The cgroup v1 "cgroup" type needs a controller; give the container the unified
+            // hierarchy, read-only as asked.
+            "cgroup" | "cgroup2" => mount(
+                Some("cgroup2"),
+                &dest,
+                Some("cgroup2"),
+                plan.flags,
+                None::<&str>,
+            ),
+            "sysfs" if !has_netns => mount(
+                Some(Path::new("/sys")),
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+            _ => mount(
+                source.as_deref().or(Some(Path::new(&typ))),
+                &dest,
+                Some(typ.as_str()),
+                plan.flags,
+                data,
+            ),
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if typ == "cgroup" || typ == "cgroup2" => {
+                eprintln!("rkt: warning: no cgroup filesystem at {dest_s} ({e})");
+            }
+            Err(e) => return Err(RuntimeError::sys(format!("mounting {typ} on {dest_s}"), e)),
+        }
+    }
+    if !plan.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            &dest,
+            None::<&str>,
+            plan.propagation,
+            None::<&str>,
+        )
+        .map_err(sys(format!("setting propagation of {dest_s}")))?;
+    }
+    Ok(())
+}
+
+fn setup_devices(rootfs: &Path, spec: &Spec) -> Result<()> {
+    let dev = rootfs.join("dev");
+    std::fs::create_dir_all(&dev).map_err(|e| RuntimeError::io(&dev, e))?;
+    let mut paths: Vec<PathBuf> = DEFAULT_DEVICES
+        .iter()
+        .map(|d| PathBuf::from("/dev").join(d))
+        .collect();
+    if let Some(devs) = spec.linux().as_ref().and_then(|l| l.devices().clone()) {
+        paths.extend(devs.iter().map(|d| d.path().clone()));
+    }
+    for p in paths {
+        let dest = in_root(rootfs, &p)?;
+        if !p.exists() {
+            return Err(RuntimeError::Unsupported(format!(
+                "device {} does not exist on the host",
+                p.display()
+            )));
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
+        }
+        if !dest.exists() {
+            std::fs::File::create(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
+        }
+        mount(
+            Some(&p),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys(format!("binding device {}", p.display())))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let l = dev.join(link);
+        if l.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(target, &l).map_err(|e| RuntimeError::io(&l, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn enter_root(rootfs: &Path) -> Result<()> {
+    chdir(rootfs).map_err(sys("entering the root filesystem"))?;
+    pivot_root(".", ".").map_err(sys("pivot_root"))?;
+    // The old root now sits under the new one at "."; detach it.
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root"))?;
+    chdir("/").map_err(sys("chdir /"))
+}
+
+fn mask_and_protect(spec: &Spec) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    for p in linux.masked_paths().as_deref().unwrap_or_default() {
+        let path = Path::new(p);
+        let res = if path.is_dir() {
+            mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        } else if path.exists() {
+            mount(
+                Some("/dev/null"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        } else {
+            Ok(())
+        };
+        res.map_err(sys(format!("masking {p}")))?;
+    }
+    for p in linux.readonly_paths().as_deref().unwrap_or_default() {
+        let path = Path::new(p);
+        if !path.exists() {
+            continue;
+        }
+        mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(sys(format!("binding {p}")))?;
+        mount(
+            None::<&str>,
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(sys(format!("making {p} read-only")))?;
+    }
+    Ok(())
+}
+
+fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource as R;
+    Some(match name {
+        "RLIMIT_AS" => R::RLIMIT_AS,
+        "RLIMIT_CORE" => R::RLIMIT_CORE,
+        "RLIMIT_CPU" => R::RLIMIT_CPU,
+        "RLIMIT_DATA" => R::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => R::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => R::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => R::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => R::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => R::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => R::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => R::RLIMIT_NPROC,
+        "RLIMIT_RSS" => R::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => R::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => R::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => R::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => R::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+fn cap_set(list: &Option<oci_spec::runtime::Capabilities>) -> Result<caps::CapsHashSet> {
+    let mut out = caps::CapsHashSet::new();
+    for c in list.iter().flatten() {
+        let name = serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        match name.parse::<caps::Capability>() {
+            Ok(cap) => {
+                out.insert(cap);
+            }
+            // A capability this kernel or caps crate does not know cannot be granted anyway.
+            Err(_) => eprintln!("rkt: warning: unknown capability {name}, skipped"),
+        }
+    }
+    Ok(out)
+}
+
+fn capsys(e: caps::errors::CapsError) -> RuntimeError {
+    RuntimeError::Init(format!("setting capabilities: {e}"))
+}
+
+/// Credentials, capabilities and no_new_privs, in the order the kernel needs them.
+fn set_credentials(spec: &Spec) -> Result<()> {
+    use caps::CapSet;
+    let process = spec
+        .process()
+        .as_ref()
+        .expect("bundle checks a process exists");
+    let wanted = process.capabilities().clone().unwrap_or_default();
+    let bounding = cap_set(wanted.bounding())?;
+    for cap in caps::all() {
+        if !bounding.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(capsys)?;
+        }
+    }
+    let user = process.user();
+    nix::sys::prctl::set_keepcaps(true).map_err(sys("keeping capabilities across setuid"))?;
+    let gids: Vec<nix::unistd::Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&gids).map_err(sys("setgroups"))?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(user.gid())).map_err(sys("setgid"))?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(user.uid())).map_err(sys("setuid"))?;
+    // capset(2) wants effective ⊆ permitted at every step, and inheritable changes need
+    // CAP_SETPCAP while we still have it: inheritable, effective, permitted, then ambient.
+    caps::set(None, CapSet::Inheritable, &cap_set(wanted.inheritable())?).map_err(capsys)?;
+    caps::set(None, CapSet::Effective, &cap_set(wanted.effective())?).map_err(capsys)?;
+    caps::set(None, CapSet::Permitted, &cap_set(wanted.permitted())?).map_err(capsys)?;
+    caps::set(None, CapSet::Ambient, &cap_set(wanted.ambient())?).map_err(capsys)?;
+    if process.no_new_privileges().unwrap_or(false) {
+        nix::sys::prctl::set_no_new_privs().map_err(sys("no_new_privs"))?;
+    }
+    Ok(())
+}
+
+/// Finds the program in the container's PATH (from the process env), as the spec asks.
+fn find_program(arg0: &str, env: &[String]) -> PathBuf {
+    if arg0.contains('/') {
+        return PathBuf::from(arg0);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(arg0))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(arg0))
+}
+
+fn cstrings(v: &[String]) -> Result<Vec<CString>> {
+    v.iter()
+        .map(|s| {
+            CString::new(s.as_str()).map_err(|_| RuntimeError::Init(format!("NUL byte in {s:?}")))
+        })
+        .collect()
+}
+
+/// The container's init: everything up to exec.
+fn init(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<std::convert::Infallible> {
+    let spec = &bundle.spec;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let has = |t: LinuxNamespaceType| linux.namespaces().iter().flatten().any(|n| n.typ() == t);
+    // Held open read-write: `rkt start` can open it for writing whenever init is alive.
+    let fifo_fd = open(fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys("opening exec.fifo"))?;
+    // SAFETY: `open` just returned this descriptor and nothing else owns it.
+    let fifo_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fifo_fd) };
+    let propagation = match linux.rootfs_propagation().as_deref() {
+        Some("shared") => MsFlags::MS_SHARED,
+        Some("slave") => MsFlags::MS_SLAVE,
+        Some("unbindable") => MsFlags::MS_UNBINDABLE,
+        _ => MsFlags::MS_PRIVATE,
+    };
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | propagation,
+        None::<&str>,
+    )
+    .map_err(sys("making / private in the container"))?;
+    let rootfs = &bundle.rootfs;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("binding the root filesystem"))?;
+    for m in spec.mounts().iter().flatten() {
+        mount_one(rootfs, m, has(LinuxNamespaceType::Network))?;
+    }
+    setup_devices(rootfs, spec)?;
+    enter_root(rootfs)?;
+    mask_and_protect(spec)?;
+    if spec
+        .root()
+        .as_ref()
+        .is_some_and(|r| r.readonly().unwrap_or(false))
+    {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(sys("making / read-only"))?;
+    }
+    if let Some(h) = spec.hostname() {
+        if has(LinuxNamespaceType::Uts) {
+            nix::unistd::sethostname(h).map_err(sys("sethostname"))?;
+        }
+    }
+    for (k, v) in linux.sysctl().clone().unwrap_or_default() {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&p, v).map_err(|e| RuntimeError::io(&p, e))?;
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .expect("bundle checks a process exists");
+    for r in process.rlimits().iter().flatten() {
+        let name = serde_json::to_value(r.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let res = rlimit_resource(&name)
+            .ok_or_else(|| RuntimeError::Unsupported(format!("rlimit {name}")))?;
+        nix::sys::resource::setrlimit(res, r.soft(), r.hard())
+            .map_err(sys(format!("setrlimit {name}")))?;
+    }
+    if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
+        eprintln!("rkt: note: AppArmor/SELinux labels are not applied on this host (ignored)");
+    }
+    let env = process.env().clone().unwrap_or_default();
+    let args = process.args().clone().unwrap_or_default();
+    let program = find_program(&args[0], &env);
+    let cwd = process.cwd().clone();
+    writeln!(out, "ready").map_err(|e| RuntimeError::Init(e.to_string()))?;
+    // From here on nobody reads the report pipe: failures go to the container's stderr.
+    let e = match start_process(spec, fifo_fd, &program, &args, &env, &cwd) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    eprintln!("rkt: {e}");
+    // SAFETY: exiting the container's init without running the parent's destructors.
+    unsafe { libc::_exit(127) }
+}
+
+/// Waits for `rkt start`, drops privileges as the spec says and execs the process.
+fn start_process(
+    spec: &Spec,
+    fifo_fd: OwnedFd,
+    program: &Path,
+    args: &[String],
+    env: &[String],
+    cwd: &Path,
+) -> Result<std::convert::Infallible> {
+    let mut byte = [0u8; 1];
+    std::fs::File::from(fifo_fd)
+        .read_exact(&mut byte)
+        .map_err(|e| RuntimeError::Init(format!("waiting for start: {e}")))?;
+    set_credentials(spec)?;
+    chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
+    // Rust ignores SIGPIPE; the container's process must get the default disposition back.
+    // SAFETY: resetting a signal disposition to its default has no handler to be unsafe about.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    }
+    .map_err(sys("restoring SIGPIPE"))?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(sys("sigprocmask"))?;
+    let prog = CString::new(program.as_os_str().as_encoded_bytes())
+        .map_err(|_| RuntimeError::Init("NUL byte in program path".into()))?;
+    let e = match nix::unistd::execve(&prog, &cstrings(args)?, &cstrings(env)?) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    Err(RuntimeError::sys(format!("exec {}", program.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_stay_inside_the_root() {
+        let r = Path::new("/b/rootfs");
+        assert_eq!(
+            in_root(r, Path::new("/proc")).ok(),
+            Some(PathBuf::from("/b/rootfs/proc"))
+        );
+        assert!(in_root(r, Path::new("/../etc")).is_err());
+    }
+
+    #[test]
+    fn program_lookup_uses_the_container_path() {
+        let env = vec!["PATH=/nonexistent:/bin".to_string()];
+        assert_eq!(find_program("/x/y", &env), PathBuf::from("/x/y"));
+        assert_eq!(find_program("sh", &env), PathBuf::from("/bin/sh"));
+    }
+}
