@@ -29,6 +29,19 @@ use crate::mounts;
 /// Devices every container gets, bind-mounted from the host (as the spec's defaults require).
 const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
+/// Writes one report line with a single write(2): the helper and init share the pipe, and
+/// writes below PIPE_BUF are atomic, so lines never interleave.
+fn report(out: &mut std::fs::File, line: &str) -> std::io::Result<()> {
+    let mut buf = line.replace('\n', " ");
+    let mut cut = buf.len().min(libc::PIPE_BUF - 1);
+    while !buf.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    buf.truncate(cut);
+    buf.push('\n');
+    out.write_all(buf.as_bytes())
+}
+
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RuntimeError {
     let what = what.into();
     move |e| RuntimeError::sys(what, e)
@@ -47,7 +60,7 @@ pub fn spawn_init(bundle: &Bundle, fifo: &Path) -> Result<Pid> {
             let code = match helper(bundle, fifo, &mut out) {
                 Ok(()) => 0,
                 Err(e) => {
-                    let _ = writeln!(out, "error {e}");
+                    let _ = report(&mut out, &format!("error {e}"));
                     1
                 }
             };
@@ -133,7 +146,7 @@ fn helper(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<()> {
             let code = match init(bundle, fifo, out) {
                 Ok(never) => match never {},
                 Err(e) => {
-                    let _ = writeln!(out, "error {e}");
+                    let _ = report(out, &format!("error {e}"));
                     1
                 }
             };
@@ -141,7 +154,7 @@ fn helper(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<()> {
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => {
-            writeln!(out, "pid {child}").map_err(|e| RuntimeError::Init(e.to_string()))?;
+            report(out, &format!("pid {child}")).map_err(|e| RuntimeError::Init(e.to_string()))?;
             Ok(())
         }
     }
@@ -547,7 +560,7 @@ fn init(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<std::co
     let args = process.args().clone().unwrap_or_default();
     let program = find_program(&args[0], &env);
     let cwd = process.cwd().clone();
-    writeln!(out, "ready").map_err(|e| RuntimeError::Init(e.to_string()))?;
+    report(out, "ready").map_err(|e| RuntimeError::Init(e.to_string()))?;
     // From here on nobody reads the report pipe: failures go to the container's stderr.
     let e = match start_process(spec, fifo_fd, &program, &args, &env, &cwd) {
         Ok(never) => match never {},
