@@ -64,6 +64,8 @@ pub struct MvccStore {
     sled_writer: Option<std::thread::JoinHandle<()>>,
     state: RwLock<State>,
     published: AtomicI64,
+    /// Log size that triggers a checkpoint ([`CHECKPOINT_BYTES`] unless a test lowers it).
+    checkpoint_bytes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -215,6 +217,7 @@ impl MvccStore {
                 compacted,
             }),
             published: AtomicI64::new(current),
+            checkpoint_bytes: std::sync::atomic::AtomicU64::new(CHECKPOINT_BYTES),
         };
         let attached = lease_of.into_iter().collect();
         Ok((store, Recovered { leases, attached }))
@@ -279,6 +282,12 @@ impl MvccStore {
         }
     }
 
+    /// Lowers the checkpoint threshold so tests reach the checkpoint path quickly.
+    #[cfg(test)]
+    pub fn set_checkpoint_bytes(&self, n: u64) {
+        self.checkpoint_bytes.store(n, Ordering::Relaxed);
+    }
+
     /// Writes everything in the overlays to sled now (compaction, checkpoints, tests).
     pub fn apply_overlay(&self) -> Result<()> {
         self.wait_applied();
@@ -308,7 +317,7 @@ impl MvccStore {
             .wal
             .lock()
             .as_ref()
-            .is_none_or(|w| w.size() > CHECKPOINT_BYTES);
+            .is_none_or(|w| w.size() > self.checkpoint_bytes.load(Ordering::Relaxed));
         if checkpoint {
             self.apply_overlay()?;
             self.db.flush()?;
@@ -934,6 +943,39 @@ mod tests {
                 .len(),
             n
         );
+    }
+
+    #[test]
+    fn checkpoints_bound_the_log_and_lose_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = 3000;
+        {
+            let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
+            s.set_checkpoint_bytes(16 * 1024);
+            for i in 0..n {
+                let mut w = s.write();
+                w.put(format!("c{i}").as_bytes(), vec![b'v'; 100], 0)
+                    .expect("put");
+                w.commit().expect("commit");
+                s.flush().expect("flush");
+                let wal = std::fs::metadata(dir.path().join("wal"))
+                    .expect("wal")
+                    .len();
+                assert!(
+                    wal < 64 * 1024,
+                    "the log is reset at checkpoints ({wal} bytes)"
+                );
+            }
+        }
+        let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("reopen");
+        let view = s.read();
+        assert_eq!(view.rev, n as i64 + 1);
+        let all = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        assert_eq!(txn::range(&view, &all).expect("range").count, n as i64);
     }
 
     #[test]
