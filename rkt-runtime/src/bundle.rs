@@ -55,16 +55,6 @@ impl Bundle {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(bad(&path, "process.args must name the program to run"));
         }
-        if process.terminal().unwrap_or(false) {
-            return Err(RuntimeError::Unsupported(
-                "process.terminal (a pseudo-terminal through --console-socket) is not implemented yet; set \"terminal\": false".into(),
-            ));
-        }
-        if spec.hooks().is_some() {
-            return Err(RuntimeError::Unsupported(
-                "hooks are not implemented yet".into(),
-            ));
-        }
         if let Some(linux) = spec.linux() {
             for ns in linux.namespaces().as_deref().unwrap_or_default() {
                 if matches!(
@@ -77,39 +67,17 @@ impl Bundle {
                     )));
                 }
             }
-            if linux.seccomp().is_some() {
-                return Err(RuntimeError::Unsupported(
-                    "seccomp filters are not implemented yet".into(),
-                ));
-            }
-            if let Some(r) = linux.resources() {
-                let limits = r.memory().is_some()
-                    || r.cpu().is_some()
-                    || r.pids().is_some()
-                    || r.block_io().is_some()
-                    || r.hugepage_limits().is_some()
-                    || r.network().is_some()
-                    || r.unified().is_some();
-                if limits {
-                    return Err(RuntimeError::Unsupported(
-                        "cgroup resource limits are not implemented yet".into(),
-                    ));
-                }
-            }
         }
         Ok(Bundle { dir, spec, rootfs })
     }
 }
 
-/// The default spec `rkt spec` writes: oci-spec's (runc's) default, without a terminal, since rkt
-/// does not do terminals yet, and without the device cgroup rule it does not enforce.
+/// The default spec `rkt spec` writes: oci-spec's (runc's) default, without a terminal (so
+/// that `rkt run` works without a console socket).
 pub fn default_spec() -> Spec {
     let mut spec = Spec::default();
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(false));
-    }
-    if let Some(l) = spec.linux_mut() {
-        l.set_resources(None);
     }
     spec
 }

@@ -12,7 +12,9 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::bundle::Bundle;
+use crate::cgroup::{self, Cgroup};
 use crate::error::{Result, RuntimeError};
+use crate::hooks::{self, HookState};
 use crate::state::{check_id, proc_stat, Root, Saved, StateJson, Status, OCI_VERSION};
 
 /// How long `delete --force` and `kill` wait for a killed container to go.
@@ -61,17 +63,29 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
 }
 
-/// Removes a half-made container directory unless disarmed.
+/// Removes a half-made container (directory, cgroup) unless disarmed.
 struct Cleanup<'a> {
     dir: &'a Path,
+    cgroup: Option<Cgroup>,
     armed: bool,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if self.armed {
+            if let Some(cg) = &self.cgroup {
+                kill_all(cg, Signal::SIGKILL);
+                cg.destroy();
+            }
             let _ = std::fs::remove_dir_all(self.dir);
         }
+    }
+}
+
+/// Signals every process in a cgroup.
+fn kill_all(cg: &Cgroup, sig: Signal) {
+    for p in cg.pids() {
+        let _ = kill(Pid::from_raw(p), sig);
     }
 }
 
@@ -87,14 +101,28 @@ fn block_signals() -> Result<SigSet> {
     Ok(set)
 }
 
+fn hook_json(s: &Saved, status: &str) -> String {
+    HookState {
+        oci_version: OCI_VERSION,
+        id: &s.id,
+        status,
+        pid: s.pid,
+        bundle: &s.bundle,
+        annotations: &s.annotations,
+    }
+    .json()
+}
+
+/// The spec's hooks, read again from the bundle (poststart, poststop).
+fn bundle_hooks(s: &Saved) -> Option<oci_spec::runtime::Hooks> {
+    let text = std::fs::read_to_string(s.bundle.join("config.json")).ok()?;
+    let spec: oci_spec::runtime::Spec = serde_json::from_str(&text).ok()?;
+    spec.hooks().clone()
+}
+
 /// `create`: set up the container and leave it waiting for `start`.
 pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
     check_id(id)?;
-    if opts.console_socket.is_some() {
-        return Err(RuntimeError::Unsupported(
-            "--console-socket (terminals) is not implemented yet".into(),
-        ));
-    }
     let bundle = Bundle::load(&opts.bundle)?;
     std::fs::create_dir_all(&root.dir).map_err(|e| RuntimeError::io(&root.dir, e))?;
     let dir = root.container_dir(id);
@@ -107,15 +135,27 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
     }
     let mut cleanup = Cleanup {
         dir: &dir,
+        cgroup: None,
         armed: true,
     };
+    let linux = bundle.spec.linux().clone().unwrap_or_default();
+    let rel = cgroup::container_path(linux.cgroups_path().as_deref(), id)?;
+    let cg = Cgroup::new(Cgroup::detect_layout()?, rel);
+    cg.create(linux.resources().as_ref())?;
+    cleanup.cgroup = Some(cg.clone());
     let fifo = root.fifo(id);
     nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
         .map_err(|e| RuntimeError::sys("creating exec.fifo", e))?;
     // Orphaned container processes are re-parented to us, so `run` can reap its init.
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| RuntimeError::sys("becoming a subreaper", e))?;
-    let pid = crate::linux::spawn_init(&bundle, &fifo)?;
+    let pid = crate::linux::spawn_init(&crate::linux::InitArgs {
+        id,
+        bundle: &bundle,
+        fifo: &fifo,
+        cgroup: Some(&cg),
+        console_socket: opts.console_socket.as_deref(),
+    })?;
     let pid_start = proc_stat(pid.as_raw())
         .map(|(_, s)| s)
         .ok_or_else(|| RuntimeError::Init("container init vanished".into()))?;
@@ -127,20 +167,26 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
         rootfs: bundle.rootfs.clone(),
         created: now_rfc3339(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        cgroup: Some(cg.rel().to_path_buf()),
     };
-    if let Err(e) = root.save(&saved) {
-        let _ = kill(pid, Signal::SIGKILL);
-        return Err(e);
+    root.save(&saved)?;
+    if let Some(h) = bundle.spec.hooks() {
+        let state = hook_json(&saved, "creating");
+        hooks::run_all(h.prestart().as_ref(), &state)?;
+        hooks::run_all(h.create_runtime().as_ref(), &state)?;
     }
     if let Some(p) = &opts.pid_file {
-        let write = std::fs::write(p, pid.as_raw().to_string());
-        if let Err(e) = write {
-            let _ = kill(pid, Signal::SIGKILL);
-            return Err(RuntimeError::io(p, e));
-        }
+        write_pid_file(p, pid.as_raw())?;
     }
     cleanup.armed = false;
     Ok(saved)
+}
+
+/// Writes a pid file atomically, as engines read it as soon as rkt exits.
+fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
+    let tmp = p.with_extension("rkt-tmp");
+    std::fs::write(&tmp, pid.to_string()).map_err(|e| RuntimeError::io(&tmp, e))?;
+    std::fs::rename(&tmp, p).map_err(|e| RuntimeError::io(p, e))
 }
 
 /// `start`: release a created container's process.
@@ -161,7 +207,15 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         .open(&fifo)
         .map_err(|e| RuntimeError::io(&fifo, e))?;
     f.write_all(&[0]).map_err(|e| RuntimeError::io(&fifo, e))?;
-    std::fs::remove_file(&fifo).map_err(|e| RuntimeError::io(&fifo, e))
+    std::fs::remove_file(&fifo).map_err(|e| RuntimeError::io(&fifo, e))?;
+    if let Some(h) = bundle_hooks(&s) {
+        hooks::run_all_logged(
+            "poststart",
+            h.poststart().as_ref(),
+            &hook_json(&s, "running"),
+        );
+    }
+    Ok(())
 }
 
 /// `state`: the OCI state document.
@@ -195,16 +249,26 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         .map_err(|_| RuntimeError::Unsupported(format!("unknown signal {s:?}")))
 }
 
-/// `kill`: signal the container's init.
-pub fn kill_container(root: &Root, id: &str, sig: Signal) -> Result<()> {
+/// `kill`: signal the container's init (every process in it with `all`).
+pub fn kill_container(root: &Root, id: &str, sig: Signal, all: bool) -> Result<()> {
     let s = root.load(id)?;
     let status = root.status(&s);
-    if status == Status::Stopped {
+    if status == Status::Stopped && !all {
         return Err(RuntimeError::WrongState {
             id: id.to_string(),
             status: status.to_string(),
             wanted: "cannot signal a stopped container",
         });
+    }
+    if all {
+        if let Some(cg) = root.cgroup(&s) {
+            kill_all(&cg, sig);
+            // Frozen processes only act on signals once thawed.
+            if status == Status::Paused && matches!(sig, Signal::SIGKILL | Signal::SIGTERM) {
+                let _ = cg.freeze(false);
+            }
+            return Ok(());
+        }
     }
     kill(Pid::from_raw(s.pid), sig).map_err(|e| RuntimeError::sys(format!("signalling {id}"), e))
 }
@@ -235,15 +299,19 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
             let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
             wait_gone(root, &s);
         }
-        Status::Running if force => {
+        Status::Running | Status::Paused if force => {
             let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+            if let Some(cg) = root.cgroup(&s) {
+                kill_all(&cg, Signal::SIGKILL);
+                let _ = cg.freeze(false);
+            }
             if !wait_gone(root, &s) {
                 return Err(RuntimeError::Init(format!(
                     "container {id} did not die after SIGKILL"
                 )));
             }
         }
-        Status::Running => {
+        Status::Running | Status::Paused => {
             return Err(RuntimeError::WrongState {
                 id: id.to_string(),
                 status: status.to_string(),
@@ -251,8 +319,234 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
             })
         }
     }
+    if let Some(cg) = root.cgroup(&s) {
+        // Without a pid namespace, processes may outlive init: the cgroup knows them all.
+        kill_all(&cg, Signal::SIGKILL);
+        cg.destroy();
+    }
     let dir = root.container_dir(id);
-    std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))
+    std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    if let Some(h) = bundle_hooks(&s) {
+        hooks::run_all_logged("poststop", h.poststop().as_ref(), &hook_json(&s, "stopped"));
+    }
+    Ok(())
+}
+
+fn running(root: &Root, id: &str, action: &'static str) -> Result<(Saved, Cgroup)> {
+    let s = root.load(id)?;
+    let status = root.status(&s);
+    if matches!(status, Status::Stopped | Status::Created) {
+        return Err(RuntimeError::WrongState {
+            id: id.to_string(),
+            status: status.to_string(),
+            wanted: action,
+        });
+    }
+    let cg = root
+        .cgroup(&s)
+        .ok_or_else(|| RuntimeError::Unsupported(format!("container {id} has no cgroup")))?;
+    Ok((s, cg))
+}
+
+/// `pause`: freeze every process of a running container.
+pub fn pause(root: &Root, id: &str) -> Result<()> {
+    running(root, id, "cannot pause a container that is not running")?
+        .1
+        .freeze(true)
+}
+
+/// `resume`: thaw a paused container.
+pub fn resume(root: &Root, id: &str) -> Result<()> {
+    let (s, cg) = running(root, id, "cannot resume a container that is not paused")?;
+    if root.status(&s) != Status::Paused {
+        return Err(RuntimeError::WrongState {
+            id: id.to_string(),
+            status: root.status(&s).to_string(),
+            wanted: "cannot resume a container that is not paused",
+        });
+    }
+    cg.freeze(false)
+}
+
+/// `ps`: host pids of the container's processes.
+pub fn pids(root: &Root, id: &str) -> Result<Vec<i32>> {
+    let s = root.load(id)?;
+    Ok(root.cgroup(&s).map(|c| c.pids()).unwrap_or_default())
+}
+
+/// `events --stats`: one stats sample.
+pub fn stats(root: &Root, id: &str) -> Result<cgroup::Stats> {
+    let (_, cg) = running(
+        root,
+        id,
+        "cannot read stats of a container that is not running",
+    )?;
+    Ok(cg.stats())
+}
+
+/// `update`: apply new resource limits to a container's cgroup.
+pub fn update(root: &Root, id: &str, r: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    let s = root.load(id)?;
+    if root.status(&s) == Status::Stopped {
+        return Err(RuntimeError::WrongState {
+            id: id.to_string(),
+            status: "stopped".into(),
+            wanted: "cannot update a stopped container",
+        });
+    }
+    let cg = root
+        .cgroup(&s)
+        .ok_or_else(|| RuntimeError::Unsupported(format!("container {id} has no cgroup")))?;
+    cg.update(r)
+}
+
+/// What `rkt exec COMMAND` changes in the container's own process to make the new one.
+#[derive(Debug, Default)]
+pub struct ExecOverrides {
+    pub args: Vec<String>,
+    pub tty: bool,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<String>,
+    pub user: Option<(u32, u32)>,
+    pub additional_gids: Vec<u32>,
+    pub caps: Vec<String>,
+    pub no_new_privs: bool,
+}
+
+/// The process `rkt exec COMMAND` runs: the container's process with these changes (as runc).
+pub fn exec_process_for(
+    root: &Root,
+    id: &str,
+    o: &ExecOverrides,
+) -> Result<oci_spec::runtime::Process> {
+    let s = root.load(id)?;
+    let spec = Bundle::load(&s.bundle)?.spec;
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_args(Some(o.args.clone()));
+    p.set_terminal(Some(o.tty));
+    if let Some(c) = &o.cwd {
+        p.set_cwd(c.clone());
+    }
+    let mut env = p.env().clone().unwrap_or_default();
+    for kv in &o.env {
+        let key = kv.split('=').next().unwrap_or(kv);
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    p.set_env(Some(env));
+    if let Some((uid, gid)) = o.user {
+        let mut u = p.user().clone();
+        u.set_uid(uid).set_gid(gid);
+        p.set_user(u);
+    }
+    if !o.additional_gids.is_empty() {
+        let mut u = p.user().clone();
+        u.set_additional_gids(Some(o.additional_gids.clone()));
+        p.set_user(u);
+    }
+    if !o.caps.is_empty() {
+        let mut c = p.capabilities().clone().unwrap_or_default();
+        for name in &o.caps {
+            let cap: oci_spec::runtime::Capability =
+                serde_json::from_value(serde_json::Value::String(name.clone()))
+                    .map_err(|_| RuntimeError::Unsupported(format!("unknown capability {name}")))?;
+            let add = |v: Option<oci_spec::runtime::Capabilities>| {
+                let mut v = v.unwrap_or_default();
+                v.insert(cap);
+                Some(v)
+            };
+            c.set_bounding(add(c.bounding().clone()));
+            c.set_effective(add(c.effective().clone()));
+            c.set_permitted(add(c.permitted().clone()));
+        }
+        p.set_capabilities(Some(c));
+    }
+    if o.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    Ok(p)
+}
+
+/// Options of `exec`.
+#[derive(Debug, Default)]
+pub struct ExecOptions {
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub detach: bool,
+}
+
+/// `exec`: run `process` in a running container; returns its exit code (0 with detach).
+pub fn exec(
+    root: &Root,
+    id: &str,
+    process: &oci_spec::runtime::Process,
+    opts: &ExecOptions,
+) -> Result<i32> {
+    let s = root.load(id)?;
+    let status = root.status(&s);
+    if matches!(status, Status::Stopped | Status::Paused) {
+        return Err(RuntimeError::WrongState {
+            id: id.to_string(),
+            status: status.to_string(),
+            wanted: "cannot exec in a container that is not running",
+        });
+    }
+    let spec_path = s.bundle.join("config.json");
+    let text = std::fs::read_to_string(&spec_path).map_err(|e| RuntimeError::io(&spec_path, e))?;
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_str(&text).map_err(|e| RuntimeError::BadConfig {
+            path: spec_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let cg = root.cgroup(&s);
+    let set = if opts.detach {
+        None
+    } else {
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| RuntimeError::sys("becoming a subreaper", e))?;
+        Some(block_signals()?)
+    };
+    let pid = crate::linux::spawn_exec(&crate::linux::ExecArgs {
+        init_pid: s.pid,
+        process,
+        seccomp: seccomp.as_ref(),
+        cgroup: cg.as_ref(),
+        console_socket: opts.console_socket.as_deref(),
+    })?;
+    if let Some(p) = &opts.pid_file {
+        write_pid_file(p, pid.as_raw())?;
+    }
+    match set {
+        None => Ok(0),
+        Some(set) => wait_forwarding(pid, &set),
+    }
+}
+
+/// Waits for `pid` (re-parented to us as subreaper), forwarding signals; its exit code.
+fn wait_forwarding(pid: Pid, set: &SigSet) -> Result<i32> {
+    loop {
+        loop {
+            match waitpid(
+                Pid::from_raw(-1),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            ) {
+                Ok(WaitStatus::Exited(p, c)) if p == pid => return Ok(c),
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return Ok(128 + sig as i32),
+                Ok(WaitStatus::StillAlive) => break,
+                Err(nix::Error::ECHILD) => return Ok(0),
+                Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(sig) => {
+                let _ = kill(pid, sig);
+            }
+            Err(e) => return Err(RuntimeError::sys("waiting for signals", e)),
+        }
+    }
 }
 
 /// `run`: create, start, wait; forwards signals; returns the exit code to exit with.
@@ -266,44 +560,9 @@ pub fn run(root: &Root, id: &str, opts: &CreateOptions, detach: bool) -> Result<
     if detach {
         return Ok(0);
     }
-    let pid = Pid::from_raw(s.pid);
-    let code = loop {
-        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, c)) => break c,
-            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-            Ok(_) => {}
-            Err(nix::Error::ECHILD) => break 0,
-            Err(e) => return Err(RuntimeError::sys("waiting for the container", e)),
-        }
-        match set.wait() {
-            Ok(Signal::SIGCHLD) => {
-                // Reap other orphans that were re-parented to us; init is handled above.
-                loop {
-                    match waitpid(
-                        Pid::from_raw(-1),
-                        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-                    ) {
-                        Ok(WaitStatus::Exited(p, c)) if p == pid => {
-                            let _ = delete(root, id, true);
-                            return Ok(c);
-                        }
-                        Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
-                            let _ = delete(root, id, true);
-                            return Ok(128 + sig as i32);
-                        }
-                        Ok(WaitStatus::StillAlive) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-            }
-            Ok(sig) => {
-                let _ = kill(pid, sig);
-            }
-            Err(e) => return Err(RuntimeError::sys("waiting for signals", e)),
-        }
-    };
+    let code = wait_forwarding(Pid::from_raw(s.pid), &set);
     let _ = delete(root, id, true);
-    Ok(code)
+    code
 }
 
 /// `list`: (id, pid, status, bundle, created) of every container.

@@ -10,7 +10,7 @@ pub enum RuntimeError {
     Exists(String),
     #[error("container {0} does not exist")]
     NotFound(String),
-    #[error("cannot read {path}: {source}")]
+    #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -29,6 +29,16 @@ pub enum RuntimeError {
     },
     #[error("{what}: {source}")]
     Sys { what: String, source: nix::Error },
+    #[error("cannot write {value:?} to {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    #[error("hook {path} failed: {reason}")]
+    Hook { path: PathBuf, reason: String },
     #[error("container init failed: {0}")]
     Init(String),
 }

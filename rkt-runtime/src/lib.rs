@@ -11,8 +11,11 @@
 //! namespace, mount and process syscalls; [`container`] drives the lifecycle.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod container;
 pub mod error;
+pub mod hooks;
 pub mod linux;
 pub mod mounts;
+pub mod seccomp;
 pub mod state;

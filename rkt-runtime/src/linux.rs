@@ -20,11 +20,13 @@ use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
 use nix::unistd::{chdir, fork, pivot_root, ForkResult, Pid};
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Mount, Process, Spec};
 
 use crate::bundle::Bundle;
+use crate::cgroup::Cgroup;
 use crate::error::{Result, RuntimeError};
-use crate::mounts;
+use crate::hooks::{self, HookState};
+use crate::{mounts, seccomp};
 
 /// Devices every container gets, bind-mounted from the host (as the spec's defaults require).
 const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -47,9 +49,21 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RuntimeError {
     move |e| RuntimeError::sys(what, e)
 }
 
+/// What the container's init needs to know.
+pub struct InitArgs<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Bundle,
+    /// The `exec.fifo` that `rkt start` writes to.
+    pub fifo: &'a Path,
+    /// The cgroup to join before any namespace is made (so a cgroup namespace is rooted there).
+    pub cgroup: Option<&'a Cgroup>,
+    /// Where to send the master of the container's terminal (when process.terminal is set).
+    pub console_socket: Option<&'a Path>,
+}
+
 /// Starts the container's init for `bundle`, held before exec until the fifo at `fifo` is
 /// written. Returns init's pid once the root filesystem is ready.
-pub fn spawn_init(bundle: &Bundle, fifo: &Path) -> Result<Pid> {
+pub fn spawn_init(args: &InitArgs) -> Result<Pid> {
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
     // SAFETY: rkt is single-threaded here (no runtime, no helper threads), so the child may
     // keep running Rust code after fork.
@@ -57,7 +71,7 @@ pub fn spawn_init(bundle: &Bundle, fifo: &Path) -> Result<Pid> {
         ForkResult::Child => {
             drop(rd);
             let mut out = std::fs::File::from(wr);
-            let code = match helper(bundle, fifo, &mut out) {
+            let code = match helper(args, &mut out) {
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = report(&mut out, &format!("error {e}"));
@@ -110,8 +124,12 @@ fn ns_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
     })
 }
 
-/// The helper: join/create namespaces, fork init, report its pid.
-fn helper(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<()> {
+/// The helper: join the cgroup, join/create namespaces, fork init, report its pid.
+fn helper(args: &InitArgs, out: &mut std::fs::File) -> Result<()> {
+    let bundle = args.bundle;
+    if let Some(cg) = args.cgroup {
+        cg.add(0)?;
+    }
     let namespaces = bundle
         .spec
         .linux()
@@ -143,7 +161,7 @@ fn helper(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<()> {
     // SAFETY: still single-threaded.
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            let code = match init(bundle, fifo, out) {
+            let code = match init(args, out) {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = report(out, &format!("error {e}"));
@@ -178,7 +196,60 @@ fn in_root(root: &Path, dest: &Path) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn mount_one(rootfs: &Path, m: &Mount, has_netns: bool) -> Result<()> {
+/// A v1 host's cgroup view: a tmpfs with the container's own directory of each hierarchy
+/// bound under its usual name, as runc gives it.
+fn mount_cgroup_v1(dest: &Path, views: &[(String, PathBuf)], flags: MsFlags) -> Result<()> {
+    let dest_s = dest.display().to_string();
+    let base = flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))
+        .map_err(sys(format!("mounting tmpfs on {dest_s}")))?;
+    for (name, host) in views {
+        let d = dest.join(name);
+        std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
+        mount(
+            Some(host.as_path()),
+            &d,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys(format!(
+            "binding {} on {}",
+            host.display(),
+            d.display()
+        )))?;
+        mount(
+            None::<&str>,
+            &d,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | (flags & !MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .map_err(sys(format!("remounting {}", d.display())))?;
+        // "cpu,cpuacct" is also reachable as "cpu" and "cpuacct".
+        if name.contains(',') {
+            for part in name.split(',') {
+                let l = dest.join(part);
+                if l.symlink_metadata().is_err() {
+                    std::os::unix::fs::symlink(name, &l).map_err(|e| RuntimeError::io(&l, e))?;
+                }
+            }
+        }
+    }
+    if flags.contains(MsFlags::MS_RDONLY) {
+        mount(
+            None::<&str>,
+            dest,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base,
+            None::<&str>,
+        )
+        .map_err(sys(format!("making {dest_s} read-only")))?;
+    }
+    Ok(())
+}
+
+fn mount_one(rootfs: &Path, m: &Mount, has_netns: bool, cgroup: Option<&Cgroup>) -> Result<()> {
     let dest = in_root(rootfs, m.destination())?;
     let options = m.options().clone().unwrap_or_default();
     let dest_s = m.destination().display().to_string();
@@ -218,7 +289,11 @@ fn mount_one(rootfs: &Path, m: &Mount, has_netns: bool) -> Result<()> {
     } else {
         std::fs::create_dir_all(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
         let data = (!plan.data.is_empty()).then_some(plan.data.as_str());
+        let views = cgroup.map(|c| c.v1_views()).unwrap_or_default();
         let res = match typ.as_str() {
+            "cgroup" if !views.is_empty() => {
+                return mount_cgroup_v1(&dest, &views, plan.flags);
+            }
             // The cgroup v1 "cgroup" type needs a controller; give the container the unified
             // hierarchy, read-only as asked.
             "cgroup" | "cgroup2" => mount(
@@ -418,12 +493,8 @@ fn capsys(e: caps::errors::CapsError) -> RuntimeError {
 }
 
 /// Credentials, capabilities and no_new_privs, in the order the kernel needs them.
-fn set_credentials(spec: &Spec) -> Result<()> {
+fn set_credentials(process: &Process) -> Result<()> {
     use caps::CapSet;
-    let process = spec
-        .process()
-        .as_ref()
-        .expect("bundle checks a process exists");
     let wanted = process.capabilities().clone().unwrap_or_default();
     let bounding = cap_set(wanted.bounding())?;
     for cap in caps::all() {
@@ -477,16 +548,111 @@ fn cstrings(v: &[String]) -> Result<Vec<CString>> {
         .collect()
 }
 
+fn set_rlimits(process: &Process) -> Result<()> {
+    for r in process.rlimits().iter().flatten() {
+        let name = serde_json::to_value(r.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let res = rlimit_resource(&name)
+            .ok_or_else(|| RuntimeError::Unsupported(format!("rlimit {name}")))?;
+        nix::sys::resource::setrlimit(res, r.soft(), r.hard())
+            .map_err(sys(format!("setrlimit {name}")))?;
+    }
+    Ok(())
+}
+
+/// Our pid as the host sees it (/proc is still the host's before pivot_root).
+fn host_pid() -> i32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Connects to the console socket (before pivot_root hides the host's paths).
+fn connect_console(path: &Path) -> Result<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(path).map_err(|e| RuntimeError::io(path, e))
+}
+
+/// Makes a pseudo-terminal in the current mount namespace, sends its master over `sock` (with
+/// the slave's path as the message, as runc does) and returns the slave.
+fn send_pty(sock: &std::os::unix::net::UnixStream) -> Result<OwnedFd> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let pty = nix::pty::openpty(None, None).map_err(sys("allocating a terminal"))?;
+    let name = nix::unistd::ttyname(&pty.slave)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "/dev/pts/?".into());
+    let fds = [pty.master.as_raw_fd()];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(name.as_bytes())],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(sys("sending the terminal to the console socket"))?;
+    Ok(pty.slave)
+}
+
+/// Makes `slave` the controlling terminal and stdio of a new session.
+fn attach_terminal(slave: OwnedFd) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    nix::unistd::setsid().map_err(sys("setsid"))?;
+    for fd in 0..3 {
+        nix::unistd::dup2(slave.as_raw_fd(), fd).map_err(sys("attaching the terminal"))?;
+    }
+    // SAFETY: TIOCSCTTY on our own stdin with an integer argument.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(RuntimeError::sys(
+            "making the terminal controlling",
+            nix::Error::last(),
+        ));
+    }
+    Ok(())
+}
+
+fn hook_state<'a>(args: &'a InitArgs, status: &'a str, pid: i32) -> String {
+    HookState {
+        oci_version: crate::state::OCI_VERSION,
+        id: args.id,
+        status,
+        pid,
+        bundle: &args.bundle.dir,
+        annotations: args.bundle.spec.annotations().as_ref().unwrap_or(&EMPTY),
+    }
+    .json()
+}
+
+static EMPTY: std::sync::LazyLock<std::collections::HashMap<String, String>> =
+    std::sync::LazyLock::new(std::collections::HashMap::new);
+
 /// The container's init: everything up to exec.
-fn init(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<std::convert::Infallible> {
+fn init(args: &InitArgs, out: &mut std::fs::File) -> Result<std::convert::Infallible> {
+    let bundle = args.bundle;
     let spec = &bundle.spec;
     let linux = spec.linux().clone().unwrap_or_default();
     let has = |t: LinuxNamespaceType| linux.namespaces().iter().flatten().any(|n| n.typ() == t);
+    let process = spec
+        .process()
+        .as_ref()
+        .expect("bundle checks a process exists");
+    let pid = host_pid();
     // Held open read-write: `rkt start` can open it for writing whenever init is alive.
-    let fifo_fd = open(fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+    let fifo_fd = open(args.fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(sys("opening exec.fifo"))?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     let fifo_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fifo_fd) };
+    let console = match (process.terminal().unwrap_or(false), args.console_socket) {
+        (true, Some(p)) => Some(connect_console(p)?),
+        (true, None) => {
+            return Err(RuntimeError::Unsupported(
+                "process.terminal needs --console-socket to send the terminal to".into(),
+            ))
+        }
+        (false, _) => None,
+    };
     let propagation = match linux.rootfs_propagation().as_deref() {
         Some("shared") => MsFlags::MS_SHARED,
         Some("slave") => MsFlags::MS_SLAVE,
@@ -511,10 +677,21 @@ fn init(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<std::co
     )
     .map_err(sys("binding the root filesystem"))?;
     for m in spec.mounts().iter().flatten() {
-        mount_one(rootfs, m, has(LinuxNamespaceType::Network))?;
+        mount_one(rootfs, m, has(LinuxNamespaceType::Network), args.cgroup)?;
     }
     setup_devices(rootfs, spec)?;
+    if let Some(h) = spec.hooks() {
+        hooks::run_all(
+            h.create_container().as_ref(),
+            &hook_state(args, "creating", pid),
+        )?;
+    }
     enter_root(rootfs)?;
+    // Before readonlyPaths makes /proc/sys read-only.
+    for (k, v) in linux.sysctl().clone().unwrap_or_default() {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&p, v).map_err(|e| RuntimeError::io(&p, e))?;
+    }
     mask_and_protect(spec)?;
     if spec
         .root()
@@ -535,34 +712,31 @@ fn init(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<std::co
             nix::unistd::sethostname(h).map_err(sys("sethostname"))?;
         }
     }
-    for (k, v) in linux.sysctl().clone().unwrap_or_default() {
-        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v).map_err(|e| RuntimeError::io(&p, e))?;
-    }
-    let process = spec
-        .process()
-        .as_ref()
-        .expect("bundle checks a process exists");
-    for r in process.rlimits().iter().flatten() {
-        let name = serde_json::to_value(r.typ())
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        let res = rlimit_resource(&name)
-            .ok_or_else(|| RuntimeError::Unsupported(format!("rlimit {name}")))?;
-        nix::sys::resource::setrlimit(res, r.soft(), r.hard())
-            .map_err(sys(format!("setrlimit {name}")))?;
-    }
+    set_rlimits(process)?;
     if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
-        eprintln!("rkt: note: AppArmor/SELinux labels are not applied on this host (ignored)");
+        tracing::info!("AppArmor/SELinux labels are not applied by rkt (ignored)");
     }
+    let filter = linux.seccomp().as_ref().map(seccomp::build).transpose()?;
+    let terminal = console.as_ref().map(send_pty).transpose()?;
+    drop(console);
     let env = process.env().clone().unwrap_or_default();
-    let args = process.args().clone().unwrap_or_default();
-    let program = find_program(&args[0], &env);
-    let cwd = process.cwd().clone();
+    let argv = process.args().clone().unwrap_or_default();
+    let program = find_program(&argv[0], &env);
     report(out, "ready").map_err(|e| RuntimeError::Init(e.to_string()))?;
     // From here on nobody reads the report pipe: failures go to the container's stderr.
-    let e = match start_process(spec, fifo_fd, &program, &args, &env, &cwd) {
+    let mut byte = [0u8; 1];
+    let waited = std::fs::File::from(fifo_fd)
+        .read_exact(&mut byte)
+        .map_err(|e| RuntimeError::Init(format!("waiting for start: {e}")));
+    let e = match waited.and_then(|()| {
+        if let Some(h) = spec.hooks() {
+            hooks::run_all(
+                h.start_container().as_ref(),
+                &hook_state(args, "created", pid),
+            )?;
+        }
+        exec_process(process, terminal, filter.as_ref(), &program, &argv, &env)
+    }) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -571,20 +745,26 @@ fn init(bundle: &Bundle, fifo: &Path, out: &mut std::fs::File) -> Result<std::co
     unsafe { libc::_exit(127) }
 }
 
-/// Waits for `rkt start`, drops privileges as the spec says and execs the process.
-fn start_process(
-    spec: &Spec,
-    fifo_fd: OwnedFd,
+/// Attaches the terminal, drops privileges as the process says, loads the seccomp filter as
+/// late as it can, and execs.
+fn exec_process(
+    process: &Process,
+    terminal: Option<OwnedFd>,
+    filter: Option<&libseccomp::ScmpFilterContext>,
     program: &Path,
     args: &[String],
     env: &[String],
-    cwd: &Path,
 ) -> Result<std::convert::Infallible> {
-    let mut byte = [0u8; 1];
-    std::fs::File::from(fifo_fd)
-        .read_exact(&mut byte)
-        .map_err(|e| RuntimeError::Init(format!("waiting for start: {e}")))?;
-    set_credentials(spec)?;
+    if let Some(t) = terminal {
+        attach_terminal(t)?;
+    }
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before dropping it.
+    if let (Some(f), false) = (filter, nnp) {
+        seccomp::load(f)?;
+    }
+    set_credentials(process)?;
+    let cwd = process.cwd();
     chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
     // Rust ignores SIGPIPE; the container's process must get the default disposition back.
     // SAFETY: resetting a signal disposition to its default has no handler to be unsafe about.
@@ -599,11 +779,136 @@ fn start_process(
         .map_err(sys("sigprocmask"))?;
     let prog = CString::new(program.as_os_str().as_encoded_bytes())
         .map_err(|_| RuntimeError::Init("NUL byte in program path".into()))?;
-    let e = match nix::unistd::execve(&prog, &cstrings(args)?, &cstrings(env)?) {
+    let (argv, envp) = (cstrings(args)?, cstrings(env)?);
+    if let (Some(f), true) = (filter, nnp) {
+        seccomp::load(f)?;
+    }
+    let e = match nix::unistd::execve(&prog, &argv, &envp) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     Err(RuntimeError::sys(format!("exec {}", program.display()), e))
+}
+
+/// What `rkt exec` needs to start a process in a running container.
+pub struct ExecArgs<'a> {
+    /// Host pid of the container's init, whose namespaces are joined.
+    pub init_pid: i32,
+    pub process: &'a Process,
+    pub seccomp: Option<&'a LinuxSeccomp>,
+    pub cgroup: Option<&'a Cgroup>,
+    pub console_socket: Option<&'a Path>,
+}
+
+/// Namespaces in the order they are joined (the mount namespace last: it changes our root).
+const EXEC_NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Starts a process inside a running container; returns its pid once it has exec'd.
+pub fn spawn_exec(args: &ExecArgs) -> Result<Pid> {
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
+    // SAFETY: single-threaded, as in spawn_init.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut out = std::fs::File::from(wr);
+            let code = match exec_helper(args, &mut out) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = report(&mut out, &format!("error {e}"));
+                    1
+                }
+            };
+            // SAFETY: as in spawn_init.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut pid = None;
+            // EOF comes when the helper has exited and the process has exec'd (CLOEXEC).
+            for line in BufReader::new(std::fs::File::from(rd)).lines() {
+                let line = line.map_err(|e| RuntimeError::Init(e.to_string()))?;
+                if let Some(p) = line.strip_prefix("pid ") {
+                    pid = p.parse::<i32>().ok().map(Pid::from_raw);
+                } else if let Some(msg) = line.strip_prefix("error ") {
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    return Err(RuntimeError::Init(msg.to_string()));
+                }
+            }
+            let _ = nix::sys::wait::waitpid(child, None);
+            pid.ok_or_else(|| RuntimeError::Init("exec helper died before starting".into()))
+        }
+    }
+}
+
+fn exec_helper(args: &ExecArgs, out: &mut std::fs::File) -> Result<()> {
+    if let Some(cg) = args.cgroup {
+        cg.add(0)?;
+    }
+    let process = args.process;
+    let console = match (process.terminal().unwrap_or(false), args.console_socket) {
+        (true, Some(p)) => Some(connect_console(p)?),
+        (true, None) => {
+            return Err(RuntimeError::Unsupported(
+                "--tty needs --console-socket to send the terminal to".into(),
+            ))
+        }
+        (false, _) => None,
+    };
+    let filter = args.seccomp.map(seccomp::build).transpose()?;
+    let env = process.env().clone().unwrap_or_default();
+    let argv = process.args().clone().unwrap_or_default();
+    if argv.is_empty() {
+        return Err(RuntimeError::Unsupported("exec needs a command".into()));
+    }
+    for (name, flag) in EXEC_NAMESPACES {
+        let theirs = format!("/proc/{}/ns/{name}", args.init_pid);
+        let same = match (
+            std::fs::metadata(&theirs),
+            std::fs::metadata(format!("/proc/self/ns/{name}")),
+        ) {
+            (Ok(a), Ok(b)) => {
+                use std::os::unix::fs::MetadataExt;
+                a.ino() == b.ino() && a.dev() == b.dev()
+            }
+            (Err(e), _) => return Err(RuntimeError::io(&theirs, e)),
+            _ => false,
+        };
+        if !same {
+            let f = std::fs::File::open(&theirs).map_err(|e| RuntimeError::io(&theirs, e))?;
+            setns(f, *flag).map_err(sys(format!("joining the container's {name} namespace")))?;
+        }
+    }
+    // SAFETY: single-threaded.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            let res = (|| {
+                let terminal = console.as_ref().map(send_pty).transpose()?;
+                drop(console);
+                set_rlimits(process)?;
+                let program = find_program(&argv[0], &env);
+                exec_process(process, terminal, filter.as_ref(), &program, &argv, &env)
+            })();
+            let code = match res {
+                Ok(never) => match never {},
+                Err(e) => {
+                    let _ = report(out, &format!("error {e}"));
+                    1
+                }
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            report(out, &format!("pid {child}")).map_err(|e| RuntimeError::Init(e.to_string()))
+        }
+    }
 }
 
 #[cfg(test)]

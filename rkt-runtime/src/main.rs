@@ -17,6 +17,9 @@ use rkt_runtime::state::{Root, DEFAULT_ROOT};
     rkt spec                                  # writes config.json
     rkt run demo                              # create + start + wait, exit code forwarded
     rkt create --bundle . web && rkt start web && rkt state web
+    rkt exec web ps; rkt exec -t --console-socket /run/c.sock web sh
+    rkt pause web && rkt resume web; rkt ps web; rkt events --stats web
+    rkt update --memory 256m --pids-limit 100 web
     rkt kill web TERM && rkt delete web
     rkt list"
 )]
@@ -30,7 +33,8 @@ struct Cli {
     /// Log format: text or json.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
-    /// Accepted for runc compatibility; rkt does not manage cgroups yet.
+    /// Read cgroupsPath in systemd's "slice:prefix:name" form (rkt writes the cgroup tree
+    /// directly in either form).
     #[arg(long, global = true)]
     systemd_cgroup: bool,
     #[arg(long, global = true, hide = true)]
@@ -47,7 +51,7 @@ struct CreateArgs {
     /// Write the container process's pid to this file.
     #[arg(long)]
     pid_file: Option<PathBuf>,
-    /// Unix socket to send a terminal's master to (not implemented yet).
+    /// Unix socket to send the master of the container's terminal to (process.terminal).
     #[arg(long)]
     console_socket: Option<PathBuf>,
     /// Accepted for runc compatibility (extra fds are not passed yet).
@@ -57,6 +61,74 @@ struct CreateArgs {
     no_pivot: bool,
     #[arg(long, hide = true)]
     no_new_keyring: bool,
+    id: String,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// A process.json (the spec's "process" object) instead of COMMAND.
+    #[arg(long, short = 'p')]
+    process: Option<PathBuf>,
+    /// Allocate a pseudo-terminal (sent to --console-socket).
+    #[arg(long, short = 't')]
+    tty: bool,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Extra environment variables (KEY=VALUE).
+    #[arg(long, short = 'e')]
+    env: Vec<String>,
+    /// UID[:GID] to run as.
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    #[arg(long = "additional-gids", short = 'g')]
+    additional_gids: Vec<u32>,
+    /// Extra capabilities (CAP_...).
+    #[arg(long, short = 'c')]
+    cap: Vec<String>,
+    #[arg(long)]
+    no_new_privs: bool,
+    /// Return once the process runs.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    #[arg(long, hide = true)]
+    process_label: Option<String>,
+    #[arg(long, hide = true)]
+    apparmor: Option<String>,
+    id: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct UpdateArgs {
+    /// A JSON file (or - for stdin) with the spec's linux.resources object.
+    #[arg(long, short = 'r')]
+    resources: Option<PathBuf>,
+    /// Memory limit (bytes, or with k, m, g).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Memory plus swap limit (bytes, or with k, m, g; -1 for unlimited).
+    #[arg(long)]
+    memory_swap: Option<String>,
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    #[arg(long)]
+    cpu_quota: Option<i64>,
+    #[arg(long)]
+    cpu_period: Option<u64>,
+    #[arg(long)]
+    cpu_share: Option<u64>,
+    #[arg(long)]
+    cpuset_cpus: Option<String>,
+    #[arg(long)]
+    cpuset_mems: Option<String>,
     id: String,
 }
 
@@ -81,9 +153,38 @@ enum Cmd {
         id: String,
         #[arg(default_value = "SIGTERM")]
         signal: String,
-        #[arg(long, short = 'a', hide = true)]
+        /// Signal every process of the container, not only its init.
+        #[arg(long, short = 'a')]
         all: bool,
     },
+    /// Run a process in a running container.
+    Exec(ExecArgs),
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// List the processes of a container (host pids).
+    Ps {
+        /// table or json
+        #[arg(long, short = 'f', default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        id: String,
+        /// Options for ps(1), default -ef.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Print resource usage of a container as JSON events.
+    Events {
+        /// Print one sample and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Seconds between samples.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Change the resource limits of a container.
+    Update(UpdateArgs),
     /// Delete a stopped container (any container with --force).
     Delete {
         id: String,
@@ -150,9 +251,23 @@ fn real_main(cli: &Cli) -> Result<i32> {
             return Ok(container::run(&root, &create.id, &opts(create), *detach)?)
         }
         Cmd::State { id } => println!("{}", container::state_json(&root, id)?),
-        Cmd::Kill { id, signal, .. } => {
-            container::kill_container(&root, id, container::parse_signal(signal)?)?
+        Cmd::Kill { id, signal, all } => {
+            container::kill_container(&root, id, container::parse_signal(signal)?, *all)?
         }
+        Cmd::Exec(e) => return exec(&root, e),
+        Cmd::Pause { id } => container::pause(&root, id)?,
+        Cmd::Resume { id } => container::resume(&root, id)?,
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => ps(&root, id, format, ps_args)?,
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => events(&root, id, *stats, interval)?,
+        Cmd::Update(u) => container::update(&root, &u.id, &update_resources(u)?)?,
         Cmd::Delete { id, force } => container::delete(&root, id, *force)?,
         Cmd::List { format, quiet } => {
             let rows = container::list(&root);
@@ -192,6 +307,170 @@ fn real_main(cli: &Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn exec(root: &Root, e: &ExecArgs) -> Result<i32> {
+    let process = match &e.process {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => {
+            if e.command.is_empty() {
+                anyhow::bail!("exec needs a COMMAND or --process");
+            }
+            let user = match &e.user {
+                None => None,
+                Some(u) => {
+                    let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+                    Some((
+                        uid.parse().context("--user: UID must be a number")?,
+                        gid.parse().context("--user: GID must be a number")?,
+                    ))
+                }
+            };
+            container::exec_process_for(
+                root,
+                &e.id,
+                &container::ExecOverrides {
+                    args: e.command.clone(),
+                    tty: e.tty,
+                    cwd: e.cwd.clone(),
+                    env: e.env.clone(),
+                    user,
+                    additional_gids: e.additional_gids.clone(),
+                    caps: e.cap.clone(),
+                    no_new_privs: e.no_new_privs,
+                },
+            )?
+        }
+    };
+    Ok(container::exec(
+        root,
+        &e.id,
+        &process,
+        &container::ExecOptions {
+            console_socket: e.console_socket.clone(),
+            pid_file: e.pid_file.clone(),
+            detach: e.detach,
+        },
+    )?)
+}
+
+fn ps(root: &Root, id: &str, format: &str, ps_args: &[String]) -> Result<()> {
+    let pids = container::pids(root, id)?;
+    if format == "json" {
+        println!("{}", serde_json::to_string(&pids)?);
+        return Ok(());
+    }
+    let args: Vec<String> = if ps_args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        ps_args.to_vec()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .context("running ps")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .context("ps output has no PID column")?;
+    println!("{header}");
+    for l in lines {
+        let pid = l.split_whitespace().nth(col).and_then(|p| p.parse().ok());
+        if pid.is_some_and(|p: i32| pids.contains(&p)) {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+fn events(root: &Root, id: &str, once: bool, interval: &str) -> Result<()> {
+    let every = interval
+        .trim_end_matches('s')
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .context("--interval: a number of seconds, like 5s")?;
+    loop {
+        let stats = container::stats(root, id)?;
+        let ev = serde_json::json!({"type": "stats", "id": id, "data": stats});
+        println!("{ev}");
+        if once {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(every));
+    }
+}
+
+/// Bytes with an optional k/m/g suffix (powers of 1024), or -1.
+fn parse_bytes(s: &str) -> Result<i64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches('b');
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size (bytes, or with k, m, g)"))?;
+    Ok(if n < 0 { -1 } else { n * mul })
+}
+
+fn update_resources(u: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources> {
+    let mut r: serde_json::Value = match &u.resources {
+        Some(p) => {
+            let text = if p.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+            };
+            serde_json::from_str(&text).context("parsing the resources JSON")?
+        }
+        None => serde_json::json!({}),
+    };
+    let mut set = |section: &str, key: &str, v: serde_json::Value| {
+        r[section][key] = v;
+    };
+    if let Some(v) = &u.memory {
+        set("memory", "limit", parse_bytes(v)?.into());
+    }
+    if let Some(v) = &u.memory_swap {
+        set("memory", "swap", parse_bytes(v)?.into());
+    }
+    if let Some(n) = u.pids_limit {
+        set("pids", "limit", n.into());
+    }
+    if let Some(n) = u.cpu_quota {
+        set("cpu", "quota", n.into());
+    }
+    if let Some(n) = u.cpu_period {
+        set("cpu", "period", n.into());
+    }
+    if let Some(n) = u.cpu_share {
+        set("cpu", "shares", n.into());
+    }
+    if let Some(c) = &u.cpuset_cpus {
+        set("cpu", "cpus", c.clone().into());
+    }
+    if let Some(m) = &u.cpuset_mems {
+        set("cpu", "mems", m.clone().into());
+    }
+    serde_json::from_value(r).context("invalid resources")
 }
 
 fn main() {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Cgroup;
 use crate::error::{Result, RuntimeError};
 
 /// Default runtime root.
@@ -24,6 +25,9 @@ pub struct Saved {
     pub created: String,
     #[serde(default)]
     pub annotations: std::collections::HashMap<String, String>,
+    /// The container's cgroup, relative to each hierarchy's root.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The lifecycle status (OCI: creating, created, running, stopped).
@@ -31,6 +35,7 @@ pub struct Saved {
 pub enum Status {
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -39,6 +44,7 @@ impl std::fmt::Display for Status {
         f.write_str(match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         })
     }
@@ -131,15 +137,23 @@ impl Root {
         ids
     }
 
-    /// The status now, from the process and the fifo.
+    /// The status now, from the process, the fifo and the freezer.
     pub fn status(&self, s: &Saved) -> Status {
         if !process_alive(s.pid, s.pid_start) {
             Status::Stopped
         } else if self.fifo(&s.id).exists() {
             Status::Created
+        } else if self.cgroup(s).is_some_and(|c| c.frozen()) {
+            Status::Paused
         } else {
             Status::Running
         }
+    }
+
+    /// The container's cgroup, if it has one and this host has cgroups.
+    pub fn cgroup(&self, s: &Saved) -> Option<Cgroup> {
+        let rel = s.cgroup.clone()?;
+        Some(Cgroup::new(Cgroup::detect_layout().ok()?, rel))
     }
 }
 

@@ -8,111 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use test_support::eventually;
 
-const RKT: &str = env!("CARGO_BIN_EXE_rkt");
-
-struct Bundle {
-    dir: tempfile::TempDir,
-}
-
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the runtime tests need root (namespaces, mounts, pivot_root)"
-    );
-}
-
-impl Bundle {
-    /// A bundle with a busybox root filesystem and rkt's default config, adjusted by `edit`.
-    fn new(args: &[&str], edit: impl FnOnce(&mut Value)) -> Self {
-        require_root();
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.is_file(),
-            "/bin/busybox is missing: run `make deps` (busybox-static)"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("rkt-bundle")
-            .tempdir()
-            .expect("tempdir");
-        let bin = dir.path().join("rootfs/bin");
-        std::fs::create_dir_all(&bin).expect("rootfs/bin");
-        std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
-        for app in [
-            "sh", "echo", "cat", "id", "hostname", "sleep", "touch", "ls", "grep", "ulimit",
-        ] {
-            std::os::unix::fs::symlink("busybox", bin.join(app)).expect("applet link");
-        }
-        let st = Command::new(RKT)
-            .args(["spec", "--bundle"])
-            .arg(dir.path())
-            .status()
-            .expect("rkt spec");
-        assert!(st.success());
-        let cfg = dir.path().join("config.json");
-        let mut v: Value =
-            serde_json::from_str(&std::fs::read_to_string(&cfg).expect("config")).expect("json");
-        v["process"]["args"] = json!(args);
-        edit(&mut v);
-        std::fs::write(&cfg, serde_json::to_vec_pretty(&v).expect("json")).expect("write config");
-        Bundle { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn state_root(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    /// Runs rkt with stdout/stderr in files: a created container inherits them and outlives
-    /// `rkt create`, so pipes would never reach end-of-file.
-    fn rkt(&self, args: &[&str]) -> Output {
-        let (o, e) = (self.path().join("out.txt"), self.path().join("err.txt"));
-        let status = Command::new(RKT)
-            .arg("--root")
-            .arg(self.state_root())
-            .args(args)
-            .current_dir(self.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&o).expect("stdout file"))
-            .stderr(std::fs::File::create(&e).expect("stderr file"))
-            .status()
-            .expect("running rkt");
-        Output {
-            status,
-            stdout: std::fs::read(&o).unwrap_or_default(),
-            stderr: std::fs::read(&e).unwrap_or_default(),
-        }
-    }
-
-    fn run(&self, id: &str) -> (i32, String, String) {
-        let out = self.rkt(&["run", "--bundle", self.path().to_str().expect("utf-8"), id]);
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn state(&self, id: &str) -> Value {
-        let out = self.rkt(&["state", id]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("state json")
-    }
-
-    /// Nothing left in the state root for `id`.
-    fn assert_gone(&self, id: &str) {
-        assert!(
-            !self.state_root().join(id).exists(),
-            "state of {id} left behind"
-        );
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn run_forwards_exit_code_with_hostname_env_and_private_root() {
@@ -307,13 +204,39 @@ fn bad_bundles_fail_clearly_and_leave_nothing() {
         ),
         (
             "seccomp",
-            Box::new(|v| v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"})),
-            "seccomp filters are not implemented yet",
+            Box::new(|v| {
+                v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                    {"names": ["read"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 9, "value": 1, "op": "SCMP_CMP_EQ"}]}]})
+            }),
+            "seccomp: argument index 9",
+        ),
+        (
+            "seccompaction",
+            Box::new(|v| v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_NOPE"})),
+            "invalid bundle config",
         ),
         (
             "limits",
-            Box::new(|v| v["linux"]["resources"] = json!({"memory": {"limit": 1000000}})),
-            "cgroup resource limits are not implemented yet",
+            Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"cpus": "4096"}})),
+            "cpuset.cpus",
+        ),
+        (
+            "hugepages",
+            Box::new(|v| {
+                v["linux"]["resources"] =
+                    json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]})
+            }),
+            "unsupported by rkt: hugepage limits",
+        ),
+        (
+            "failinghook",
+            Box::new(|v| v["hooks"] = json!({"prestart": [{"path": "/bin/false"}]})),
+            "hook /bin/false failed",
+        ),
+        (
+            "tty",
+            Box::new(|v| v["process"]["terminal"] = json!(true)),
+            "needs --console-socket",
         ),
         (
             "noargs",
@@ -323,6 +246,7 @@ fn bad_bundles_fail_clearly_and_leave_nothing() {
     ];
     for (name, edit, want) in cases {
         let b = Bundle::new(&["true"], edit);
+        let name = &uid(name);
         let (code, _, err) = b.run(name);
         assert_ne!(code, 0, "{name} must fail");
         assert!(err.contains(want), "{name}: {err}");
