@@ -1,8 +1,7 @@
 //! The real `rkt` binary on real bundles (a busybox root filesystem). Needs root: namespaces,
 //! mounts and pivot_root are what is being tested.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
