@@ -149,13 +149,33 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
     // Orphaned container processes are re-parented to us, so `run` can reap its init.
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| RuntimeError::sys("becoming a subreaper", e))?;
-    let pid = crate::linux::spawn_init(&crate::linux::InitArgs {
-        id,
-        bundle: &bundle,
-        fifo: &fifo,
-        cgroup: Some(&cg),
-        console_socket: opts.console_socket.as_deref(),
-    })?;
+    let annotations = bundle.spec.annotations().clone().unwrap_or_default();
+    let mut runtime_hooks = |pid: i32| -> Result<()> {
+        let Some(h) = bundle.spec.hooks() else {
+            return Ok(());
+        };
+        let state = HookState {
+            oci_version: OCI_VERSION,
+            id,
+            status: "creating",
+            pid,
+            bundle: &bundle.dir,
+            annotations: &annotations,
+        }
+        .json();
+        hooks::run_all(h.prestart().as_ref(), &state)?;
+        hooks::run_all(h.create_runtime().as_ref(), &state)
+    };
+    let pid = crate::linux::spawn_init(
+        &crate::linux::InitArgs {
+            id,
+            bundle: &bundle,
+            fifo: &fifo,
+            cgroup: Some(&cg),
+            console_socket: opts.console_socket.as_deref(),
+        },
+        &mut runtime_hooks,
+    )?;
     let pid_start = proc_stat(pid.as_raw())
         .map(|(_, s)| s)
         .ok_or_else(|| RuntimeError::Init("container init vanished".into()))?;
@@ -166,15 +186,10 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
         created: now_rfc3339(),
-        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        annotations,
         cgroup: Some(cg.rel().to_path_buf()),
     };
     root.save(&saved)?;
-    if let Some(h) = bundle.spec.hooks() {
-        let state = hook_json(&saved, "creating");
-        hooks::run_all(h.prestart().as_ref(), &state)?;
-        hooks::run_all(h.create_runtime().as_ref(), &state)?;
-    }
     if let Some(p) = &opts.pid_file {
         write_pid_file(p, pid.as_raw())?;
     }

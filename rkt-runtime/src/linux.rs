@@ -63,15 +63,24 @@ pub struct InitArgs<'a> {
 
 /// Starts the container's init for `bundle`, held before exec until the fifo at `fifo` is
 /// written. Returns init's pid once the root filesystem is ready.
-pub fn spawn_init(args: &InitArgs) -> Result<Pid> {
+///
+/// When the spec has prestart or createRuntime hooks, init stops once the mounts are made and
+/// before createContainer hooks and pivot_root; `runtime_hooks` runs them (given init's pid)
+/// and init goes on only if they succeed, so hooks run in the order the spec gives.
+pub fn spawn_init(
+    args: &InitArgs,
+    runtime_hooks: &mut dyn FnMut(i32) -> Result<()>,
+) -> Result<Pid> {
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
+    let (go_rd, go_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
     // SAFETY: rkt is single-threaded here (no runtime, no helper threads), so the child may
     // keep running Rust code after fork.
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop(rd);
+            drop(go_wr);
             let mut out = std::fs::File::from(wr);
-            let code = match helper(args, &mut out) {
+            let code = match helper(args, &mut out, go_rd) {
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = report(&mut out, &format!("error {e}"));
@@ -83,27 +92,48 @@ pub fn spawn_init(args: &InitArgs) -> Result<Pid> {
         }
         ForkResult::Parent { child } => {
             drop(wr);
-            let res = read_report(rd);
+            drop(go_rd);
+            let res = read_report(rd, go_wr, runtime_hooks);
             let _ = nix::sys::wait::waitpid(child, None);
             res
         }
     }
 }
 
-/// Reads the helper's and init's report: "pid N", then "ready" or "error MSG".
-fn read_report(rd: OwnedFd) -> Result<Pid> {
+/// Reads the helper's and init's report: "pid N", maybe "hooks N", then "ready" or "error MSG".
+fn read_report(
+    rd: OwnedFd,
+    go: OwnedFd,
+    runtime_hooks: &mut dyn FnMut(i32) -> Result<()>,
+) -> Result<Pid> {
     let mut pid = None;
+    let mut go = Some(std::fs::File::from(go));
+    let kill_init = |pid: Option<Pid>| {
+        if let Some(p) = pid {
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        }
+    };
     for line in BufReader::new(std::fs::File::from(rd)).lines() {
         let line = line.map_err(|e| RuntimeError::Init(e.to_string()))?;
         if let Some(p) = line.strip_prefix("pid ") {
             pid = p.parse::<i32>().ok().map(Pid::from_raw);
+        } else if let Some(p) = line.strip_prefix("hooks ") {
+            let init = p.parse::<i32>().unwrap_or(0);
+            if let Err(e) = runtime_hooks(init) {
+                // Closing the pipe without a byte tells init to give up.
+                drop(go.take());
+                kill_init(pid.or(Some(Pid::from_raw(init))));
+                return Err(e);
+            }
+            if let Some(mut g) = go.take() {
+                g.write_all(&[1])
+                    .map_err(|e| RuntimeError::Init(e.to_string()))?;
+            }
         } else if line == "ready" {
             return pid
                 .ok_or_else(|| RuntimeError::Init("init reported ready without a pid".into()));
         } else if let Some(msg) = line.strip_prefix("error ") {
-            if let Some(p) = pid {
-                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-            }
+            kill_init(pid);
             return Err(RuntimeError::Init(msg.to_string()));
         }
     }
@@ -125,7 +155,7 @@ fn ns_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
 }
 
 /// The helper: join the cgroup, join/create namespaces, fork init, report its pid.
-fn helper(args: &InitArgs, out: &mut std::fs::File) -> Result<()> {
+fn helper(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<()> {
     let bundle = args.bundle;
     if let Some(cg) = args.cgroup {
         cg.add(0)?;
@@ -161,7 +191,7 @@ fn helper(args: &InitArgs, out: &mut std::fs::File) -> Result<()> {
     // SAFETY: still single-threaded.
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            let code = match init(args, out) {
+            let code = match init(args, out, go) {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = report(out, &format!("error {e}"));
@@ -629,7 +659,7 @@ static EMPTY: std::sync::LazyLock<std::collections::HashMap<String, String>> =
     std::sync::LazyLock::new(std::collections::HashMap::new);
 
 /// The container's init: everything up to exec.
-fn init(args: &InitArgs, out: &mut std::fs::File) -> Result<std::convert::Infallible> {
+fn init(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<std::convert::Infallible> {
     let bundle = args.bundle;
     let spec = &bundle.spec;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -681,6 +711,17 @@ fn init(args: &InitArgs, out: &mut std::fs::File) -> Result<std::convert::Infall
     }
     setup_devices(rootfs, spec)?;
     if let Some(h) = spec.hooks() {
+        let runtime = [h.prestart(), h.create_runtime()];
+        if runtime
+            .iter()
+            .any(|x| x.as_ref().is_some_and(|v| !v.is_empty()))
+        {
+            report(out, &format!("hooks {pid}")).map_err(|e| RuntimeError::Init(e.to_string()))?;
+            let mut byte = [0u8; 1];
+            std::fs::File::from(go)
+                .read_exact(&mut byte)
+                .map_err(|_| RuntimeError::Init("runtime hooks failed".into()))?;
+        }
         hooks::run_all(
             h.create_container().as_ref(),
             &hook_state(args, "creating", pid),
