@@ -3,7 +3,8 @@
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -eu
 
-PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static"
+PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static
+    libseccomp-dev pkg-config podman runc crun"
 
 missing=""
 for p in $PACKAGES; do
