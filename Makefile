@@ -14,7 +14,9 @@ lint:
 	cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
 
 bench: build
+	cargo build --profile dist -p rkt-runtime --bin rkt
 	./target/release/etcd-bench compare
+	./target/release/rkt-bench --rkt target/dist/rkt
 
 demo: build
 	./scripts/demo.sh

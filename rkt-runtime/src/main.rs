@@ -206,12 +206,21 @@ enum Cmd {
     },
 }
 
+/// Logs go to --log (as engines expect) or stderr; the level is warn, debug with --debug, or
+/// RUST_LOG's if it is a plain level name. (No per-module filters: rkt is a short-lived CLI
+/// and a regex engine would cost more memory than the rest of it.)
 fn init_logs(cli: &Cli) -> Result<()> {
-    let b = tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(if cli.debug { "debug" } else { "warn" })
-        }),
-    );
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(if cli.debug {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::WARN
+        });
+    let b = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false);
     match (&cli.log, cli.log_format.as_str()) {
         (Some(p), fmt) => {
             let f = std::fs::OpenOptions::new()
@@ -219,7 +228,7 @@ fn init_logs(cli: &Cli) -> Result<()> {
                 .append(true)
                 .open(p)
                 .with_context(|| format!("opening log file {}", p.display()))?;
-            let b = b.with_writer(std::sync::Mutex::new(f)).with_ansi(false);
+            let b = b.with_writer(std::sync::Mutex::new(f));
             if fmt == "json" {
                 b.json().init()
             } else {

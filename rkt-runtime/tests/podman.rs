@@ -41,7 +41,9 @@ impl Podman {
         let bin = rootfs.join("bin");
         std::fs::create_dir_all(&bin).expect("rootfs");
         std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox");
-        for app in ["sh", "echo", "cat", "sleep", "dd", "tty", "id", "hostname", "grep"] {
+        for app in [
+            "sh", "echo", "cat", "sleep", "dd", "tty", "id", "hostname", "grep",
+        ] {
             std::os::unix::fs::symlink("busybox", bin.join(app)).expect("link");
         }
         let tar = p.dir.path().join("rootfs.tar");
@@ -54,7 +56,11 @@ impl Podman {
             .status()
             .expect("tar");
         assert!(st.success());
-        let out = p.podman(&["import", tar.to_str().expect("utf-8"), "localhost/rkt-bb:test"]);
+        let out = p.podman(&[
+            "import",
+            tar.to_str().expect("utf-8"),
+            "localhost/rkt-bb:test",
+        ]);
         assert!(out.status.success(), "import: {}", err(&out));
         p
     }
@@ -135,7 +141,9 @@ impl Drop for Podman {
             let mut ours: Vec<&str> = mounts
                 .lines()
                 .filter_map(|l| l.split(' ').nth(1))
-                .filter(|m| Path::new(m).starts_with(&storage) || Path::new(m).starts_with(self.dir.path()))
+                .filter(|m| {
+                    Path::new(m).starts_with(&storage) || Path::new(m).starts_with(self.dir.path())
+                })
                 .collect();
             ours.reverse();
             for m in ours {
@@ -170,7 +178,11 @@ fn scenario(runtime: PathBuf) {
     // Limits reach the kernel, seen from inside the container as on this (v1) host.
     let o = p.run(
         &["--memory=32m", "--pids-limit=30"],
-        &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max"],
+        &[
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/pids/pids.max",
+        ],
     );
     assert_eq!(out(&o), "33554432\n30\n", "{name}: {}", err(&o));
     let o = p.run(
@@ -190,19 +202,34 @@ fn scenario(runtime: PathBuf) {
 
     // -d, exec, pause/unpause, stop, rm.
     let o = p.podman(&[
-        "run", "-d", "--name=web", "--network=none", "--ulimit=nofile=1024:1024",
-        "--ulimit=nproc=1024:1024", "localhost/rkt-bb:test", "sleep", "300",
+        "run",
+        "-d",
+        "--name=web",
+        "--network=none",
+        "--ulimit=nofile=1024:1024",
+        "--ulimit=nproc=1024:1024",
+        "localhost/rkt-bb:test",
+        "sleep",
+        "300",
     ]);
     assert!(o.status.success(), "{name}: {}", err(&o));
     let id = out(&o).trim().to_string();
     let o = p.podman(&["exec", "web", "sh", "-c", "echo $((40+2)); hostname"]);
-    assert!(out(&o).starts_with("42\n"), "{name}: {} {}", out(&o), err(&o));
+    assert!(
+        out(&o).starts_with("42\n"),
+        "{name}: {} {}",
+        out(&o),
+        err(&o)
+    );
     let o = p.podman(&["exec", "web", "sh", "-c", "exit 3"]);
     assert_eq!(o.status.code(), Some(3), "{name}");
     assert!(p.podman(&["pause", "web"]).status.success(), "{name} pause");
     let o = p.podman(&["inspect", "--format={{.State.Status}}", "web"]);
     assert_eq!(out(&o).trim(), "paused", "{name}");
-    assert!(p.podman(&["unpause", "web"]).status.success(), "{name} unpause");
+    assert!(
+        p.podman(&["unpause", "web"]).status.success(),
+        "{name} unpause"
+    );
     assert!(libpod_cgroup(&id).exists(), "{name}: container cgroup");
     let o = p.podman(&["stop", "--time=1", "web"]);
     assert!(o.status.success(), "{name}: {}", err(&o));
@@ -212,7 +239,10 @@ fn scenario(runtime: PathBuf) {
 
     // -it: the terminal arrives over conmon's console socket.
     let t = p.run_tty("tty; echo on-a-tty");
-    assert!(t.contains("/dev/pts/0") && t.contains("on-a-tty"), "{name}: {t:?}");
+    assert!(
+        t.contains("/dev/pts/0") && t.contains("on-a-tty"),
+        "{name}: {t:?}"
+    );
 }
 
 #[test]
