@@ -57,14 +57,22 @@ impl Bundle {
         }
         if let Some(linux) = spec.linux() {
             for ns in linux.namespaces().as_deref().unwrap_or_default() {
-                if matches!(
-                    ns.typ(),
-                    LinuxNamespaceType::User | LinuxNamespaceType::Time
-                ) {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "{:?} namespaces are not implemented yet",
-                        ns.typ()
-                    )));
+                match ns.typ() {
+                    LinuxNamespaceType::Time => {
+                        return Err(RuntimeError::Unsupported(
+                            "time namespaces are not implemented".into(),
+                        ))
+                    }
+                    LinuxNamespaceType::User if ns.path().is_none() => {
+                        let empty = |m: &Option<Vec<_>>| m.as_ref().is_none_or(|v| v.is_empty());
+                        if empty(linux.uid_mappings()) || empty(linux.gid_mappings()) {
+                            return Err(bad(
+                                &path,
+                                "a new user namespace needs linux.uidMappings and linux.gidMappings",
+                            ));
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

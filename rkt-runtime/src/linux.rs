@@ -93,17 +93,51 @@ pub fn spawn_init(
         ForkResult::Parent { child } => {
             drop(wr);
             drop(go_rd);
-            let res = read_report(rd, go_wr, runtime_hooks);
+            let res = read_report(rd, go_wr, &IdMaps::of(&args.bundle.spec), runtime_hooks);
             let _ = nix::sys::wait::waitpid(child, None);
             res
         }
     }
 }
 
+/// A user namespace's uid and gid maps, as /proc/PID/{uid,gid}_map text.
+struct IdMaps {
+    uid: String,
+    gid: String,
+}
+
+impl IdMaps {
+    fn of(spec: &Spec) -> Self {
+        let text = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            m.into_iter()
+                .flatten()
+                .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+                .collect::<String>()
+        };
+        let linux = spec.linux().as_ref();
+        IdMaps {
+            uid: text(linux.and_then(|l| l.uid_mappings().as_ref())),
+            gid: text(linux.and_then(|l| l.gid_mappings().as_ref())),
+        }
+    }
+}
+
+fn write_id_maps(pid: i32, maps: &IdMaps) -> Result<()> {
+    for (file, text) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+        let p = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&p, text).map_err(|e| RuntimeError::BadConfig {
+            path: p.clone(),
+            reason: format!("writing {file} {:?}: {e}", text.trim()),
+        })?;
+    }
+    Ok(())
+}
+
 /// Reads the helper's and init's report: "pid N", maybe "hooks N", then "ready" or "error MSG".
 fn read_report(
     rd: OwnedFd,
     go: OwnedFd,
+    id_maps: &IdMaps,
     runtime_hooks: &mut dyn FnMut(i32) -> Result<()>,
 ) -> Result<Pid> {
     let mut pid = None;
@@ -117,6 +151,14 @@ fn read_report(
         let line = line.map_err(|e| RuntimeError::Init(e.to_string()))?;
         if let Some(p) = line.strip_prefix("pid ") {
             pid = p.parse::<i32>().ok().map(Pid::from_raw);
+        } else if let Some(p) = line.strip_prefix("userns ") {
+            let helper = p.parse::<i32>().unwrap_or(0);
+            // On failure the pipe closes without a byte and the helper gives up.
+            write_id_maps(helper, id_maps)?;
+            if let Some(g) = go.as_mut() {
+                g.write_all(&[1])
+                    .map_err(|e| RuntimeError::Init(e.to_string()))?;
+            }
         } else if let Some(p) = line.strip_prefix("hooks ") {
             let init = p.parse::<i32>().unwrap_or(0);
             if let Err(e) = runtime_hooks(init) {
@@ -125,7 +167,7 @@ fn read_report(
                 kill_init(pid.or(Some(Pid::from_raw(init))));
                 return Err(e);
             }
-            if let Some(mut g) = go.take() {
+            if let Some(g) = go.as_mut() {
                 g.write_all(&[1])
                     .map_err(|e| RuntimeError::Init(e.to_string()))?;
             }
@@ -150,7 +192,8 @@ fn ns_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
         LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
         LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-        LinuxNamespaceType::User | LinuxNamespaceType::Time => return None,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Time => return None,
     })
 }
 
@@ -167,7 +210,10 @@ fn helper(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<()> {
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
     let mut new = CloneFlags::empty();
-    for ns in &namespaces {
+    // A user namespace is joined first: the others are then joined with its privileges.
+    let mut ordered: Vec<_> = namespaces.iter().collect();
+    ordered.sort_by_key(|n| n.typ() != LinuxNamespaceType::User);
+    for ns in ordered {
         let flag = ns_flag(ns.typ())
             .ok_or_else(|| RuntimeError::Unsupported(format!("{:?} namespace", ns.typ())))?;
         match ns.path() {
@@ -187,11 +233,53 @@ fn helper(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<()> {
             "a container without its own mount namespace".into(),
         ));
     }
+    // Opened while still root on the host: a new user namespace's root may not open them.
+    // Held open read-write: `rkt start` can open the fifo for writing whenever init is alive.
+    let fifo_fd = open(args.fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys("opening exec.fifo"))?;
+    // SAFETY: `open` just returned this descriptor and nothing else owns it.
+    let fifo_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fifo_fd) };
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let console = match (terminal, args.console_socket) {
+        (true, Some(p)) => Some(connect_console(p)?),
+        (true, None) => {
+            return Err(RuntimeError::Unsupported(
+                "process.terminal needs --console-socket to send the terminal to".into(),
+            ))
+        }
+        (false, _) => None,
+    };
+    let mut go = std::fs::File::from(go);
+    if new.contains(CloneFlags::CLONE_NEWUSER) {
+        // A new user namespace: its id maps are written by `rkt create` (root outside it);
+        // wait for that, then become its root so that the namespaces made next belong to it.
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(sys("creating the user namespace"))?;
+        report(out, &format!("userns {}", nix::unistd::getpid()))
+            .map_err(|e| RuntimeError::Init(e.to_string()))?;
+        let mut byte = [0u8; 1];
+        go.read_exact(&mut byte)
+            .map_err(|_| RuntimeError::Init("uid/gid maps were not written".into()))?;
+        let root_gid = nix::unistd::Gid::from_raw(0);
+        let root_uid = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setresgid(root_gid, root_gid, root_gid).map_err(sys(
+            "becoming root in the user namespace (no mapping for gid 0?)",
+        ))?;
+        nix::unistd::setresuid(root_uid, root_uid, root_uid).map_err(sys(
+            "becoming root in the user namespace (no mapping for uid 0?)",
+        ))?;
+        new -= CloneFlags::CLONE_NEWUSER;
+    }
+    let go = OwnedFd::from(go);
     unshare(new).map_err(sys("creating namespaces"))?;
     // SAFETY: still single-threaded.
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            let code = match init(args, out, go) {
+            let code = match init(args, out, go, fifo_fd, console) {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = report(out, &format!("error {e}"));
@@ -659,7 +747,13 @@ static EMPTY: std::sync::LazyLock<std::collections::HashMap<String, String>> =
     std::sync::LazyLock::new(std::collections::HashMap::new);
 
 /// The container's init: everything up to exec.
-fn init(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<std::convert::Infallible> {
+fn init(
+    args: &InitArgs,
+    out: &mut std::fs::File,
+    go: OwnedFd,
+    fifo_fd: OwnedFd,
+    console: Option<std::os::unix::net::UnixStream>,
+) -> Result<std::convert::Infallible> {
     let bundle = args.bundle;
     let spec = &bundle.spec;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -669,20 +763,6 @@ fn init(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<std::co
         .as_ref()
         .expect("bundle checks a process exists");
     let pid = host_pid();
-    // Held open read-write: `rkt start` can open it for writing whenever init is alive.
-    let fifo_fd = open(args.fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(sys("opening exec.fifo"))?;
-    // SAFETY: `open` just returned this descriptor and nothing else owns it.
-    let fifo_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fifo_fd) };
-    let console = match (process.terminal().unwrap_or(false), args.console_socket) {
-        (true, Some(p)) => Some(connect_console(p)?),
-        (true, None) => {
-            return Err(RuntimeError::Unsupported(
-                "process.terminal needs --console-socket to send the terminal to".into(),
-            ))
-        }
-        (false, _) => None,
-    };
     let propagation = match linux.rootfs_propagation().as_deref() {
         Some("shared") => MsFlags::MS_SHARED,
         Some("slave") => MsFlags::MS_SLAVE,
@@ -843,6 +923,7 @@ pub struct ExecArgs<'a> {
 
 /// Namespaces in the order they are joined (the mount namespace last: it changes our root).
 const EXEC_NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("user", CloneFlags::CLONE_NEWUSER),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),

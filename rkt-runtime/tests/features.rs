@@ -382,3 +382,76 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
     );
     b.assert_gone(&id);
 }
+
+#[test]
+fn user_namespace_maps_root_to_an_unprivileged_host_uid() {
+    let b = Bundle::new(&["sleep", "100"], |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+            .push(json!({"type": "user"}));
+        v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    });
+    // The container's root is host uid 200000: it must reach the bundle and, as with any
+    // user-namespaced container, own its root filesystem.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(b.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let rootfs = b.path().join("rootfs");
+    let mut todo = vec![rootfs];
+    while let Some(p) = todo.pop() {
+        std::os::unix::fs::lchown(&p, Some(200000), Some(200000)).expect("chown");
+        if p.is_dir() && !p.is_symlink() {
+            todo.extend(
+                std::fs::read_dir(&p)
+                    .expect("dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        }
+    }
+    let id = uid("userns");
+    ok(
+        &b,
+        &[
+            "run",
+            "-d",
+            "--bundle",
+            b.path().to_str().expect("utf-8"),
+            &id,
+        ],
+    );
+    let pid = b.state(&id)["pid"].as_i64().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uids = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    assert_eq!(uids.split_whitespace().nth(1), Some("200000"), "{uids}");
+    // exec joins the user namespace too.
+    let out = b.rkt(&["exec", &id, "sh", "-c", "id -u; cat /proc/self/uid_map"]);
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{e}");
+    let mut lines = o.lines();
+    assert_eq!(lines.next(), Some("0"), "{o}");
+    assert_eq!(
+        lines
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["0", "200000", "65536"]),
+        "{o}"
+    );
+    ok(&b, &["delete", "--force", &id]);
+    b.assert_gone(&id);
+
+    let b = Bundle::new(&["true"], |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+            .push(json!({"type": "user"}));
+    });
+    let id = uid("nomaps");
+    let (code, _, err) = b.run(&id);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs linux.uidMappings"), "{err}");
+    b.assert_gone(&id);
+}
