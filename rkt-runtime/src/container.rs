@@ -61,6 +61,10 @@ pub struct CreateOptions {
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
+    /// Descriptors 3..3+N the container's process inherits.
+    pub preserve_fds: u32,
+    /// chroot instead of pivot_root.
+    pub no_pivot: bool,
 }
 
 /// Removes a half-made container (directory, cgroup) unless disarmed.
@@ -173,6 +177,8 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
             fifo: &fifo,
             cgroup: Some(&cg),
             console_socket: opts.console_socket.as_deref(),
+            preserve_fds: opts.preserve_fds,
+            no_pivot: opts.no_pivot,
         },
         &mut runtime_hooks,
     )?;
@@ -488,6 +494,7 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
+    pub preserve_fds: u32,
 }
 
 /// `exec`: run `process` in a running container; returns its exit code (0 with detach).
@@ -528,6 +535,7 @@ pub fn exec(
         seccomp: seccomp.as_ref(),
         cgroup: cg.as_ref(),
         console_socket: opts.console_socket.as_deref(),
+        preserve_fds: opts.preserve_fds,
     })?;
     if let Some(p) = &opts.pid_file {
         write_pid_file(p, pid.as_raw())?;

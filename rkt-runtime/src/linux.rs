@@ -59,6 +59,10 @@ pub struct InitArgs<'a> {
     pub cgroup: Option<&'a Cgroup>,
     /// Where to send the master of the container's terminal (when process.terminal is set).
     pub console_socket: Option<&'a Path>,
+    /// Descriptors 3..3+N to pass on to the process.
+    pub preserve_fds: u32,
+    /// chroot instead of pivot_root.
+    pub no_pivot: bool,
 }
 
 /// Starts the container's init for `bundle`, held before exec until the fifo at `fifo` is
@@ -505,8 +509,14 @@ fn setup_devices(rootfs: &Path, spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-fn enter_root(rootfs: &Path) -> Result<()> {
+fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
     chdir(rootfs).map_err(sys("entering the root filesystem"))?;
+    if no_pivot {
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(sys("moving the root filesystem over /"))?;
+        nix::unistd::chroot(".").map_err(sys("chroot"))?;
+        return chdir("/").map_err(sys("chdir /"));
+    }
     pivot_root(".", ".").map_err(sys("pivot_root"))?;
     // The old root now sits under the new one at "."; detach it.
     umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root"))?;
@@ -807,7 +817,7 @@ fn init(
             &hook_state(args, "creating", pid),
         )?;
     }
-    enter_root(rootfs)?;
+    enter_root(rootfs, args.no_pivot)?;
     // Before readonlyPaths makes /proc/sys read-only.
     for (k, v) in linux.sysctl().clone().unwrap_or_default() {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
@@ -835,7 +845,7 @@ fn init(
     }
     set_rlimits(process)?;
     if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
-        tracing::info!("AppArmor/SELinux labels are not applied by rkt (ignored)");
+        tracing::warn!("AppArmor/SELinux labels are not applied by rkt (ignored)");
     }
     let filter = linux.seccomp().as_ref().map(seccomp::build).transpose()?;
     let terminal = console.as_ref().map(send_pty).transpose()?;
@@ -856,7 +866,15 @@ fn init(
                 &hook_state(args, "created", pid),
             )?;
         }
-        exec_process(process, terminal, filter.as_ref(), &program, &argv, &env)
+        exec_process(
+            process,
+            args.preserve_fds,
+            terminal,
+            filter.as_ref(),
+            &program,
+            &argv,
+            &env,
+        )
     }) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -870,6 +888,7 @@ fn init(
 /// late as it can, and execs.
 fn exec_process(
     process: &Process,
+    preserve_fds: u32,
     terminal: Option<OwnedFd>,
     filter: Option<&libseccomp::ScmpFilterContext>,
     program: &Path,
@@ -878,6 +897,20 @@ fn exec_process(
 ) -> Result<std::convert::Infallible> {
     if let Some(t) = terminal {
         attach_terminal(t)?;
+    }
+    // Whatever rkt's caller left open stays out of the container, but for the preserved ones.
+    let first_closed = 3 + preserve_fds;
+    // SAFETY: close_range only flips close-on-exec flags on descriptors of this process.
+    if unsafe { libc::close_range(first_closed, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) } != 0 {
+        return Err(RuntimeError::sys(
+            "marking inherited descriptors close-on-exec",
+            nix::Error::last(),
+        ));
+    }
+    for fd in 3..first_closed as i32 {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
+            .map_err(sys(format!("passing on descriptor {fd}")))?;
     }
     let nnp = process.no_new_privileges().unwrap_or(false);
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before dropping it.
@@ -919,6 +952,7 @@ pub struct ExecArgs<'a> {
     pub seccomp: Option<&'a LinuxSeccomp>,
     pub cgroup: Option<&'a Cgroup>,
     pub console_socket: Option<&'a Path>,
+    pub preserve_fds: u32,
 }
 
 /// Namespaces in the order they are joined (the mount namespace last: it changes our root).
@@ -1015,7 +1049,15 @@ fn exec_helper(args: &ExecArgs, out: &mut std::fs::File) -> Result<()> {
                 drop(console);
                 set_rlimits(process)?;
                 let program = find_program(&argv[0], &env);
-                exec_process(process, terminal, filter.as_ref(), &program, &argv, &env)
+                exec_process(
+                    process,
+                    args.preserve_fds,
+                    terminal,
+                    filter.as_ref(),
+                    &program,
+                    &argv,
+                    &env,
+                )
             })();
             let code = match res {
                 Ok(never) => match never {},

@@ -54,10 +54,11 @@ struct CreateArgs {
     /// Unix socket to send the master of the container's terminal to (process.terminal).
     #[arg(long)]
     console_socket: Option<PathBuf>,
-    /// Accepted for runc compatibility (extra fds are not passed yet).
+    /// Pass this many file descriptors after stdio (3, 4, ...) on to the container's process.
     #[arg(long, default_value_t = 0)]
     preserve_fds: u32,
-    #[arg(long, hide = true)]
+    /// Move the root filesystem over / and chroot instead of pivot_root (for ramdisk roots).
+    #[arg(long)]
     no_pivot: bool,
     #[arg(long, hide = true)]
     no_new_keyring: bool,
@@ -246,7 +247,22 @@ fn opts(c: &CreateArgs) -> CreateOptions {
         bundle: c.bundle.clone(),
         pid_file: c.pid_file.clone(),
         console_socket: c.console_socket.clone(),
+        preserve_fds: c.preserve_fds + listen_fds(),
+        no_pivot: c.no_pivot,
     }
+}
+
+/// Sockets handed over by systemd socket activation are passed on too, as runc does.
+fn listen_fds() -> u32 {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|_| ours)
+        .unwrap_or(0)
 }
 
 fn real_main(cli: &Cli) -> Result<i32> {
@@ -363,6 +379,7 @@ fn exec(root: &Root, e: &ExecArgs) -> Result<i32> {
             console_socket: e.console_socket.clone(),
             pid_file: e.pid_file.clone(),
             detach: e.detach,
+            preserve_fds: e.preserve_fds,
         },
     )?)
 }
