@@ -114,6 +114,12 @@ impl Bundle {
         for d in cgroup_dirs(&format!("/rkt/{id}")) {
             assert!(!d.exists(), "cgroup {} left behind", d.display());
         }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let bundle = self.path().to_string_lossy().into_owned();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&bundle)),
+            "a mount under {bundle} is left on the host"
+        );
     }
 }
 
