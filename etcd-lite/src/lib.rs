@@ -12,6 +12,7 @@
 
 pub mod applier;
 pub mod config;
+pub mod consensus;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -1,0 +1,607 @@
+//! One member's raft node: a thread that owns raft-rs's `RawNode` over [`RaftLog`], ticks it,
+//! feeds it proposals and peers' messages, and runs the Ready loop: send, persist (one sync
+//! per Ready), apply committed entries to the state machine in order, answer whoever waits.
+//!
+//! Transport-agnostic: messages go out through [`Transport`] and come in via [`Node::step`].
+//! A proposal made on a follower is forwarded to the leader by raft itself; the proposer learns
+//! its result when the entry is applied locally (entries carry the proposer's id and a request
+//! number in their context). Linearizable reads use ReadIndex: the read waits until this member
+//! has applied up to the index the leader confirmed.
+//!
+//! Invariants: nothing is sent that depends on state not yet synced (raft-rs's persisted
+//! messages), entries are applied exactly in log order, and every waiter is answered: with the
+//! result, with an error when raft drops the proposal, or with a timeout.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use super::storage::RaftLog;
+
+/// What the log replicates into: applies entries in order, makes and restores snapshots.
+pub trait StateMachine: Send + 'static {
+    /// What applying one entry answers to its proposer.
+    type Output: Send + 'static;
+    /// Applies the entry at `index` (called once per index, in order). `data` is empty for
+    /// entries that carry nothing for the state machine (a new leader's no-op, a membership
+    /// change): only `applied` moves.
+    fn apply(&mut self, index: u64, data: &[u8]) -> Self::Output;
+    /// The index of the last applied entry (persisted with the state, so a restart resumes).
+    fn applied(&self) -> u64;
+    /// The whole state, for a snapshot.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot's (taken at `index`).
+    fn restore(&mut self, index: u64, data: &[u8]);
+}
+
+/// Sends raft messages to peers (best effort: raft retries).
+pub trait Transport: Send + 'static {
+    fn send(&self, msgs: Vec<Message>);
+}
+
+/// Why a request through the log did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsensusError {
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("proposal dropped")]
+    Dropped,
+    #[error("raft node stopped")]
+    Stopped,
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Tunables (etcd's defaults: 100 ms heartbeat, 1 s election).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Voters of a new cluster (every member of a new cluster starts with the same list);
+    /// empty for a member that joins an existing cluster.
+    pub initial_voters: Vec<u64>,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// How long a proposal or read may wait before it fails with a timeout.
+    pub request_timeout: Duration,
+    /// Take a snapshot (and compact the log) every this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            initial_voters: vec![1],
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            request_timeout: Duration::from_secs(7),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// What the node reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub is_leader: bool,
+    pub voters: Vec<u64>,
+    /// First index still in the log (what snapshots compacted is below it).
+    pub first_index: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ConsensusError>>;
+
+enum Input<O> {
+    Propose(Vec<u8>, Reply<O>),
+    ConfChange(ConfChange, Reply<NodeStatus>),
+    Read(Reply<u64>),
+    Step(Message),
+    Status(oneshot::Sender<NodeStatus>),
+    TransferLeader(u64),
+    Stop,
+}
+
+/// Handle to a running node (cheap to clone).
+pub struct Node<O> {
+    tx: mpsc::Sender<Input<O>>,
+}
+
+impl<O> Clone for Node<O> {
+    fn clone(&self) -> Self {
+        Node {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// Forwards raft-rs's slog records to tracing.
+struct SlogToTracing;
+
+impl slog::Drain for SlogToTracing {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, r: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match r.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", r.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", r.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", r.msg()),
+            _ => tracing::debug!(target: "raft", "{}", r.msg()),
+        }
+        Ok(())
+    }
+}
+
+impl<O: Send + 'static> Node<O> {
+    /// Starts the node's thread over `log` (already opened) and `sm`.
+    pub fn start<S, T>(
+        cfg: NodeConfig,
+        mut log: RaftLog,
+        sm: S,
+        transport: T,
+    ) -> Result<Self, ConsensusError>
+    where
+        S: StateMachine<Output = O>,
+        T: Transport,
+    {
+        let err = |e: raft::Error| ConsensusError::Raft(e.to_string());
+        // A state machine behind the log's snapshot starts from the snapshot (the bootstrap
+        // snapshot carries no data: an empty state machine is its state).
+        let mut sm = sm;
+        if let Ok(snap) = raft::Storage::snapshot(&log, 0, 0) {
+            let index = snap.get_metadata().index;
+            if index > sm.applied() && !snap.data.is_empty() {
+                sm.restore(index, &snap.data);
+            }
+        }
+        if log.is_empty() && !cfg.initial_voters.is_empty() {
+            // Every member of a new cluster starts from the same snapshot at index 1 holding the
+            // initial membership, so the log never starts at 1 and a member that joins later
+            // always arrives by snapshot (with the membership it is part of), never by
+            // replaying a log whose first entries predate it.
+            let cs = raft::prelude::ConfState {
+                voters: cfg.initial_voters.clone(),
+                ..Default::default()
+            };
+            let mut meta = raft::prelude::SnapshotMetadata {
+                index: 1,
+                term: 1,
+                ..Default::default()
+            };
+            meta.set_conf_state(cs);
+            let mut snap = Snapshot::default();
+            snap.set_metadata(meta);
+            log.apply_snapshot(snap).map_err(err)?;
+            log.sync().map_err(err)?;
+        }
+        let rc = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: sm.applied(),
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        rc.validate().map_err(err)?;
+        let logger = slog::Logger::root(SlogToTracing, slog::o!("raft_id" => cfg.id));
+        let raw = RawNode::new(&rc, log, &logger).map_err(err)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("raft-{}", cfg.id))
+            .spawn(move || Driver::new(cfg, raw, sm, transport).run(rx))
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        Ok(Node { tx })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Input<O>) -> Result<T, ConsensusError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .map_err(|_| ConsensusError::Stopped)?;
+        rx.await.map_err(|_| ConsensusError::Stopped)?
+    }
+
+    /// Replicates `data` and returns what applying it answered.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<O, ConsensusError> {
+        self.ask(|r| Input::Propose(data, r)).await
+    }
+
+    /// Waits until this member may serve a linearizable read; returns the applied index.
+    pub async fn read_index(&self) -> Result<u64, ConsensusError> {
+        self.ask(Input::Read).await
+    }
+
+    /// Adds or removes a voter through the log.
+    pub async fn change_membership(
+        &self,
+        change: ConfChangeType,
+        node: u64,
+        context: Vec<u8>,
+    ) -> Result<NodeStatus, ConsensusError> {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change);
+        cc.node_id = node;
+        cc.context = context.into();
+        self.ask(|r| Input::ConfChange(cc, r)).await
+    }
+
+    /// Hands a message from a peer to raft.
+    pub fn step(&self, m: Message) {
+        let _ = self.tx.send(Input::Step(m));
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, ConsensusError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Status(reply))
+            .map_err(|_| ConsensusError::Stopped)?;
+        rx.await.map_err(|_| ConsensusError::Stopped)
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.send(Input::TransferLeader(to));
+    }
+
+    /// Stops the thread (pending requests fail with `Stopped`).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Input::Stop);
+    }
+}
+
+struct Pending<T> {
+    reply: Reply<T>,
+    deadline: Instant,
+}
+
+struct Driver<S: StateMachine, T> {
+    cfg: NodeConfig,
+    raw: RawNode<RaftLog>,
+    sm: S,
+    transport: T,
+    next_request: u64,
+    proposals: HashMap<u64, Pending<S::Output>>,
+    conf_changes: HashMap<u64, Pending<NodeStatus>>,
+    /// Read requests waiting for a ReadIndex answer, by request number.
+    reads: HashMap<u64, Pending<u64>>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    ready_reads: Vec<(u64, Pending<u64>)>,
+    applied_since_snapshot: u64,
+    /// A membership change was applied since the last snapshot.
+    conf_changed: bool,
+}
+
+/// Entry context: proposer id and request number (16 bytes).
+fn context(node: u64, request: u64) -> Vec<u8> {
+    let mut c = node.to_be_bytes().to_vec();
+    c.extend_from_slice(&request.to_be_bytes());
+    c
+}
+
+fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
+    if c.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(c[..8].try_into().ok()?),
+        u64::from_be_bytes(c[8..].try_into().ok()?),
+    ))
+}
+
+impl<S: StateMachine, T: Transport> Driver<S, T> {
+    fn new(cfg: NodeConfig, raw: RawNode<RaftLog>, sm: S, transport: T) -> Self {
+        Driver {
+            cfg,
+            raw,
+            sm,
+            transport,
+            next_request: 1,
+            proposals: HashMap::new(),
+            conf_changes: HashMap::new(),
+            reads: HashMap::new(),
+            ready_reads: Vec::new(),
+            applied_since_snapshot: 0,
+            conf_changed: false,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Input<S::Output>>) {
+        let mut next_tick = Instant::now() + self.cfg.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(input) => {
+                    self.handle(input);
+                    // Take whatever else is queued before one Ready: a batch, one sync.
+                    while let Ok(more) = rx.try_recv() {
+                        if matches!(more, Input::Stop) {
+                            return;
+                        }
+                        self.handle(more);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick += self.cfg.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.cfg.tick;
+                }
+                self.expire();
+            }
+            if self.raw.has_ready() {
+                if let Err(e) = self.on_ready() {
+                    tracing::error!(error = %e, "raft storage failed; stopping the node");
+                    std::process::exit(70);
+                }
+            }
+        }
+        tracing::info!(id = self.cfg.id, "raft node stopped");
+    }
+
+    fn handle(&mut self, input: Input<S::Output>) {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        match input {
+            Input::Propose(data, reply) => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(ConsensusError::NoLeader));
+                    return;
+                }
+                let req = self.next_request;
+                self.next_request += 1;
+                match self.raw.propose(context(self.cfg.id, req), data) {
+                    Ok(()) => {
+                        self.proposals.insert(req, Pending { reply, deadline });
+                    }
+                    Err(raft::Error::ProposalDropped) => {
+                        let _ = reply.send(Err(ConsensusError::Dropped));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ConsensusError::Raft(e.to_string())));
+                    }
+                }
+            }
+            Input::ConfChange(cc, reply) => {
+                let req = self.next_request;
+                self.next_request += 1;
+                // The change's own context is the caller's; ours rides in the entry context.
+                match self.raw.propose_conf_change(context(self.cfg.id, req), cc) {
+                    Ok(()) => {
+                        self.conf_changes.insert(req, Pending { reply, deadline });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ConsensusError::Raft(e.to_string())));
+                    }
+                }
+            }
+            Input::Read(reply) => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(ConsensusError::NoLeader));
+                    return;
+                }
+                let req = self.next_request;
+                self.next_request += 1;
+                self.raw.read_index(context(self.cfg.id, req));
+                self.reads.insert(req, Pending { reply, deadline });
+            }
+            Input::Step(m) => {
+                // Messages from a member we do not know, or for another node, are dropped.
+                if m.to != self.cfg.id {
+                    tracing::warn!(
+                        to = m.to,
+                        from = m.from,
+                        "raft message for another member dropped"
+                    );
+                    return;
+                }
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "raft message refused");
+                }
+            }
+            Input::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Input::TransferLeader(to) => self.raw.transfer_leader(to),
+            Input::Stop => {}
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let r = &self.raw.raft;
+        NodeStatus {
+            id: self.cfg.id,
+            leader: r.leader_id,
+            term: r.term,
+            commit: r.raft_log.committed,
+            applied: self.sm.applied(),
+            is_leader: r.state == StateRole::Leader,
+            voters: {
+                let mut v = self.raw.store().conf_state().voters.clone();
+                v.sort_unstable();
+                v
+            },
+            first_index: raft::Storage::first_index(self.raw.store()).unwrap_or(0),
+        }
+    }
+
+    /// Fails requests that waited too long (their entry may still commit later).
+    fn expire(&mut self) {
+        let now = Instant::now();
+        fn sweep<X>(m: &mut HashMap<u64, Pending<X>>, now: Instant) {
+            let late: Vec<u64> = m
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in late {
+                if let Some(p) = m.remove(&k) {
+                    let _ = p.reply.send(Err(ConsensusError::Timeout));
+                }
+            }
+        }
+        sweep(&mut self.proposals, now);
+        sweep(&mut self.conf_changes, now);
+        sweep(&mut self.reads, now);
+        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(_, p)| p.deadline <= now);
+        self.ready_reads = keep;
+        for (_, p) in late {
+            let _ = p.reply.send(Err(ConsensusError::Timeout));
+        }
+    }
+
+    fn on_ready(&mut self) -> raft::Result<()> {
+        let mut rd = self.raw.ready();
+        // A leader may send before it syncs (raft's thesis, 10.2.1); followers' replies wait.
+        if !rd.messages().is_empty() {
+            self.transport.send(rd.take_messages());
+        }
+        if !rd.snapshot().is_empty() {
+            let snap: Snapshot = rd.snapshot().clone();
+            let index = snap.get_metadata().index;
+            self.raw.mut_store().apply_snapshot(snap.clone())?;
+            self.sm.restore(index, &snap.data);
+        }
+        for rs in rd.take_read_states() {
+            if let Some((node, req)) = parse_context(&rs.request_ctx) {
+                if node == self.cfg.id {
+                    if let Some(p) = self.reads.remove(&req) {
+                        self.ready_reads.push((rs.index, p));
+                    }
+                }
+            }
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed)?;
+        if !rd.entries().is_empty() {
+            self.raw.mut_store().append(rd.entries())?;
+        }
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs.clone())?;
+        }
+        if rd.must_sync() || !rd.entries().is_empty() || rd.hs().is_some() {
+            self.raw.store().sync()?;
+        }
+        if !rd.persisted_messages().is_empty() {
+            self.transport.send(rd.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        if !light.messages().is_empty() {
+            self.transport.send(light.take_messages());
+        }
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.answer_reads();
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> raft::Result<()> {
+        for e in entries {
+            if e.index <= self.sm.applied() {
+                continue; // already in the state machine (restart replay)
+            }
+            let who = parse_context(&e.context);
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if e.data.is_empty() {
+                        // A new leader's empty entry: nothing to apply, but it takes an index.
+                        self.sm.apply(e.index, &[]);
+                        continue;
+                    }
+                    let out = self.sm.apply(e.index, &e.data);
+                    self.applied_since_snapshot += 1;
+                    if let Some((node, req)) = who {
+                        if node == self.cfg.id {
+                            if let Some(p) = self.proposals.remove(&req) {
+                                let _ = p.reply.send(Ok(out));
+                            }
+                        }
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|x| raft::Error::Store(raft::StorageError::Other(x.into())))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(cs)?;
+                    self.conf_changed = true;
+                    // The state machine records the index too, so a restart does not redo it.
+                    self.sm.apply(e.index, &[]);
+                    if let Some((node, req)) = who {
+                        if node == self.cfg.id {
+                            if let Some(p) = self.conf_changes.remove(&req) {
+                                let _ = p.reply.send(Ok(self.status()));
+                            }
+                        }
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    tracing::warn!(
+                        index = e.index,
+                        "joint consensus changes are not used; skipped"
+                    );
+                    self.sm.apply(e.index, &[]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.sm.applied();
+        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.ready_reads = wait;
+        for (_, p) in done {
+            let _ = p.reply.send(Ok(applied));
+        }
+    }
+
+    fn maybe_snapshot(&mut self) -> raft::Result<()> {
+        // Snapshots carry the membership: take one after every change, so that a member
+        // added by it can be brought up by a snapshot that includes it.
+        if self.applied_since_snapshot < self.cfg.snapshot_every && !self.conf_changed {
+            return Ok(());
+        }
+        self.conf_changed = false;
+        let index = self.sm.applied();
+        let data = self.sm.snapshot();
+        self.raw.mut_store().create_snapshot(index, data)?;
+        self.applied_since_snapshot = 0;
+        tracing::info!(
+            id = self.cfg.id,
+            index,
+            "raft snapshot taken, log compacted"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

@@ -1,0 +1,355 @@
+//! A cluster of nodes in one process: an in-memory router between them that can cut links,
+//! a small key-value state machine, real sled logs in temporary directories.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use raft::prelude::{ConfChangeType, Message};
+
+use super::*;
+
+#[derive(Default)]
+struct Kv {
+    map: BTreeMap<String, String>,
+    applied: u64,
+    /// (index, data) of every non-empty entry applied, in order.
+    history: Vec<(u64, String)>,
+}
+
+/// Shared so that tests can look at a node's state while it runs.
+#[derive(Clone, Default)]
+struct SharedKv(Arc<Mutex<Kv>>);
+
+impl StateMachine for SharedKv {
+    type Output = u64;
+    fn apply(&mut self, index: u64, data: &[u8]) -> u64 {
+        let mut kv = self.0.lock();
+        kv.applied = index;
+        if !data.is_empty() {
+            let s = String::from_utf8_lossy(data).into_owned();
+            if let Some((k, v)) = s.split_once('=') {
+                kv.map.insert(k.to_string(), v.to_string());
+            }
+            kv.history.push((index, s));
+        }
+        index
+    }
+    fn applied(&self) -> u64 {
+        self.0.lock().applied
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.0.lock().map).expect("json")
+    }
+    fn restore(&mut self, index: u64, data: &[u8]) {
+        let mut kv = self.0.lock();
+        kv.map = serde_json::from_slice(data).expect("snapshot json");
+        kv.applied = index;
+        kv.history.clear();
+    }
+}
+
+#[derive(Clone, Default)]
+struct Router {
+    nodes: Arc<Mutex<HashMap<u64, Node<u64>>>>,
+    /// Links that drop everything, as (from, to).
+    cut: Arc<Mutex<HashSet<(u64, u64)>>>,
+}
+
+impl Transport for Router {
+    fn send(&self, msgs: Vec<Message>) {
+        let nodes = self.nodes.lock().clone();
+        let cut = self.cut.lock().clone();
+        for m in msgs {
+            if cut.contains(&(m.from, m.to)) {
+                continue;
+            }
+            if let Some(n) = nodes.get(&m.to) {
+                n.step(m);
+            }
+        }
+    }
+}
+
+impl Router {
+    fn isolate(&self, id: u64, others: &[u64]) {
+        let mut cut = self.cut.lock();
+        for o in others {
+            cut.insert((id, *o));
+            cut.insert((*o, id));
+        }
+    }
+    fn heal(&self) {
+        self.cut.lock().clear();
+    }
+}
+
+struct Cluster {
+    router: Router,
+    dirs: HashMap<u64, tempfile::TempDir>,
+    kvs: HashMap<u64, SharedKv>,
+    cfg: NodeConfig,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn new(ids: &[u64], snapshot_every: u64) -> Self {
+        let cfg = NodeConfig {
+            id: 0,
+            initial_voters: ids.to_vec(),
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            request_timeout: Duration::from_secs(2),
+            snapshot_every,
+        };
+        let mut c = Cluster {
+            router: Router::default(),
+            dirs: HashMap::new(),
+            kvs: HashMap::new(),
+            cfg,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        };
+        for id in ids {
+            c.dirs.insert(*id, tempfile::tempdir().expect("tempdir"));
+            c.start(*id, ids.to_vec());
+        }
+        c
+    }
+
+    /// Starts (or restarts) a node over its directory with a fresh, empty state machine.
+    fn start(&mut self, id: u64, voters: Vec<u64>) {
+        let dir = self
+            .dirs
+            .entry(id)
+            .or_insert_with(|| tempfile::tempdir().expect("tempdir"));
+        let log = RaftLog::open(dir.path()).expect("open log");
+        let kv = SharedKv::default();
+        let cfg = NodeConfig {
+            id,
+            initial_voters: voters,
+            ..self.cfg.clone()
+        };
+        let node = Node::start(cfg, log, kv.clone(), self.router.clone()).expect("start");
+        self.kvs.insert(id, kv);
+        self.router.nodes.lock().insert(id, node);
+    }
+
+    fn stop(&mut self, id: u64) {
+        if let Some(n) = self.router.nodes.lock().remove(&id) {
+            n.stop();
+        }
+        // Let the thread let go of its sled directory.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    fn node(&self, id: u64) -> Node<u64> {
+        self.router.nodes.lock()[&id].clone()
+    }
+
+    fn leader(&self, among: &[u64]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            for id in among {
+                let st = self.rt.block_on(self.node(*id).status()).expect("status");
+                if st.is_leader {
+                    return *id;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no leader among {among:?}");
+    }
+
+    fn put(&self, on: u64, kv: &str) -> Result<u64, ConsensusError> {
+        self.rt
+            .block_on(self.node(on).propose(kv.as_bytes().to_vec()))
+    }
+
+    fn wait_applied(&self, ids: &[u64], index: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ids.iter().all(|i| self.kvs[i].0.lock().applied >= index) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let st: Vec<_> = ids
+            .iter()
+            .map(|i| {
+                (
+                    self.rt.block_on(self.node(*i).status()),
+                    self.kvs[i].0.lock().applied,
+                )
+            })
+            .collect();
+        panic!("not every node of {ids:?} applied {index}: {st:?}");
+    }
+
+    fn map(&self, id: u64) -> BTreeMap<String, String> {
+        self.kvs[&id].0.lock().map.clone()
+    }
+
+    fn history(&self, id: u64) -> Vec<(u64, String)> {
+        self.kvs[&id].0.lock().history.clone()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.router.nodes.lock().values() {
+            n.stop();
+        }
+    }
+}
+
+#[test]
+fn three_members_elect_replicate_and_forward_proposals() {
+    let c = Cluster::new(&[1, 2, 3], 1_000_000);
+    let leader = c.leader(&[1, 2, 3]);
+    let mut last = 0;
+    for i in 0..30 {
+        // Every member takes proposals; followers' go to the leader through raft.
+        let on = [1, 2, 3][i % 3];
+        last = c.put(on, &format!("k{i}=v{i}")).expect("proposal commits");
+    }
+    c.wait_applied(&[1, 2, 3], last);
+    let h = c.history(leader);
+    assert_eq!(h.len(), 30);
+    for id in [1, 2, 3] {
+        assert_eq!(c.history(id), h, "member {id} applied another sequence");
+    }
+    let st = c.rt.block_on(c.node(1).status()).expect("status");
+    assert_eq!(st.voters, vec![1, 2, 3]);
+    assert_eq!(st.leader, leader);
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_catches_up_after_restart() {
+    let mut c = Cluster::new(&[1, 2, 3], 1_000_000);
+    let old = c.leader(&[1, 2, 3]);
+    for i in 0..10 {
+        c.put(old, &format!("a{i}=1")).expect("put");
+    }
+    c.stop(old);
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    let new = c.leader(&rest);
+    assert_ne!(new, old);
+    let mut last = 0;
+    for i in 0..10 {
+        last = c
+            .put(rest[i % 2], &format!("b{i}=2"))
+            .expect("put after failover");
+    }
+    // The old leader comes back with an empty state machine: it replays its log and catches up.
+    c.start(old, vec![1, 2, 3]);
+    c.wait_applied(&[1, 2, 3], last);
+    assert_eq!(c.history(old), c.history(new));
+    assert_eq!(c.map(old).len(), 20);
+}
+
+#[test]
+fn a_partitioned_leader_cannot_commit_and_rejoins_without_divergence() {
+    let c = Cluster::new(&[1, 2, 3], 1_000_000);
+    let old = c.leader(&[1, 2, 3]);
+    c.put(old, "before=1").expect("put");
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    c.router.isolate(old, &rest);
+    // The minority side never commits: the proposal fails (timeout, or dropped once it steps
+    // down through check_quorum).
+    let lost = c.put(old, "lost=1");
+    assert!(lost.is_err(), "a minority committed: {lost:?}");
+    let new = c.leader(&rest);
+    let last = c.put(new, "after=1").expect("majority commits");
+    c.router.heal();
+    c.wait_applied(&[1, 2, 3], last);
+    for id in [1, 2, 3] {
+        assert_eq!(c.history(id), c.history(new), "member {id} diverged");
+        assert!(
+            !c.map(id).contains_key("lost"),
+            "an unacknowledged write appeared"
+        );
+    }
+    assert!(
+        !c.rt
+            .block_on(c.node(old).status())
+            .expect("status")
+            .is_leader
+    );
+}
+
+#[test]
+fn read_index_on_a_follower_sees_the_latest_write() {
+    let c = Cluster::new(&[1, 2, 3], 1_000_000);
+    let leader = c.leader(&[1, 2, 3]);
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    for i in 0..20 {
+        c.put(leader, &format!("x={i}")).expect("put");
+        let applied =
+            c.rt.block_on(c.node(follower).read_index())
+                .expect("read index");
+        assert!(applied > 0);
+        assert_eq!(
+            c.map(follower).get("x").map(String::as_str),
+            Some(i.to_string().as_str())
+        );
+    }
+    // Without a quorum there is no linearizable read.
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != follower).collect();
+    c.router.isolate(follower, &others);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.rt.block_on(c.node(follower).read_index()).is_err());
+}
+
+#[test]
+fn snapshots_bound_the_log_and_bring_lagging_and_new_members_up() {
+    let mut c = Cluster::new(&[1, 2, 3], 5);
+    let leader = c.leader(&[1, 2, 3]);
+    let lagging = [1, 2, 3]
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("follower");
+    c.stop(lagging);
+    let mut last = 0;
+    for i in 0..40 {
+        last = c.put(leader, &format!("s{i}={i}")).expect("put");
+    }
+    c.wait_applied(&[leader], last);
+    // The log was compacted well past where the lagging member stopped.
+    let st = c.rt.block_on(c.node(leader).status()).expect("status");
+    assert!(st.first_index > 30, "log not compacted: {st:?}");
+    c.start(lagging, vec![1, 2, 3]);
+    c.wait_applied(&[lagging], last);
+    assert_eq!(c.map(lagging), c.map(leader));
+
+    // A fourth member joins through a membership change and arrives by snapshot.
+    let st =
+        c.rt.block_on(
+            c.node(leader)
+                .change_membership(ConfChangeType::AddNode, 4, vec![]),
+        )
+        .expect("add member");
+    assert_eq!(st.voters.len(), 4);
+    c.start(4, vec![]);
+    let last = c.put(leader, "after-join=1").expect("put with four voters");
+    c.wait_applied(&[1, 2, 3, 4], last);
+    assert_eq!(c.map(4), c.map(leader));
+    let st = c.rt.block_on(c.node(4).status()).expect("status");
+    assert_eq!(st.voters, vec![1, 2, 3, 4]);
+    // And one leaves.
+    let st = c
+        .rt
+        .block_on(
+            c.node(leader)
+                .change_membership(ConfChangeType::RemoveNode, lagging, vec![]),
+        )
+        .expect("remove member");
+    assert!(!st.voters.contains(&lagging));
+}

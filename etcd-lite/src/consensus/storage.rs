@@ -1,0 +1,429 @@
+//! The raft log, hard state, conf state and latest snapshot of one member, in sled.
+//!
+//! Keys in the tree: `e` + index (big-endian u64) -> Entry, `hs` -> HardState, `cs` ->
+//! ConfState, `snap` -> Snapshot (metadata and the state machine's data). Entries below the
+//! snapshot's index are deleted by [`RaftLog::compact`]. The first and last indexes and the
+//! states are cached in memory; every change goes to sled first, and [`RaftLog::sync`] makes the
+//! batch durable before raft may act on it (messages sent, entries applied).
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+/// Errors of the log's own storage (sled or a record that does not decode).
+fn store_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'e';
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// A member's raft log and state.
+pub struct RaftLog {
+    tree: sled::Tree,
+    db: sled::Db,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: Snapshot,
+    /// Index of the first entry in the log (snapshot index + 1).
+    first: u64,
+    /// Index of the last entry (snapshot index when the log is empty).
+    last: u64,
+}
+
+impl RaftLog {
+    /// Opens (or creates) the log in `dir`.
+    pub fn open(dir: &std::path::Path) -> raft::Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(4 << 20)
+            .open()
+            .map_err(store_err)?;
+        let tree = db.open_tree("raft").map_err(store_err)?;
+        let decode_hs = |b: &[u8]| HardState::parse_from_bytes(b).map_err(store_err);
+        let hard_state = match tree.get("hs").map_err(store_err)? {
+            Some(b) => decode_hs(&b)?,
+            None => HardState::default(),
+        };
+        let conf_state = match tree.get("cs").map_err(store_err)? {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(store_err)?,
+            None => ConfState::default(),
+        };
+        let snapshot = match tree.get("snap").map_err(store_err)? {
+            Some(b) => Snapshot::parse_from_bytes(&b).map_err(store_err)?,
+            None => Snapshot::default(),
+        };
+        let snap_index = snapshot.get_metadata().index;
+        let last = match tree.scan_prefix(b"e").next_back() {
+            Some(kv) => {
+                let (k, _) = kv.map_err(store_err)?;
+                u64::from_be_bytes(k[1..9].try_into().map_err(store_err)?)
+            }
+            None => snap_index,
+        };
+        Ok(RaftLog {
+            tree,
+            db,
+            hard_state,
+            conf_state,
+            snapshot,
+            first: snap_index + 1,
+            last,
+        })
+    }
+
+    /// Whether the log has never been initialized (a member's first start).
+    pub fn is_empty(&self) -> bool {
+        self.last == 0 && self.conf_state.voters.is_empty() && self.hard_state.term == 0
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) -> raft::Result<()> {
+        self.tree
+            .insert("hs", hs.write_to_bytes().map_err(store_err)?)
+            .map_err(store_err)?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Moves only the commit index (raft reports it apart from the rest of the hard state).
+    pub fn set_commit(&mut self, commit: u64) -> raft::Result<()> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(hs)
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState) -> raft::Result<()> {
+        self.tree
+            .insert("cs", cs.write_to_bytes().map_err(store_err)?)
+            .map_err(store_err)?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Appends entries, replacing any conflicting suffix already in the log.
+    pub fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
+        let Some(first_new) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        if first_new < self.first {
+            return Err(store_err(format!(
+                "append at {first_new} below the log's first index {}",
+                self.first
+            )));
+        }
+        if first_new > self.last + 1 {
+            return Err(store_err(format!(
+                "append at {first_new} leaves a gap after {}",
+                self.last
+            )));
+        }
+        let mut batch = sled::Batch::default();
+        // A leader's log wins: drop our entries from the first new index on.
+        for i in first_new..=self.last {
+            batch.remove(&entry_key(i));
+        }
+        for e in entries {
+            batch.insert(&entry_key(e.index), e.write_to_bytes().map_err(store_err)?);
+        }
+        self.tree.apply_batch(batch).map_err(store_err)?;
+        self.last = entries.last().map_or(self.last, |e| e.index);
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&self) -> raft::Result<()> {
+        self.db.flush().map(|_| ()).map_err(store_err)
+    }
+
+    /// Records a snapshot of the state machine at `index` (already applied) and drops the log
+    /// entries it covers.
+    pub fn create_snapshot(&mut self, index: u64, data: Vec<u8>) -> raft::Result<()> {
+        if index <= self.snapshot.get_metadata().index {
+            return Ok(());
+        }
+        if index > self.last {
+            return Err(store_err(format!(
+                "snapshot at {index} beyond the last entry {}",
+                self.last
+            )));
+        }
+        let term = self.term_of(index)?;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.conf_state.clone());
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.data = data.into();
+        self.tree
+            .insert("snap", snap.write_to_bytes().map_err(store_err)?)
+            .map_err(store_err)?;
+        self.snapshot = snap;
+        self.compact(index)
+    }
+
+    /// Drops entries up to and including `index` (it must be covered by the snapshot).
+    fn compact(&mut self, index: u64) -> raft::Result<()> {
+        let mut batch = sled::Batch::default();
+        for i in self.first..=index.min(self.last) {
+            batch.remove(&entry_key(i));
+        }
+        self.tree.apply_batch(batch).map_err(store_err)?;
+        self.first = index + 1;
+        self.last = self.last.max(index);
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: the log restarts after it.
+    pub fn apply_snapshot(&mut self, snap: Snapshot) -> raft::Result<()> {
+        let meta = snap.get_metadata().clone();
+        if meta.index <= self.snapshot.get_metadata().index {
+            return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
+        }
+        let mut batch = sled::Batch::default();
+        for i in self.first..=self.last {
+            batch.remove(&entry_key(i));
+        }
+        batch.insert("snap", snap.write_to_bytes().map_err(store_err)?);
+        self.tree.apply_batch(batch).map_err(store_err)?;
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        self.set_hard_state(hs)?;
+        self.set_conf_state(meta.get_conf_state().clone())?;
+        self.snapshot = snap;
+        self.first = meta.index + 1;
+        self.last = meta.index;
+        Ok(())
+    }
+
+    fn get_entry(&self, index: u64) -> raft::Result<Entry> {
+        match self.tree.get(entry_key(index)).map_err(store_err)? {
+            Some(b) => Entry::parse_from_bytes(&b).map_err(store_err),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn term_of(&self, index: u64) -> raft::Result<u64> {
+        let snap = self.snapshot.get_metadata();
+        if index == snap.index {
+            return Ok(snap.term);
+        }
+        if index < self.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if index > self.last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.get_entry(index)?.term)
+    }
+
+    /// Disk space the log takes (for metrics and the quota).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last + 1 {
+            return Err(store_err(format!(
+                "entries up to {high} asked, the log ends at {}",
+                self.last
+            )));
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for kv in self.tree.range(entry_key(low)..entry_key(high)) {
+            let (_, v) = kv.map_err(store_err)?;
+            size += v.len() as u64;
+            // At least one entry, whatever its size.
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(Entry::parse_from_bytes(&v).map_err(store_err)?);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.term_of(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.get_metadata().index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn all(log: &RaftLog) -> Vec<(u64, u64)> {
+        let (lo, hi) = (
+            log.first_index().expect("first"),
+            log.last_index().expect("last"),
+        );
+        log.entries(lo, hi + 1, None, GetEntriesContext::empty(false))
+            .expect("entries")
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect()
+    }
+
+    #[test]
+    fn appends_truncate_conflicts_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = RaftLog::open(dir.path()).expect("open");
+            assert!(log.is_empty());
+            log.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+                .expect("append");
+            // A new leader's entries replace ours from index 2 on.
+            log.append(&[entry(2, 2, b"x")]).expect("append");
+            assert_eq!(all(&log), vec![(1, 1), (2, 2)]);
+            assert!(log.append(&[entry(5, 2, b"gap")]).is_err());
+            let hs = HardState {
+                term: 2,
+                vote: 3,
+                commit: 2,
+                ..Default::default()
+            };
+            log.set_hard_state(hs).expect("hs");
+            let cs = ConfState {
+                voters: vec![1, 2, 3],
+                ..Default::default()
+            };
+            log.set_conf_state(cs).expect("cs");
+            log.sync().expect("sync");
+        }
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(all(&log), vec![(1, 1), (2, 2)]);
+        let st = log.initial_state().expect("state");
+        assert_eq!(
+            (st.hard_state.term, st.hard_state.vote, st.hard_state.commit),
+            (2, 3, 2)
+        );
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(log.term(2).expect("term"), 2);
+        assert!(matches!(
+            log.term(3),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+    }
+
+    #[test]
+    fn snapshots_compact_the_log_and_install_from_a_leader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"v")).collect();
+        log.append(&ents).expect("append");
+        log.create_snapshot(6, b"state@6".to_vec())
+            .expect("snapshot");
+        assert_eq!(log.first_index().expect("first"), 7);
+        assert_eq!(log.term(6).expect("term of the snapshot index"), 1);
+        assert!(matches!(
+            log.term(5),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            log.entries(3, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        let snap = log.snapshot(6, 2).expect("snapshot");
+        assert_eq!(&snap.data[..], b"state@6");
+        assert!(log.snapshot(8, 2).is_err(), "a newer one is not there yet");
+        drop(log);
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(all(&log).len(), 4);
+
+        // A follower far behind installs the leader's snapshot; its log restarts after it.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let mut f = RaftLog::open(dir2.path()).expect("open");
+        f.append(&[entry(1, 1, b"old")]).expect("append");
+        f.apply_snapshot(snap.clone()).expect("install");
+        assert_eq!(
+            (f.first_index().ok(), f.last_index().ok()),
+            (Some(7), Some(6))
+        );
+        assert_eq!(f.hard_state().commit, 6);
+        assert!(
+            f.apply_snapshot(snap).is_err(),
+            "the same snapshot again is out of date"
+        );
+        f.append(&[entry(7, 2, b"new")])
+            .expect("append after the snapshot");
+        assert_eq!(all(&f), vec![(7, 2)]);
+    }
+
+    #[test]
+    fn entries_respect_max_size_but_return_at_least_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        let big = vec![7u8; 1000];
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &big)).collect();
+        log.append(&ents).expect("append");
+        let got = log
+            .entries(1, 6, 1, GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(got.len(), 1);
+        let got = log
+            .entries(1, 6, 2500, GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(got.len(), 2);
+    }
+}
