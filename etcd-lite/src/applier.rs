@@ -1,36 +1,102 @@
-//! The single writer: applies write commands in order on one thread, commits them in groups with
-//! one fsync per group, then publishes the new revision, notifies watchers and answers.
+//! Write commands: their encoding in the raft log, and how one is applied to the MVCC store
+//! and the lease table. The consensus node ([`crate::consensus`]) decides the order; this
+//! module only knows how to apply (see [`crate::machine`] for the state machine around it).
 //!
-//! Invariant: nothing is acknowledged, published or sent to a watcher before the flush that makes
-//! it durable has returned. A failed commit or flush is fatal: the process exits rather than
-//! carry on with a store whose durability it can no longer vouch for.
+//! A command's effect depends only on the store and the command, so every member applying the
+//! same log reaches the same state (lease ids and TTLs are chosen before proposing).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use etcd_api::etcdserverpb::{TxnRequest, TxnResponse};
 use etcd_api::mvccpb::{event::EventType, Event};
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use prost::Message;
 
 use crate::error::{EtcdError, Result};
 use crate::lease::LeaseTable;
 use crate::mvcc::{txn, KeyRange, MvccStore, WriteTxn};
 use crate::v2store;
 
-/// Most commands committed by one fsync.
-pub const MAX_GROUP: usize = 512;
-/// Commands waiting for the writer before submitters are back-pressured.
-pub const QUEUE_DEPTH: usize = 8192;
-
-/// A write request, in a form that could be logged and replayed.
-#[derive(Debug, Clone)]
+/// A write request, as logged and replayed.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Txn(TxnRequest),
     Compact(i64),
-    LeaseGrant { id: i64, ttl: i64 },
-    LeaseRevoke { id: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+    /// A keep-alive: every member restarts the lease's countdown.
+    LeaseRenew {
+        id: i64,
+    },
     V2(v2store::V2Command),
+}
+
+impl Command {
+    /// The log record: a tag byte, then the payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Command::Txn(t) => {
+                out.push(0);
+                t.encode(&mut out).expect("a Vec grows as needed");
+            }
+            Command::Compact(rev) => {
+                out.push(1);
+                out.extend_from_slice(&rev.to_be_bytes());
+            }
+            Command::LeaseGrant { id, ttl } => {
+                out.push(2);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&ttl.to_be_bytes());
+            }
+            Command::LeaseRevoke { id } => {
+                out.push(3);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            Command::LeaseRenew { id } => {
+                out.push(5);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            Command::V2(c) => {
+                out.push(4);
+                out.extend_from_slice(&serde_json::to_vec(c).expect("v2 commands serialize"));
+            }
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let bad = || EtcdError::Storage("malformed command in the raft log".into());
+        let i64_at = |at: usize| -> Result<i64> {
+            Ok(i64::from_be_bytes(
+                b.get(at..at + 8)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .map_err(|_| bad())?,
+            ))
+        };
+        match b.first() {
+            Some(0) => Ok(Command::Txn(
+                TxnRequest::decode(&b[1..]).map_err(|_| bad())?,
+            )),
+            Some(1) => Ok(Command::Compact(i64_at(1)?)),
+            Some(2) => Ok(Command::LeaseGrant {
+                id: i64_at(1)?,
+                ttl: i64_at(9)?,
+            }),
+            Some(3) => Ok(Command::LeaseRevoke { id: i64_at(1)? }),
+            Some(5) => Ok(Command::LeaseRenew { id: i64_at(1)? }),
+            Some(4) => Ok(Command::V2(
+                serde_json::from_slice(&b[1..]).map_err(|_| bad())?,
+            )),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// The result of one command.
@@ -40,6 +106,7 @@ pub enum Outcome {
     Compacted,
     LeaseGranted { id: i64, ttl: i64 },
     LeaseRevoked,
+    LeaseRenewed { ttl: i64 },
     V2(Box<v2store::V2Outcome>),
 }
 
@@ -57,81 +124,8 @@ pub struct RevEvents {
     pub events: Vec<Event>,
 }
 
-type Reply = oneshot::Sender<Result<Applied>>;
-
-/// Handle for submitting commands to the writer thread.
-#[derive(Clone)]
-pub struct Applier {
-    tx: mpsc::Sender<(Command, Reply)>,
-}
-
-impl Applier {
-    /// Starts the writer thread.
-    pub fn start(
-        store: Arc<MvccStore>,
-        leases: Arc<Mutex<LeaseTable>>,
-        events: broadcast::Sender<Arc<RevEvents>>,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name("etcd-applier".into())
-            .spawn(move || run(store, leases, events, rx))
-            .expect("spawning the applier thread succeeds at start-up");
-        Applier { tx }
-    }
-
-    /// Submits a command and waits until it is durable.
-    pub async fn submit(&self, cmd: Command) -> Result<Applied> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((cmd, reply))
-            .await
-            .map_err(|_| EtcdError::Stopped)?;
-        rx.await.map_err(|_| EtcdError::Stopped)?
-    }
-}
-
-fn run(
-    store: Arc<MvccStore>,
-    leases: Arc<Mutex<LeaseTable>>,
-    events: broadcast::Sender<Arc<RevEvents>>,
-    mut rx: mpsc::Receiver<(Command, Reply)>,
-) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.blocking_recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(c) => group.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut replies = Vec::with_capacity(group.len());
-        let mut committed = Vec::new();
-        for (cmd, reply) in group.drain(..) {
-            let res = apply(&store, &leases, cmd, &mut committed);
-            replies.push((reply, res));
-        }
-        if let Err(e) = store.flush() {
-            tracing::error!(error = %e, "flushing the store failed; stopping to protect acknowledged data");
-            std::process::exit(70);
-        }
-        if let Some(last) = committed.last() {
-            store.publish(last.rev);
-        }
-        for c in committed {
-            // No receivers is fine: nobody watches.
-            let _ = events.send(Arc::new(c));
-        }
-        for (reply, res) in replies {
-            let _ = reply.send(res);
-        }
-    }
-    tracing::info!("applier stopped");
-}
-
 /// Applies one command; storage failures are fatal, request errors are returned.
-fn apply(
+pub fn apply(
     store: &MvccStore,
     leases: &Mutex<LeaseTable>,
     cmd: Command,
@@ -171,7 +165,7 @@ fn apply(
     }
 }
 
-fn fatal(e: EtcdError) -> ! {
+pub fn fatal(e: EtcdError) -> ! {
     tracing::error!(error = %e, "storage failure while applying; stopping to protect acknowledged data");
     std::process::exit(70);
 }
@@ -211,6 +205,10 @@ fn apply_in(w: &mut WriteTxn<'_>, leases: &Mutex<LeaseTable>, cmd: Command) -> R
             table.insert(id, ttl, Instant::now());
             Ok(Outcome::LeaseGranted { id, ttl })
         }
+        Command::LeaseRenew { id } => {
+            let ttl = leases.lock().renew(id, Instant::now())?;
+            Ok(Outcome::LeaseRenewed { ttl })
+        }
         Command::LeaseRevoke { id } => {
             let keys = {
                 let table = leases.lock();
@@ -241,4 +239,42 @@ pub fn revoke_keys(w: &mut WriteTxn<'_>, keys: &[Vec<u8>]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcd_api::etcdserverpb::{request_op::Request, PutRequest, RequestOp};
+
+    #[test]
+    fn commands_round_trip_through_their_encoding() {
+        let put = TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        };
+        for c in [
+            Command::Txn(put),
+            Command::Compact(42),
+            Command::LeaseGrant { id: 7, ttl: 60 },
+            Command::LeaseRevoke { id: 7 },
+            Command::LeaseRenew { id: -3 },
+            Command::V2(v2store::V2Command::CreateInOrder {
+                dir: "/q".into(),
+                value: "x".into(),
+                ttl: Some(5),
+            }),
+        ] {
+            assert_eq!(Command::decode(&c.encode()).ok(), Some(c));
+        }
+        assert!(Command::decode(&[]).is_err());
+        assert!(Command::decode(&[9, 1, 2]).is_err());
+        assert!(Command::decode(&[2, 1, 2]).is_err(), "truncated");
+    }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use sha2::{Digest, Sha256};
 
-use crate::server::{Limits, MemberInfo};
+use crate::server::{ClusterSpec, Limits, MemberInfo};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -47,7 +47,8 @@ pub struct Config {
         env = "ETCD_ADVERTISE_CLIENT_URLS"
     )]
     pub advertise_client_urls: String,
-    /// Comma-separated URLs to listen on for peer traffic (used once clustering is enabled).
+    /// Comma-separated URLs to listen on for peer traffic (opened when the cluster has other
+    /// members).
     #[arg(
         long,
         default_value = "http://localhost:2380",
@@ -75,6 +76,12 @@ pub struct Config {
         env = "ETCD_INITIAL_CLUSTER_TOKEN"
     )]
     pub initial_cluster_token: String,
+    /// Raft heartbeat interval in milliseconds (elections after 10 of them).
+    #[arg(long, default_value_t = 100, env = "ETCD_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: u64,
+    /// Accepted for etcd compatibility: the election timeout is 10 heartbeats.
+    #[arg(long, default_value_t = 1000, env = "ETCD_ELECTION_TIMEOUT")]
+    pub election_timeout: u64,
     /// Largest client request accepted, in bytes.
     #[arg(long, default_value_t = 1536 * 1024, env = "ETCD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: usize,
@@ -161,20 +168,30 @@ impl Config {
             .collect()
     }
 
-    /// This member's identity, derived like etcd's from peer URLs, name and cluster token.
-    pub fn member(&self) -> Result<MemberInfo, ConfigError> {
+    /// The initial cluster as (name, peer URLs), in flag order; a name may repeat for several
+    /// URLs, as in etcd.
+    fn initial_members(&self) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
         let peer_urls = split(&self.initial_advertise_peer_urls);
         let initial = self
             .initial_cluster
             .clone()
             .unwrap_or_else(|| format!("{}={}", self.name, peer_urls.join(",")));
-        let mut members = Vec::new();
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
         for entry in split(&initial) {
             let (name, url) = entry
                 .split_once('=')
                 .ok_or_else(|| ConfigError::BadCluster(format!("{entry:?} is not name=url")))?;
-            url::Url::parse(url).map_err(|e| ConfigError::BadCluster(format!("{url:?}: {e}")))?;
-            members.push((name.to_string(), url.to_string()));
+            let parsed = url::Url::parse(url)
+                .map_err(|e| ConfigError::BadCluster(format!("{url:?}: {e}")))?;
+            if parsed.scheme() != "http" {
+                return Err(ConfigError::BadCluster(format!(
+                    "{url:?}: only http:// peer URLs are supported"
+                )));
+            }
+            match members.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => members.push((name.to_string(), vec![url.to_string()])),
+            }
         }
         if !members.iter().any(|(n, _)| *n == self.name) {
             return Err(ConfigError::BadCluster(format!(
@@ -182,29 +199,71 @@ impl Config {
                 self.name
             )));
         }
-        let names: std::collections::BTreeSet<&str> =
-            members.iter().map(|(n, _)| n.as_str()).collect();
-        if names.len() > 1 {
-            return Err(ConfigError::BadCluster(
-                "more than one member: replication is not available in this build yet".into(),
-            ));
-        }
-        let mut all_urls: Vec<&str> = members.iter().map(|(_, u)| u.as_str()).collect();
-        all_urls.sort_unstable();
+        Ok(members)
+    }
+
+    fn member_id(&self, urls: &[String]) -> u64 {
         let mut id_parts: Vec<&str> = vec!["member"];
-        id_parts.extend(peer_urls.iter().map(String::as_str));
+        id_parts.extend(urls.iter().map(String::as_str));
         id_parts.sort_unstable();
         id_parts.push(&self.initial_cluster_token);
+        hash_id(&id_parts)
+    }
+
+    /// This member's identity, derived like etcd's from peer URLs, name and cluster token.
+    pub fn member(&self) -> Result<MemberInfo, ConfigError> {
+        let members = self.initial_members()?;
+        let peer_urls = members
+            .iter()
+            .find(|(n, _)| *n == self.name)
+            .map(|(_, u)| u.clone())
+            .unwrap_or_default();
+        let mut all_urls: Vec<&str> = members
+            .iter()
+            .flat_map(|(_, u)| u.iter().map(String::as_str))
+            .collect();
+        all_urls.sort_unstable();
         let mut cluster_parts = vec!["cluster"];
         cluster_parts.extend(all_urls.iter().copied());
         cluster_parts.push(&self.initial_cluster_token);
         Ok(MemberInfo {
-            id: hash_id(&id_parts),
+            id: self.member_id(&peer_urls),
             cluster_id: hash_id(&cluster_parts),
             name: self.name.clone(),
             peer_urls,
             client_urls: split(&self.advertise_client_urls),
         })
+    }
+
+    /// The initial members with their raft ids, and whether this is a new cluster.
+    pub fn cluster(&self) -> Result<ClusterSpec, ConfigError> {
+        let new_cluster = match self.initial_cluster_state.as_str() {
+            "new" => true,
+            "existing" => false,
+            other => {
+                return Err(ConfigError::BadCluster(format!(
+                    "--initial-cluster-state {other:?}: use new or existing"
+                )))
+            }
+        };
+        let members = self
+            .initial_members()?
+            .into_iter()
+            .map(|(name, urls)| (self.member_id(&urls), name, urls))
+            .collect();
+        Ok(ClusterSpec {
+            members,
+            new_cluster,
+            tick: std::time::Duration::from_millis(self.heartbeat_interval.max(1)),
+        })
+    }
+
+    /// The addresses to serve peers on: only when the cluster has other members.
+    pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        split(&self.listen_peer_urls)
+            .iter()
+            .map(|u| listen_addr("listen-peer-urls", u))
+            .collect()
     }
 
     pub fn limits(&self) -> Limits {
@@ -247,5 +306,32 @@ mod tests {
         assert!(e.to_string().contains("TLS"));
         let c = cfg(&["--initial-cluster", "other=http://127.0.0.1:2380"]);
         assert!(c.member().is_err());
+        let c = cfg(&["--initial-cluster", "default=https://127.0.0.1:2380"]);
+        assert!(c.cluster().is_err(), "TLS peers are not supported yet");
+    }
+
+    #[test]
+    fn initial_clusters_give_every_member_the_same_ids() {
+        let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,c=http://10.0.0.3:2380";
+        let of = |name: &str, url: &str| {
+            cfg(&[
+                "--name",
+                name,
+                "--initial-cluster",
+                cluster,
+                "--initial-advertise-peer-urls",
+                url,
+            ])
+        };
+        let a = of("a", "http://10.0.0.1:2380");
+        let b = of("b", "http://10.0.0.2:2380");
+        let (ca, cb) = (a.cluster().expect("a"), b.cluster().expect("b"));
+        assert_eq!(ca.members, cb.members);
+        assert_eq!(ca.members.len(), 3);
+        let (ma, mb) = (a.member().expect("a"), b.member().expect("b"));
+        assert_eq!(ma.cluster_id, mb.cluster_id);
+        assert_ne!(ma.id, mb.id);
+        assert_eq!(ca.members[0].0, ma.id);
+        assert_eq!(ca.members[1].0, mb.id);
     }
 }

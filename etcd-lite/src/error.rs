@@ -37,6 +37,10 @@ pub enum EtcdError {
     InvalidArgument(String),
     #[error("etcdserver: server stopped")]
     Stopped,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
 }
@@ -50,6 +54,19 @@ impl From<sled::Error> for EtcdError {
 impl From<prost::DecodeError> for EtcdError {
     fn from(e: prost::DecodeError) -> Self {
         EtcdError::Storage(format!("corrupt record: {e}"))
+    }
+}
+
+impl From<crate::consensus::node::ConsensusError> for EtcdError {
+    fn from(e: crate::consensus::node::ConsensusError) -> Self {
+        use crate::consensus::node::ConsensusError as C;
+        match e {
+            C::NoLeader => EtcdError::NoLeader,
+            // A dropped proposal (leadership moving) is retried by clients like a timeout.
+            C::Timeout | C::Dropped => EtcdError::Timeout,
+            C::Stopped => EtcdError::Stopped,
+            C::Raft(m) => EtcdError::Storage(format!("raft: {m}")),
+        }
     }
 }
 
@@ -72,7 +89,7 @@ impl EtcdError {
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
             EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::Unsupported(_) => Code::Unimplemented,
-            EtcdError::Stopped => Code::Unavailable,
+            EtcdError::Stopped | EtcdError::NoLeader | EtcdError::Timeout => Code::Unavailable,
             EtcdError::Storage(_) => Code::Internal,
         }
     }

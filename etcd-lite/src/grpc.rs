@@ -51,7 +51,7 @@ impl Services {
 #[tonic::async_trait]
 impl Kv for Services {
     async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(self.0.range(r.get_ref())?))
+        Ok(Response::new(self.0.range(r.get_ref()).await?))
     }
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         Ok(Response::new(self.0.put(r.into_inner()).await?))
@@ -118,14 +118,17 @@ impl Lease for Services {
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let server = self.0.clone();
-        let out = r.into_inner().map(move |req| {
-            let req = req?;
-            let ttl = server.lease_keepalive(req.id);
-            Ok(LeaseKeepAliveResponse {
-                header: server.header(server.store.published()),
-                id: req.id,
-                ttl,
-            })
+        let out = r.into_inner().then(move |req| {
+            let server = server.clone();
+            async move {
+                let req = req?;
+                let ttl = server.lease_keepalive(req.id).await?;
+                Ok(LeaseKeepAliveResponse {
+                    header: server.header(server.store.published()),
+                    id: req.id,
+                    ttl,
+                })
+            }
         });
         Ok(Response::new(Box::pin(out)))
     }

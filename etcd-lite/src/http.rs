@@ -77,7 +77,7 @@ where
 }
 
 async fn kv_range(State(s): Srv, body: Bytes) -> Response {
-    gateway(body, |r: RangeRequest| async move { s.range(&r) }).await
+    gateway(body, |r: RangeRequest| async move { s.range(&r).await }).await
 }
 async fn kv_put(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |r: PutRequest| async move { s.put(r).await }).await
@@ -149,7 +149,7 @@ async fn lease_leases(State(s): Srv, body: Bytes) -> Response {
 }
 async fn lease_keepalive(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |r: LeaseKeepAliveRequest| async move {
-        let ttl = s.lease_keepalive(r.id);
+        let ttl = s.lease_keepalive(r.id).await?;
         let resp = LeaseKeepAliveResponse {
             header: s.header(s.store.published()),
             id: r.id,
@@ -220,6 +220,7 @@ async fn health(State(s): Srv) -> Response {
             key: b"health".to_vec(),
             ..Default::default()
         })
+        .await
         .is_ok();
     let status = if ok { 200 } else { 503 };
     json(

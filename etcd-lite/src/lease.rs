@@ -100,6 +100,13 @@ impl LeaseTable {
         Ok(l.ttl)
     }
 
+    /// Gives every lease its full TTL again (a new leader does this, as etcd's does).
+    pub fn renew_all(&mut self, now: Instant) {
+        for l in self.leases.values_mut() {
+            l.deadline = now + Duration::from_secs(l.ttl as u64);
+        }
+    }
+
     pub fn attach(&mut self, id: i64, key: &[u8]) {
         if let Some(l) = self.leases.get_mut(&id) {
             l.keys.insert(key.to_vec());

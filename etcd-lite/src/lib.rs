@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_v2;
 pub mod lease;
+pub mod machine;
 pub mod metrics;
 pub mod mvcc;
 pub mod server;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use etcd_lite::config::Config;
+use etcd_lite::consensus::transport::{PeerService, PeerTransport};
 use etcd_lite::server::EtcdServer;
 use tracing_subscriber::EnvFilter;
 
@@ -49,8 +50,18 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = cfg.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let server = EtcdServer::open(&data_dir, member, cfg.limits(), cfg.cache_bytes)
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let cluster = cfg.cluster()?;
+    let clustered = cluster.members.len() > 1 || !cluster.new_cluster;
+    let transport = PeerTransport::start(member.cluster_id, member.id, &cluster.peer_urls());
+    let server = EtcdServer::open(
+        &data_dir,
+        member,
+        cfg.limits(),
+        cfg.cache_bytes,
+        cluster,
+        transport,
+    )
+    .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     tracing::info!(
         name = %server.member.name,
         member_id = %format!("{:x}", server.member.id),
@@ -63,6 +74,30 @@ async fn main() -> anyhow::Result<()> {
     let app = etcd_lite::http::router(server.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    if clustered {
+        for addr in cfg.peer_listen_addrs()? {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for peers on {addr}"))?;
+            tracing::info!(%addr, "ready to serve peer traffic");
+            let svc = PeerService::server(
+                server.member.cluster_id,
+                server.member.id,
+                server.node.clone(),
+            );
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+            }));
+        }
+    }
     for addr in addrs {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -85,10 +120,7 @@ async fn main() -> anyhow::Result<()> {
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tracing::info!("closing streams still open after the grace period");
     }
-    server
-        .store
-        .flush()
-        .context("flushing the store at shutdown")?;
+    server.node.stop();
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,9 +13,12 @@ use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::broadcast;
 
-use crate::applier::{Applied, Applier, Command, Outcome, RevEvents};
+use crate::applier::{Applied, Command, Outcome, RevEvents};
+use crate::consensus::node::{Node, NodeConfig, NodeStatus, Transport};
+use crate::consensus::storage::RaftLog;
 use crate::error::{EtcdError, Result};
 use crate::lease::LeaseTable;
+use crate::machine::EtcdMachine;
 use crate::metrics::Metrics;
 use crate::mvcc::{txn, MvccStore};
 use crate::v2store::{V2Command, V2Outcome};
@@ -69,12 +72,46 @@ impl Default for Limits {
     }
 }
 
-/// The whole single-member server.
+/// The members a new cluster starts with (etcd's --initial-cluster), by raft id.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSpec {
+    /// (id, name, peer URLs) of every initial member, this one included.
+    pub members: Vec<(u64, String, Vec<String>)>,
+    /// `--initial-cluster-state new` (bootstrap) or `existing` (join).
+    pub new_cluster: bool,
+    /// Raft's tick (heartbeat); elections after 10 ticks.
+    pub tick: Duration,
+}
+
+impl ClusterSpec {
+    /// A cluster of just `member`.
+    pub fn single(member: &MemberInfo) -> Self {
+        ClusterSpec {
+            members: vec![(member.id, member.name.clone(), member.peer_urls.clone())],
+            new_cluster: true,
+            tick: Duration::from_millis(100),
+        }
+    }
+
+    /// First peer URL of every member.
+    pub fn peer_urls(&self) -> std::collections::HashMap<u64, String> {
+        self.members
+            .iter()
+            .filter_map(|(id, _, urls)| Some((*id, urls.first()?.clone())))
+            .collect()
+    }
+}
+
+/// Handle to the raft node of this member.
+pub type RaftNode = Node<Result<Applied>>;
+
+/// One member: the store, replicated through raft.
 pub struct EtcdServer {
     pub store: Arc<MvccStore>,
     pub leases: Arc<Mutex<LeaseTable>>,
     pub events: broadcast::Sender<Arc<RevEvents>>,
-    applier: Applier,
+    pub node: RaftNode,
+    pub cluster: ClusterSpec,
     pub member: MemberInfo,
     pub limits: Limits,
     pub metrics: Metrics,
@@ -82,12 +119,15 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
-    /// Opens the data directory and starts the writer and the lease sweeper.
+    /// Opens the data directory and starts the raft node (messages to peers go through
+    /// `transport`).
     pub fn open(
         data_dir: &std::path::Path,
         mut member: MemberInfo,
         limits: Limits,
         cache_bytes: u64,
+        cluster: ClusterSpec,
+        transport: impl Transport,
     ) -> Result<Arc<Self>> {
         let (store, recovered) = MvccStore::open(&data_dir.join("member"), cache_bytes)?;
         // The member id is fixed at the first start, like etcd's.
@@ -115,12 +155,28 @@ impl EtcdServer {
         let store = Arc::new(store);
         let leases = Arc::new(Mutex::new(table));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let applier = Applier::start(store.clone(), leases.clone(), events.clone());
+        let machine = EtcdMachine::new(store.clone(), leases.clone(), events.clone())?;
+        let log = RaftLog::open(&data_dir.join("member").join("raft"))
+            .map_err(|e| EtcdError::Storage(format!("opening the raft log: {e}")))?;
+        let cfg = NodeConfig {
+            id: member.id,
+            initial_voters: if cluster.new_cluster {
+                cluster.members.iter().map(|m| m.0).collect()
+            } else {
+                Vec::new()
+            },
+            tick: cluster.tick,
+            // The log is kept whole until snapshots can be installed (ARCHITECTURE.md).
+            snapshot_every: u64::MAX,
+            ..NodeConfig::default()
+        };
+        let node = Node::start(cfg, log, machine, transport)?;
         Ok(Arc::new(EtcdServer {
             store,
             leases,
             events,
-            applier,
+            node,
+            cluster,
             member,
             limits,
             metrics: Metrics::new(),
@@ -128,16 +184,27 @@ impl EtcdServer {
         }))
     }
 
-    /// Starts the task that revokes expired leases.
+    /// Starts the task that revokes expired leases. Only the leader revokes (through the log);
+    /// a member that becomes leader first gives every lease its full TTL again, as etcd does,
+    /// since it cannot know how long ago the old leader last heard a keep-alive.
     pub fn spawn_lease_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEASE_SWEEP);
+            let mut was_leader = false;
             loop {
                 tick.tick().await;
+                let leader = this.status().await.is_ok_and(|s| s.is_leader);
+                if leader && !was_leader {
+                    this.leases.lock().renew_all(Instant::now());
+                }
+                was_leader = leader;
+                if !leader {
+                    continue;
+                }
                 let expired = this.leases.lock().expired(Instant::now());
                 for id in expired {
-                    match this.applier.submit(Command::LeaseRevoke { id }).await {
+                    match this.submit(Command::LeaseRevoke { id }).await {
                         Ok(_) => {
                             this.metrics.leases_expired.inc();
                             tracing::debug!(lease = id, "lease expired");
@@ -148,6 +215,11 @@ impl EtcdServer {
                 }
             }
         })
+    }
+
+    /// The raft node's view: leader, term, indexes, voters.
+    pub async fn status(&self) -> Result<NodeStatus> {
+        Ok(self.node.status().await?)
     }
 
     /// A response header at `rev`.
@@ -167,17 +239,27 @@ impl EtcdServer {
         Ok(())
     }
 
+    /// Replicates a write and returns how it applied.
     pub async fn submit(&self, cmd: Command) -> Result<Applied> {
-        self.applier.submit(cmd).await
+        self.node.propose(cmd.encode()).await?
     }
 
-    /// Range. Single member: linearizable and serializable reads are both local reads at the
-    /// published revision, which already includes every acknowledged write.
-    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+    /// Waits until a linearizable read may be served here (ReadIndex through the leader).
+    pub async fn linearizable(&self) -> Result<()> {
+        self.node.read_index().await?;
+        Ok(())
+    }
+
+    /// Range: serializable reads are local; linearizable ones first confirm with the leader
+    /// that this member has applied everything committed when the read arrived.
+    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         if req.key.is_empty() {
             return Err(EtcdError::EmptyKey);
         }
         self.metrics.range_total.inc();
+        if !req.serializable {
+            self.linearizable().await?;
+        }
         let view = self.store.read();
         let mut resp = txn::range(&view, req)?;
         resp.header = self.header(view.rev);
@@ -242,7 +324,9 @@ impl EtcdServer {
                 .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
         });
         if read_only {
-            // Read-only transactions need no writer: evaluate at the published revision.
+            // Read-only transactions need no log entry: a linearizable read at the published
+            // revision.
+            self.linearizable().await?;
             let view = self.store.read();
             let mut ok = true;
             for c in &req.compare {
@@ -309,9 +393,21 @@ impl EtcdServer {
         Ok(self.submit(Command::LeaseRevoke { id }).await?.rev)
     }
 
-    /// Restarts a lease's countdown; `Ok(0)` for an unknown lease, as etcd answers keep-alives.
-    pub fn lease_keepalive(&self, id: i64) -> i64 {
-        self.leases.lock().renew(id, Instant::now()).unwrap_or(0)
+    /// Restarts a lease's countdown on every member; `Ok(0)` for an unknown lease, as etcd
+    /// answers keep-alives.
+    pub async fn lease_keepalive(&self, id: i64) -> Result<i64> {
+        if !self.leases.lock().contains(id) {
+            return Ok(0);
+        }
+        match self.submit(Command::LeaseRenew { id }).await {
+            Ok(Applied {
+                outcome: Outcome::LeaseRenewed { ttl },
+                ..
+            }) => Ok(ttl),
+            Ok(_) => Err(EtcdError::Storage("unexpected outcome".into())),
+            Err(EtcdError::LeaseNotFound) => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     /// (remaining TTL, granted TTL, keys) of a lease. An unknown lease reports TTL -1 rather than

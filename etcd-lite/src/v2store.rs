@@ -101,8 +101,8 @@ pub struct Node {
     pub created_index: i64,
 }
 
-/// A v2 write.
-#[derive(Debug, Clone)]
+/// A v2 write (serialized into the raft log).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub enum V2Command {
     /// PUT: set a value or create a directory, with optional compare conditions.
     Set {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/kv.proto", "proto/rpc.proto"];
+    let protos = ["proto/kv.proto", "proto/rpc.proto", "proto/raftpeer.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -37,6 +37,9 @@ pub trait StateMachine: Send + 'static {
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot's (taken at `index`).
     fn restore(&mut self, index: u64, data: &[u8]);
+    /// Makes a batch of applied entries durable and visible; called after each batch, before
+    /// any proposer of the batch is answered.
+    fn flush(&mut self) {}
 }
 
 /// Sends raft messages to peers (best effort: raft retries).
@@ -189,6 +192,19 @@ impl<O: Send + 'static> Node<O> {
             log.apply_snapshot(snap).map_err(err)?;
             log.sync().map_err(err)?;
         }
+        // The commit index is synced lazily (it can be learnt again), so after a crash the
+        // state machine may be ahead of it: what was applied was committed, so move it up.
+        let applied = sm.applied();
+        if applied > log.hard_state().commit {
+            let last = raft::Storage::last_index(&log).map_err(err)?;
+            if applied > last {
+                return Err(ConsensusError::Raft(format!(
+                    "the state machine applied {applied} but the log ends at {last}"
+                )));
+            }
+            log.set_commit(applied).map_err(err)?;
+            log.sync().map_err(err)?;
+        }
         let rc = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
@@ -202,7 +218,11 @@ impl<O: Send + 'static> Node<O> {
         };
         rc.validate().map_err(err)?;
         let logger = slog::Logger::root(SlogToTracing, slog::o!("raft_id" => cfg.id));
-        let raw = RawNode::new(&rc, log, &logger).map_err(err)?;
+        let mut raw = RawNode::new(&rc, log, &logger).map_err(err)?;
+        // A cluster of one needs no election timeout to find its leader.
+        if raw.store().conf_state().voters == [cfg.id] {
+            raw.campaign().map_err(err)?;
+        }
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
@@ -279,6 +299,8 @@ struct Driver<S: StateMachine, T> {
     transport: T,
     next_request: u64,
     proposals: HashMap<u64, Pending<S::Output>>,
+    /// Proposals that arrived while no leader was known, proposed once one is.
+    leaderless: Vec<(Vec<u8>, Pending<S::Output>)>,
     conf_changes: HashMap<u64, Pending<NodeStatus>>,
     /// Read requests waiting for a ReadIndex answer, by request number.
     reads: HashMap<u64, Pending<u64>>,
@@ -315,6 +337,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             transport,
             next_request: 1,
             proposals: HashMap::new(),
+            leaderless: Vec::new(),
             conf_changes: HashMap::new(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
@@ -349,6 +372,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
                 self.expire();
             }
+            if !self.leaderless.is_empty() && self.raw.raft.leader_id != raft::INVALID_ID {
+                for (data, p) in std::mem::take(&mut self.leaderless) {
+                    self.propose(data, p);
+                }
+            }
             if self.raw.has_ready() {
                 if let Err(e) = self.on_ready() {
                     tracing::error!(error = %e, "raft storage failed; stopping the node");
@@ -362,25 +390,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     fn handle(&mut self, input: Input<S::Output>) {
         let deadline = Instant::now() + self.cfg.request_timeout;
         match input {
-            Input::Propose(data, reply) => {
-                if self.raw.raft.leader_id == raft::INVALID_ID {
-                    let _ = reply.send(Err(ConsensusError::NoLeader));
-                    return;
-                }
-                let req = self.next_request;
-                self.next_request += 1;
-                match self.raw.propose(context(self.cfg.id, req), data) {
-                    Ok(()) => {
-                        self.proposals.insert(req, Pending { reply, deadline });
-                    }
-                    Err(raft::Error::ProposalDropped) => {
-                        let _ = reply.send(Err(ConsensusError::Dropped));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(ConsensusError::Raft(e.to_string())));
-                    }
-                }
-            }
+            Input::Propose(data, reply) => self.propose(data, Pending { reply, deadline }),
             Input::ConfChange(cc, reply) => {
                 let req = self.next_request;
                 self.next_request += 1;
@@ -426,6 +436,27 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
     }
 
+    /// Proposes now, or keeps the proposal until a leader is known (or its deadline passes).
+    fn propose(&mut self, data: Vec<u8>, p: Pending<S::Output>) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            self.leaderless.push((data, p));
+            return;
+        }
+        let req = self.next_request;
+        self.next_request += 1;
+        match self.raw.propose(context(self.cfg.id, req), data) {
+            Ok(()) => {
+                self.proposals.insert(req, p);
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = p.reply.send(Err(ConsensusError::Dropped));
+            }
+            Err(e) => {
+                let _ = p.reply.send(Err(ConsensusError::Raft(e.to_string())));
+            }
+        }
+    }
+
     fn status(&self) -> NodeStatus {
         let r = &self.raw.raft;
         NodeStatus {
@@ -462,6 +493,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         sweep(&mut self.proposals, now);
         sweep(&mut self.conf_changes, now);
         sweep(&mut self.reads, now);
+        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.leaderless)
+            .into_iter()
+            .partition(|(_, p)| p.deadline <= now);
+        self.leaderless = keep;
+        for (_, p) in late {
+            let _ = p.reply.send(Err(ConsensusError::NoLeader));
+        }
         let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
             .into_iter()
             .partition(|(_, p)| p.deadline <= now);
@@ -521,26 +559,24 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> raft::Result<()> {
+        let mut answers = Vec::new();
+        let mut conf_answers = Vec::new();
+        let mut any = false;
         for e in entries {
             if e.index <= self.sm.applied() {
                 continue; // already in the state machine (restart replay)
             }
-            let who = parse_context(&e.context);
+            any = true;
+            let who = parse_context(&e.context).filter(|(node, _)| *node == self.cfg.id);
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
-                    if e.data.is_empty() {
-                        // A new leader's empty entry: nothing to apply, but it takes an index.
-                        self.sm.apply(e.index, &[]);
-                        continue;
-                    }
+                    // A new leader's empty entry takes an index but carries nothing.
                     let out = self.sm.apply(e.index, &e.data);
-                    self.applied_since_snapshot += 1;
-                    if let Some((node, req)) = who {
-                        if node == self.cfg.id {
-                            if let Some(p) = self.proposals.remove(&req) {
-                                let _ = p.reply.send(Ok(out));
-                            }
-                        }
+                    if !e.data.is_empty() {
+                        self.applied_since_snapshot += 1;
+                    }
+                    if let Some(p) = who.and_then(|(_, req)| self.proposals.remove(&req)) {
+                        answers.push((p.reply, out));
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -551,12 +587,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     self.conf_changed = true;
                     // The state machine records the index too, so a restart does not redo it.
                     self.sm.apply(e.index, &[]);
-                    if let Some((node, req)) = who {
-                        if node == self.cfg.id {
-                            if let Some(p) = self.conf_changes.remove(&req) {
-                                let _ = p.reply.send(Ok(self.status()));
-                            }
-                        }
+                    if let Some(p) = who.and_then(|(_, req)| self.conf_changes.remove(&req)) {
+                        conf_answers.push(p.reply);
                     }
                 }
                 EntryType::EntryConfChangeV2 => {
@@ -567,6 +599,15 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     self.sm.apply(e.index, &[]);
                 }
             }
+        }
+        if any {
+            self.sm.flush();
+        }
+        for (reply, out) in answers {
+            let _ = reply.send(Ok(out));
+        }
+        for reply in conf_answers {
+            let _ = reply.send(Ok(self.status()));
         }
         Ok(())
     }

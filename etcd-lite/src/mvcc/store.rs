@@ -423,6 +423,15 @@ impl MvccStore {
         self.db.size_on_disk().map(|s| s as i64).unwrap_or(0)
     }
 
+    /// Stages a metadata value with the current write group: it becomes durable, and visible to
+    /// [`MvccStore::get_meta`] after a restart, together with the group's changes.
+    pub fn stage_meta(&self, name: &str, value: &[u8]) {
+        self.staged
+            .lock()
+            .changes
+            .push((meta_key(name), Some(value.to_vec())));
+    }
+
     /// Stores a metadata value (outside the key space, not versioned) durably.
     pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
         self.db.insert(meta_key(name), value)?;

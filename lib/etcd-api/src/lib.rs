@@ -18,3 +18,8 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
+
+/// `raftpeer`: corelite's member-to-member transport for raft messages (not part of etcd's API).
+pub mod raftpeer {
+    include!(concat!(env!("OUT_DIR"), "/raftpeer.rs"));
+}

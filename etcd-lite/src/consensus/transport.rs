@@ -1,0 +1,168 @@
+//! Raft messages between members over gRPC (`raftpeer.Peer/Send`, corelite's own protocol).
+//!
+//! Outgoing: one queue and one sending task per peer; whatever queued up while the previous
+//! batch was in flight goes in the next batch (pipelining without reordering). A full queue or
+//! an unreachable peer drops messages: raft retries on its own.
+//! Incoming: [`PeerService`] checks the cluster id and the addressee, decodes each message and
+//! hands it to the node; anything else is refused with an error and changes nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use etcd_api::raftpeer::peer_client::PeerClient;
+use etcd_api::raftpeer::peer_server::{Peer, PeerServer};
+use etcd_api::raftpeer::{MessageBatch, SendAck};
+use protobuf::Message as _;
+use raft::prelude::Message;
+use tokio::sync::mpsc;
+
+use super::node::{Node, Transport};
+
+/// Messages waiting for one peer before new ones are dropped.
+const PEER_QUEUE: usize = 4096;
+/// Most messages in one batch.
+const MAX_BATCH: usize = 256;
+/// A batch that takes longer is abandoned (the peer is slow or gone).
+const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Sends to peers by member id.
+pub struct PeerTransport {
+    queues: HashMap<u64, mpsc::Sender<Message>>,
+}
+
+impl PeerTransport {
+    /// Starts a sending task per peer on the current tokio runtime.
+    pub fn start(cluster_id: u64, me: u64, peers: &HashMap<u64, String>) -> Self {
+        let mut queues = HashMap::new();
+        for (id, url) in peers {
+            if *id == me {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            queues.insert(*id, tx);
+            tokio::spawn(send_loop(cluster_id, me, *id, url.clone(), rx));
+        }
+        PeerTransport { queues }
+    }
+}
+
+async fn send_loop(
+    cluster_id: u64,
+    me: u64,
+    to: u64,
+    url: String,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy(),
+        Err(e) => {
+            tracing::error!(peer = %format!("{to:x}"), %url, error = %e, "bad peer URL");
+            return;
+        }
+    };
+    let mut client = PeerClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let messages: Vec<Vec<u8>> = batch
+            .drain(..)
+            .filter_map(|m| m.write_to_bytes().ok())
+            .collect();
+        let req = MessageBatch {
+            cluster_id,
+            from: me,
+            to,
+            messages,
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, client.send(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => {
+                tracing::debug!(peer = %format!("{to:x}"), error = %status.message(), "peer refused messages")
+            }
+            Err(_) => tracing::debug!(peer = %format!("{to:x}"), "sending to peer timed out"),
+        }
+    }
+}
+
+impl Transport for PeerTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            match self.queues.get(&m.to) {
+                // Full: the peer is behind or down; raft will resend what matters.
+                Some(q) => {
+                    let _ = q.try_send(m);
+                }
+                None => tracing::debug!(to = m.to, "message for an unknown member dropped"),
+            }
+        }
+    }
+}
+
+/// The receiving side, served on the peer URLs.
+pub struct PeerService<O> {
+    cluster_id: u64,
+    me: u64,
+    node: Node<O>,
+}
+
+impl<O: Send + 'static> PeerService<O> {
+    pub fn server(cluster_id: u64, me: u64, node: Node<O>) -> PeerServer<Self> {
+        PeerServer::new(PeerService {
+            cluster_id,
+            me,
+            node,
+        })
+        .max_decoding_message_size(usize::MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl<O: Send + 'static> Peer for PeerService<O> {
+    async fn send(
+        &self,
+        req: tonic::Request<MessageBatch>,
+    ) -> Result<tonic::Response<SendAck>, tonic::Status> {
+        let b = req.into_inner();
+        if b.cluster_id != self.cluster_id {
+            return Err(tonic::Status::permission_denied(format!(
+                "cluster ID mismatch: local {:x}, remote {:x}",
+                self.cluster_id, b.cluster_id
+            )));
+        }
+        if b.to != self.me {
+            return Err(tonic::Status::invalid_argument(format!(
+                "member {:x} is not {:x}",
+                self.me, b.to
+            )));
+        }
+        // Decode everything first: a batch with a bad message changes nothing.
+        let mut msgs = Vec::with_capacity(b.messages.len());
+        for raw in &b.messages {
+            let m = Message::parse_from_bytes(raw).map_err(|e| {
+                tonic::Status::invalid_argument(format!("undecodable raft message: {e}"))
+            })?;
+            if m.from != b.from || m.to != self.me {
+                return Err(tonic::Status::invalid_argument(
+                    "raft message addressed inconsistently with its batch",
+                ));
+            }
+            msgs.push(m);
+        }
+        let n = msgs.len() as u64;
+        for m in msgs {
+            self.node.step(m);
+        }
+        Ok(tonic::Response::new(SendAck { accepted: n }))
+    }
+}
