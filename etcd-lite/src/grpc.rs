@@ -200,7 +200,7 @@ impl Cluster for Services {
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
             header: self.0.header(self.0.store.published()),
-            members: vec![self.0.member.to_proto()],
+            members: self.0.members().await?,
         }))
     }
     async fn member_promote(
@@ -218,21 +218,26 @@ impl Cluster for Services {
 
 impl Services {
     /// Status of this member (shared with the JSON gateway).
-    pub fn status(&self) -> StatusResponse {
+    pub async fn status(&self) -> Result<StatusResponse, EtcdError> {
         let s = &self.0;
         let rev = s.store.published();
-        StatusResponse {
-            header: s.header(rev),
+        let st = s.status().await?;
+        let mut header = s.header(rev);
+        if let Some(h) = header.as_mut() {
+            h.raft_term = st.term;
+        }
+        Ok(StatusResponse {
+            header,
             version: API_VERSION.into(),
             db_size: s.store.size_on_disk(),
-            leader: s.member.id,
-            raft_index: rev as u64,
-            raft_term: 1,
-            raft_applied_index: rev as u64,
+            leader: st.leader,
+            raft_index: st.commit,
+            raft_term: st.term,
+            raft_applied_index: st.applied,
             errors: vec![],
             db_size_in_use: s.store.size_on_disk(),
             is_learner: false,
-        }
+        })
     }
 }
 
@@ -246,7 +251,7 @@ impl Maintenance for Services {
         }))
     }
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(Services::status(self)))
+        Ok(Response::new(Services::status(self).await?))
     }
     async fn defragment(
         &self,

@@ -163,16 +163,15 @@ async fn member_list(State(s): Srv, body: Bytes) -> Response {
     gateway(body, |_: MemberListRequest| async move {
         Ok(MemberListResponse {
             header: s.header(s.store.published()),
-            members: vec![s.member.to_proto()],
+            members: s.members().await?,
         })
     })
     .await
 }
 async fn maint_status(State(s): Srv, body: Bytes) -> Response {
-    gateway(
-        body,
-        |_: StatusRequest| async move { Ok(Services(s).status()) },
-    )
+    gateway(body, |_: StatusRequest| async move {
+        Services(s).status().await
+    })
     .await
 }
 
@@ -252,16 +251,23 @@ async fn metrics(State(s): Srv) -> Response {
 }
 
 async fn v2_members(State(s): Srv) -> Response {
-    let m = &s.member;
-    json(
-        200,
-        &serde_json::json!({"members": [{
-            "id": format!("{:x}", m.id),
-            "name": m.name,
-            "peerURLs": m.peer_urls,
-            "clientURLs": m.client_urls,
-        }]}),
-    )
+    match s.members().await {
+        Ok(ms) => {
+            let list: Vec<_> = ms
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "id": format!("{:x}", m.id),
+                        "name": m.name,
+                        "peerURLs": m.peer_ur_ls,
+                        "clientURLs": m.client_ur_ls,
+                    })
+                })
+                .collect();
+            json(200, &serde_json::json!({ "members": list }))
+        }
+        Err(e) => json(503, &serde_json::json!({ "message": e.to_string() })),
+    }
 }
 
 /// Every HTTP route plus the gRPC services, on one router.

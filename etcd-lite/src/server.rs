@@ -217,6 +217,29 @@ impl EtcdServer {
         })
     }
 
+    /// The cluster's members as etcd lists them: every voter, with the name and peer URLs it
+    /// was started with (client URLs are known for this member only).
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        let st = self.status().await?;
+        Ok(st
+            .voters
+            .iter()
+            .map(|id| {
+                if *id == self.member.id {
+                    return self.member.to_proto();
+                }
+                let spec = self.cluster.members.iter().find(|m| m.0 == *id);
+                Member {
+                    id: *id,
+                    name: spec.map(|m| m.1.clone()).unwrap_or_default(),
+                    peer_ur_ls: spec.map(|m| m.2.clone()).unwrap_or_default(),
+                    client_ur_ls: vec![],
+                    is_learner: false,
+                }
+            })
+            .collect())
+    }
+
     /// The raft node's view: leader, term, indexes, voters.
     pub async fn status(&self) -> Result<NodeStatus> {
         Ok(self.node.status().await?)
@@ -228,7 +251,7 @@ impl EtcdServer {
             cluster_id: self.member.cluster_id,
             member_id: self.member.id,
             revision: rev,
-            raft_term: 1,
+            raft_term: self.node.term(),
         })
     }
 

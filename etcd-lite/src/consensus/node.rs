@@ -118,15 +118,24 @@ enum Input<O> {
     Stop,
 }
 
+/// What the node publishes for readers that must not wait on its thread.
+#[derive(Debug, Default)]
+struct Shared {
+    term: std::sync::atomic::AtomicU64,
+    leader: std::sync::atomic::AtomicU64,
+}
+
 /// Handle to a running node (cheap to clone).
 pub struct Node<O> {
     tx: mpsc::Sender<Input<O>>,
+    shared: std::sync::Arc<Shared>,
 }
 
 impl<O> Clone for Node<O> {
     fn clone(&self) -> Self {
         Node {
             tx: self.tx.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -224,11 +233,14 @@ impl<O: Send + 'static> Node<O> {
             raw.campaign().map_err(err)?;
         }
         let (tx, rx) = mpsc::channel();
+        let shared = std::sync::Arc::new(Shared::default());
+        let mut driver = Driver::new(cfg, raw, sm, transport);
+        driver.shared = shared.clone();
         std::thread::Builder::new()
-            .name(format!("raft-{}", cfg.id))
-            .spawn(move || Driver::new(cfg, raw, sm, transport).run(rx))
+            .name(format!("raft-{}", driver.cfg.id))
+            .spawn(move || driver.run(rx))
             .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-        Ok(Node { tx })
+        Ok(Node { tx, shared })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Input<O>) -> Result<T, ConsensusError> {
@@ -261,6 +273,18 @@ impl<O: Send + 'static> Node<O> {
         cc.node_id = node;
         cc.context = context.into();
         self.ask(|r| Input::ConfChange(cc, r)).await
+    }
+
+    /// The current term, as last seen by the node's thread.
+    pub fn term(&self) -> u64 {
+        self.shared.term.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The current leader's id (0: none known), as last seen by the node's thread.
+    pub fn leader(&self) -> u64 {
+        self.shared
+            .leader
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hands a message from a peer to raft.
@@ -309,6 +333,7 @@ struct Driver<S: StateMachine, T> {
     applied_since_snapshot: u64,
     /// A membership change was applied since the last snapshot.
     conf_changed: bool,
+    shared: std::sync::Arc<Shared>,
 }
 
 /// Entry context: proposer id and request number (16 bytes).
@@ -343,6 +368,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             ready_reads: Vec::new(),
             applied_since_snapshot: 0,
             conf_changed: false,
+            shared: Default::default(),
         }
     }
 
@@ -377,6 +403,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     self.propose(data, p);
                 }
             }
+            self.shared
+                .term
+                .store(self.raw.raft.term, std::sync::atomic::Ordering::Relaxed);
+            self.shared.leader.store(
+                self.raw.raft.leader_id,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if self.raw.has_ready() {
                 if let Err(e) = self.on_ready() {
                     tracing::error!(error = %e, "raft storage failed; stopping the node");

@@ -161,6 +161,22 @@ impl EtcdLite {
         self.spawn();
     }
 
+    /// Starts the member again after [`EtcdLite::terminate`] or [`EtcdLite::kill9`].
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "member is still running");
+        self.spawn();
+    }
+
+    /// etcdctl that may fail: stdout, or stderr as the error.
+    pub fn try_etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.etcdctl(args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Runs the real etcdctl (API v3) against this member.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         self.etcdctl_stdin(args, None)
