@@ -943,7 +943,7 @@ mod tests {
                 }
             }
         }
-        let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("reopen");
+        let (s, _) = reopen(dir.path());
         assert_eq!(s.published(), n as i64 + 1);
         let view = s.read();
         assert_eq!(
@@ -952,6 +952,22 @@ mod tests {
                 .len(),
             n
         );
+    }
+
+    /// Opens a store just closed in this process. sled lets go of its file lock from its own
+    /// I/O threads, a moment after the handle is dropped; a new process never sees that.
+    fn reopen(dir: &std::path::Path) -> (MvccStore, Recovered) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match MvccStore::open(dir, 1 << 20) {
+                Ok(x) => return x,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "store still locked, retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
     }
 
     #[test]
@@ -976,7 +992,7 @@ mod tests {
                 );
             }
         }
-        let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("reopen");
+        let (s, _) = reopen(dir.path());
         let view = s.read();
         assert_eq!(view.rev, n as i64 + 1);
         let all = RangeRequest {
@@ -1002,7 +1018,7 @@ mod tests {
             w.commit().expect("commit");
             s.flush().expect("flush");
         }
-        let (s, rec) = MvccStore::open(dir.path(), 1 << 20).expect("reopen");
+        let (s, rec) = reopen(dir.path());
         assert_eq!(s.published(), 3);
         assert_eq!(rec.leases, vec![(7, 30)]);
         assert_eq!(rec.attached, vec![(b"a".to_vec(), 7)]);
