@@ -79,6 +79,10 @@ pub struct Config {
     /// Raft heartbeat interval in milliseconds (elections after 10 of them).
     #[arg(long, default_value_t = 100, env = "ETCD_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: u64,
+    /// Applied entries between snapshots; a snapshot lets the raft log be compacted and brings
+    /// lagging or new members up to date.
+    #[arg(long, default_value_t = 10_000, env = "ETCD_SNAPSHOT_COUNT")]
+    pub snapshot_count: u64,
     /// Accepted for etcd compatibility: the election timeout is 10 heartbeats.
     #[arg(long, default_value_t = 1000, env = "ETCD_ELECTION_TIMEOUT")]
     pub election_timeout: u64,
@@ -255,6 +259,7 @@ impl Config {
             members,
             new_cluster,
             tick: std::time::Duration::from_millis(self.heartbeat_interval.max(1)),
+            snapshot_count: self.snapshot_count.max(1),
         })
     }
 

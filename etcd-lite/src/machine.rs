@@ -90,13 +90,28 @@ impl StateMachine for EtcdMachine {
         }
     }
 
-    fn restore(&mut self, index: u64, _data: &[u8]) {
-        // Installing a leader's snapshot needs the store rebuilt from it; until then members
-        // catch up from the log, which is kept whole (see ARCHITECTURE.md).
-        tracing::error!(
+    fn restore(&mut self, index: u64, data: &[u8]) {
+        // The member's own identity stays; everything else is the leader's state at `index`.
+        let recovered = match self.store.restore_snapshot(data, &["member_id"]) {
+            Ok(r) => r,
+            Err(e) => applier::fatal(e),
+        };
+        let mut table = LeaseTable::default();
+        let now = std::time::Instant::now();
+        for (id, ttl) in recovered.leases {
+            table.insert(id, ttl, now);
+        }
+        for (key, id) in recovered.attached {
+            table.attach(id, &key);
+        }
+        *self.leases.lock() = table;
+        self.applied = index;
+        self.committed.clear();
+        self.flush();
+        tracing::info!(
             index,
-            "installing a raft snapshot is not supported yet; stopping"
+            revision = self.store.published(),
+            "installed a snapshot from the leader"
         );
-        std::process::exit(70);
     }
 }

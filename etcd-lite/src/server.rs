@@ -81,6 +81,8 @@ pub struct ClusterSpec {
     pub new_cluster: bool,
     /// Raft's tick (heartbeat); elections after 10 ticks.
     pub tick: Duration,
+    /// Applied entries between snapshots (etcd's --snapshot-count).
+    pub snapshot_count: u64,
 }
 
 impl ClusterSpec {
@@ -90,6 +92,7 @@ impl ClusterSpec {
             members: vec![(member.id, member.name.clone(), member.peer_urls.clone())],
             new_cluster: true,
             tick: Duration::from_millis(100),
+            snapshot_count: 10_000,
         }
     }
 
@@ -166,8 +169,7 @@ impl EtcdServer {
                 Vec::new()
             },
             tick: cluster.tick,
-            // The log is kept whole until snapshots can be installed (ARCHITECTURE.md).
-            snapshot_every: u64::MAX,
+            snapshot_every: cluster.snapshot_count,
             ..NodeConfig::default()
         };
         let node = Node::start(cfg, log, machine, transport)?;

@@ -15,6 +15,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    fn start_with(n: usize, extra: &[&str]) -> Self {
         require_tool("etcdctl");
         let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let token = format!("test-{}-{}", std::process::id(), peers[0]);
@@ -29,23 +33,23 @@ impl Cluster {
             .enumerate()
             .map(|(i, p)| {
                 let url = format!("http://127.0.0.1:{p}");
-                EtcdLite::start(
-                    BIN,
-                    &[
-                        "--name",
-                        &format!("m{i}"),
-                        "--initial-advertise-peer-urls",
-                        &url,
-                        "--listen-peer-urls",
-                        &url,
-                        "--initial-cluster",
-                        &initial,
-                        "--initial-cluster-token",
-                        &token,
-                        "--initial-cluster-state",
-                        "new",
-                    ],
-                )
+                let name = format!("m{i}");
+                let mut args = vec![
+                    "--name",
+                    &name,
+                    "--initial-advertise-peer-urls",
+                    &url,
+                    "--listen-peer-urls",
+                    &url,
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-token",
+                    &token,
+                    "--initial-cluster-state",
+                    "new",
+                ];
+                args.extend_from_slice(extra);
+                EtcdLite::start(BIN, &args)
             })
             .collect();
         let c = Cluster { members };
@@ -201,4 +205,39 @@ fn restarting_every_member_keeps_data_and_revision() {
         assert_eq!(rev_of(m), before);
         assert_eq!(m.ok(&["get", "r9", "--print-value-only"]), "9\n");
     }
+}
+
+#[test]
+fn a_member_far_behind_catches_up_from_a_snapshot() {
+    let mut c = Cluster::start_with(3, &["--snapshot-count", "20"]);
+    let leader = c.leader();
+    let lagging = (leader + 1) % 3;
+    c.members[lagging].terminate();
+    for i in 0..120 {
+        c.members[leader].ok(&["put", &format!("s{i:03}"), &i.to_string()]);
+    }
+    c.members[lagging].respawn();
+    let want = c.members[leader].ok(&["get", "s", "--prefix", "--consistency", "s"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = c.members[lagging]
+            .try_etcdctl(&["get", "s", "--prefix", "--consistency", "s"])
+            .unwrap_or_default();
+        if have == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lagging member did not catch up; its log:\n{}\nleader's log:\n{}",
+            c.members[lagging].log(),
+            c.members[leader].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // It serves and takes part again: a write through it is replicated.
+    c.members[lagging].ok(&["put", "after", "1"]);
+    assert_eq!(
+        c.members[leader].ok(&["get", "after", "--print-value-only"]),
+        "1\n"
+    );
 }

@@ -552,7 +552,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             let snap: Snapshot = rd.snapshot().clone();
             let index = snap.get_metadata().index;
             self.raw.mut_store().apply_snapshot(snap.clone())?;
-            self.sm.restore(index, &snap.data);
+            // The bootstrap snapshot carries no data: nothing to restore from it.
+            if !snap.data.is_empty() {
+                self.sm.restore(index, &snap.data);
+            }
         }
         for rs in rd.take_read_states() {
             if let Some((node, req)) = parse_context(&rs.request_ctx) {

@@ -154,7 +154,8 @@ impl MvccStore {
         Ok(Self::from_db(db, None)?.0)
     }
 
-    fn from_db(db: sled::Db, wal: Option<Wal>) -> Result<(Self, Recovered)> {
+    /// Builds the in-memory state (key index, revisions) and the lease records from sled.
+    fn load(db: &sled::Db) -> Result<(State, Recovered)> {
         let mut index = KeyIndex::default();
         let mut current = 1;
         let mut lease_of: HashMap<Vec<u8>, i64> = HashMap::new();
@@ -186,6 +187,53 @@ impl MvccStore {
             let (id, ttl) = (decode_i64(&k[1..])?, decode_i64(&v)?);
             leases.push((id, ttl));
         }
+        let attached = lease_of.into_iter().collect();
+        Ok((
+            State {
+                index,
+                current,
+                compacted,
+            },
+            Recovered { leases, attached },
+        ))
+    }
+
+    /// Replaces the whole store with a snapshot's records (a raft snapshot from the leader),
+    /// keeping this member's own metadata named in `keep_meta`. Readers see the new state once
+    /// it is complete; the log restarts empty.
+    pub fn restore_snapshot(&self, data: &[u8], keep_meta: &[&str]) -> Result<Recovered> {
+        let records = parse_snapshot(data)?;
+        self.log_staged()?;
+        self.apply_overlay()?;
+        let kept: Vec<(Vec<u8>, sled::IVec)> = keep_meta
+            .iter()
+            .filter_map(|n| Some((meta_key(n), self.db.get(meta_key(n)).ok()??)))
+            .collect();
+        let mut batch = sled::Batch::default();
+        for k in self.db.iter().keys() {
+            batch.remove(k?);
+        }
+        for (k, v) in records {
+            batch.insert(k, v);
+        }
+        for (k, v) in kept {
+            batch.insert(k, v);
+        }
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        if let Some(w) = self.wal.lock().as_mut() {
+            w.reset()?;
+        }
+        let (state, recovered) = Self::load(&self.db)?;
+        let current = state.current;
+        *self.state.write() = state;
+        self.published.store(current, Ordering::Release);
+        Ok(recovered)
+    }
+
+    fn from_db(db: sled::Db, wal: Option<Wal>) -> Result<(Self, Recovered)> {
+        let (state, recovered) = Self::load(&db)?;
+        let current = state.current;
         let applying: Arc<RwLock<Option<Arc<Overlay>>>> = Arc::default();
         let (to_sled, frozen) = std::sync::mpsc::sync_channel::<Arc<Overlay>>(1);
         let sled_writer = {
@@ -211,16 +259,11 @@ impl MvccStore {
             applying,
             to_sled: Some(to_sled),
             sled_writer: Some(sled_writer),
-            state: RwLock::new(State {
-                index,
-                current,
-                compacted,
-            }),
+            state: RwLock::new(state),
             published: AtomicI64::new(current),
             checkpoint_bytes: std::sync::atomic::AtomicU64::new(CHECKPOINT_BYTES),
         };
-        let attached = lease_of.into_iter().collect();
-        Ok((store, Recovered { leases, attached }))
+        Ok((store, recovered))
     }
 
     /// The newest revision readers may see.
@@ -476,6 +519,42 @@ fn to_batch(changes: &[Change]) -> sled::Batch {
         }
     }
     b
+}
+
+/// The records of a snapshot made by [`ReadView::snapshot`], after checking its digest.
+pub fn parse_snapshot(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use sha2::Digest;
+    let bad = |why: &str| EtcdError::Storage(format!("invalid snapshot: {why}"));
+    if data.len() < 32 {
+        return Err(bad("too short"));
+    }
+    let (body, digest) = data.split_at(data.len() - 32);
+    if sha2::Sha256::digest(body).as_slice() != digest {
+        return Err(bad("digest mismatch"));
+    }
+    const HEADER: &[u8] = b"corelite-etcd-snapshot-v1\n";
+    let mut rest = body
+        .strip_prefix(HEADER)
+        .ok_or_else(|| bad("unknown header"))?;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        if rest.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (a, b) = rest.split_at(n);
+        rest = b;
+        Ok(a)
+    };
+    let mut out = Vec::new();
+    loop {
+        let klen = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad("length"))?);
+        if klen == u32::MAX {
+            return Ok(out);
+        }
+        let k = take(klen as usize)?.to_vec();
+        let vlen = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad("length"))?);
+        let v = take(vlen as usize)?.to_vec();
+        out.push((k, v));
+    }
 }
 
 fn meta_key(name: &str) -> Vec<u8> {
@@ -951,6 +1030,52 @@ mod tests {
                 .expect("events")
                 .len(),
             n
+        );
+    }
+
+    #[test]
+    fn snapshots_restore_into_another_store() {
+        let a = MvccStore::temporary().expect("a");
+        for i in 0..50 {
+            let mut w = a.write();
+            w.put(format!("k{}", i % 7).as_bytes(), vec![i as u8], 0)
+                .expect("put");
+            w.save_lease(100 + i, 60);
+            w.commit().expect("commit");
+        }
+        a.flush().expect("flush");
+        a.publish(a.read_current());
+        a.set_meta("member_id", b"leader").expect("meta");
+        let snap = a.read().snapshot().expect("snapshot");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (b, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
+        let mut w = b.write();
+        w.put(b"stale", b"x".to_vec(), 0).expect("put");
+        w.commit().expect("commit");
+        b.flush().expect("flush");
+        b.set_meta("member_id", b"follower").expect("meta");
+        let rec = b.restore_snapshot(&snap, &["member_id"]).expect("restore");
+        assert_eq!(rec.leases.len(), 50);
+        assert_eq!(b.published(), a.published());
+        let (va, vb) = (a.read(), b.read());
+        for i in 0..7 {
+            let k = format!("k{i}");
+            assert_eq!(
+                va.get(k.as_bytes()).expect("a"),
+                vb.get(k.as_bytes()).expect("b")
+            );
+        }
+        assert_eq!(vb.get(b"stale").expect("b"), None);
+        assert_eq!(
+            b.get_meta("member_id").expect("meta"),
+            Some(b"follower".to_vec())
+        );
+        let mut bad = snap.clone();
+        bad[40] ^= 1;
+        assert!(
+            b.restore_snapshot(&bad, &[]).is_err(),
+            "a corrupt snapshot is refused"
         );
     }
 
