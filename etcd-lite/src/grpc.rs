@@ -161,38 +161,45 @@ impl Lease for Services {
     }
 }
 
-fn single_member(what: &str) -> Status {
-    EtcdError::Unsupported(format!(
-        "{what} needs a replicated cluster; this etcd-lite runs as a single member"
-    ))
-    .into()
-}
-
 #[tonic::async_trait]
 impl Cluster for Services {
     async fn member_add(
         &self,
-        _r: Request<MemberAddRequest>,
+        r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(single_member("member add"))
+        let req = r.into_inner();
+        if req.is_learner {
+            return Err(EtcdError::Unsupported("learner members are not supported".into()).into());
+        }
+        let id = self.0.member_add(req.peer_ur_ls.clone()).await?;
+        let members = self.0.members().await?;
+        let member = members.iter().find(|m| m.id == id).cloned();
+        Ok(Response::new(MemberAddResponse {
+            header: self.0.header(self.0.store.published()),
+            member,
+            members,
+        }))
     }
     async fn member_remove(
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        if r.get_ref().id != self.0.member.id {
-            return Err(EtcdError::MemberNotFound.into());
-        }
-        Err(single_member("removing the only member"))
+        self.0.member_remove(r.get_ref().id).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.0.header(self.0.store.published()),
+            members: self.0.members().await?,
+        }))
     }
     async fn member_update(
         &self,
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        if r.get_ref().id != self.0.member.id {
-            return Err(EtcdError::MemberNotFound.into());
-        }
-        Err(single_member("member update"))
+        let req = r.into_inner();
+        self.0.member_update(req.id, req.peer_ur_ls).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.0.header(self.0.store.published()),
+            members: self.0.members().await?,
+        }))
     }
     async fn member_list(
         &self,

@@ -12,12 +12,25 @@ use tokio::sync::broadcast;
 
 use crate::applier::{self, Applied, Command, RevEvents};
 use crate::consensus::node::StateMachine;
+use crate::consensus::transport::Registry;
 use crate::error::{EtcdError, Result};
 use crate::lease::LeaseTable;
 use crate::mvcc::MvccStore;
 
 /// Metadata key of the last applied raft index.
 pub const APPLIED_META: &str = "raft_applied";
+/// Metadata key of the member registry (id -> name, peer URLs), as JSON.
+pub const MEMBERS_META: &str = "members";
+
+/// What a membership change carries in its context: the member's name and peer URLs.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct MemberContext {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// Told when a member's peer URL is known (`Some`) or the member is gone (`None`).
+pub type PeerHook = Box<dyn Fn(u64, Option<&str>) + Send>;
 
 pub struct EtcdMachine {
     store: Arc<MvccStore>,
@@ -25,6 +38,8 @@ pub struct EtcdMachine {
     events: broadcast::Sender<Arc<RevEvents>>,
     applied: u64,
     committed: Vec<RevEvents>,
+    registry: Registry,
+    on_peer: PeerHook,
 }
 
 impl EtcdMachine {
@@ -33,6 +48,8 @@ impl EtcdMachine {
         store: Arc<MvccStore>,
         leases: Arc<Mutex<LeaseTable>>,
         events: broadcast::Sender<Arc<RevEvents>>,
+        registry: Registry,
+        on_peer: PeerHook,
     ) -> Result<Self> {
         let applied = match store.get_meta(APPLIED_META)? {
             Some(b) => u64::from_be_bytes(
@@ -48,7 +65,19 @@ impl EtcdMachine {
             events,
             applied,
             committed: Vec::new(),
+            registry,
+            on_peer,
         })
+    }
+}
+
+/// The registry as stored in the store's metadata.
+pub fn load_registry(store: &MvccStore) -> Result<Option<Vec<(u64, String, Vec<String>)>>> {
+    match store.get_meta(MEMBERS_META)? {
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| EtcdError::Storage(format!("malformed member registry: {e}"))),
+        None => Ok(None),
     }
 }
 
@@ -81,6 +110,40 @@ impl StateMachine for EtcdMachine {
 
     fn applied(&self) -> u64 {
         self.applied
+    }
+
+    fn conf_changed(&mut self, _index: u64, cc: &raft::prelude::ConfChange) {
+        use raft::prelude::ConfChangeType;
+        let id = cc.node_id;
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let ctx: MemberContext = serde_json::from_slice(&cc.context).unwrap_or_default();
+                let mut reg = self.registry.write();
+                let entry = reg.entry(id).or_default();
+                if !ctx.peer_urls.is_empty() {
+                    entry.1 = ctx.peer_urls.clone();
+                }
+                if !ctx.name.is_empty() {
+                    entry.0 = ctx.name;
+                }
+                if let Some(url) = entry.1.first() {
+                    (self.on_peer)(id, Some(url));
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                self.registry.write().remove(&id);
+                (self.on_peer)(id, None);
+            }
+        }
+        let list: Vec<(u64, String, Vec<String>)> = self
+            .registry
+            .read()
+            .iter()
+            .map(|(id, (n, u))| (*id, n.clone(), u.clone()))
+            .collect();
+        if let Ok(b) = serde_json::to_vec(&list) {
+            self.store.stage_meta(MEMBERS_META, &b);
+        }
     }
 
     fn snapshot(&self) -> Vec<u8> {

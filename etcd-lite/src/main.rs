@@ -1,5 +1,6 @@
 //! The etcd-lite binary: parse flags, open the store, serve until SIGTERM/SIGINT.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,9 +51,54 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = cfg.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let cluster = cfg.cluster()?;
-    let clustered = cluster.members.len() > 1 || !cluster.new_cluster;
-    let transport = PeerTransport::start(member.cluster_id, member.id, &cluster.peer_urls());
+    let mut cluster = cfg.cluster()?;
+    let clustered = cfg.initial_cluster.is_some() || !cluster.new_cluster;
+    let mut member = member;
+    if !cluster.new_cluster {
+        // Joining: the cluster's id is the existing members' (it includes members that were
+        // added and removed since their --initial-cluster).
+        let urls: Vec<String> = cluster
+            .members
+            .iter()
+            .filter(|m| m.0 != member.id)
+            .flat_map(|m| m.2.clone())
+            .collect();
+        let hello = etcd_lite::consensus::transport::hello(&urls)
+            .await
+            .context("--initial-cluster-state existing: no existing member answered")?;
+        member.cluster_id = hello.cluster_id;
+        // Our id is the one `member add` gave our peer URLs.
+        let me = hello
+            .members
+            .iter()
+            .find(|m| m.peer_urls.iter().any(|u| member.peer_urls.contains(u)))
+            .with_context(|| {
+                format!(
+                    "this member's peer URLs {:?} are not in the cluster: run `etcdctl member add` first",
+                    member.peer_urls
+                )
+            })?;
+        member.id = me.id;
+        cluster.members = hello
+            .members
+            .iter()
+            .map(|m| {
+                let name = if m.id == member.id {
+                    member.name.clone()
+                } else {
+                    m.name.clone()
+                };
+                (m.id, name, m.peer_urls.clone())
+            })
+            .collect();
+    }
+    // Peers are added by the server from its member registry (and as membership changes).
+    let transport = PeerTransport::start(member.cluster_id, member.id, &HashMap::new());
+    let hook = transport.clone();
+    let on_peer: etcd_lite::machine::PeerHook = Box::new(move |id, url| match url {
+        Some(u) => hook.add_peer(id, u),
+        None => hook.remove_peer(id),
+    });
     let server = EtcdServer::open(
         &data_dir,
         member,
@@ -60,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         cfg.cache_bytes,
         cluster,
         transport,
+        on_peer,
     )
     .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     tracing::info!(
@@ -75,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     if clustered {
+        server
+            .peer_listening
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for addr in cfg.peer_listen_addrs()? {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -84,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
                 server.member.cluster_id,
                 server.member.id,
                 server.node.clone(),
+                server.registry.clone(),
             );
             let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {

@@ -16,9 +16,10 @@ use tokio::sync::broadcast;
 use crate::applier::{Applied, Command, Outcome, RevEvents};
 use crate::consensus::node::{Node, NodeConfig, NodeStatus, Transport};
 use crate::consensus::storage::RaftLog;
+use crate::consensus::transport::Registry;
 use crate::error::{EtcdError, Result};
 use crate::lease::LeaseTable;
-use crate::machine::EtcdMachine;
+use crate::machine::{EtcdMachine, PeerHook};
 use crate::metrics::Metrics;
 use crate::mvcc::{txn, MvccStore};
 use crate::v2store::{V2Command, V2Outcome};
@@ -115,6 +116,11 @@ pub struct EtcdServer {
     pub events: broadcast::Sender<Arc<RevEvents>>,
     pub node: RaftNode,
     pub cluster: ClusterSpec,
+    /// Every member's name and peer URLs, kept by the state machine.
+    pub registry: Registry,
+    /// Whether peers can reach this member (a lone member started without --initial-cluster
+    /// does not open its peer port, so it cannot take new members).
+    pub peer_listening: std::sync::atomic::AtomicBool,
     pub member: MemberInfo,
     pub limits: Limits,
     pub metrics: Metrics,
@@ -131,6 +137,7 @@ impl EtcdServer {
         cache_bytes: u64,
         cluster: ClusterSpec,
         transport: impl Transport,
+        on_peer: PeerHook,
     ) -> Result<Arc<Self>> {
         let (store, recovered) = MvccStore::open(&data_dir.join("member"), cache_bytes)?;
         // The member id is fixed at the first start, like etcd's.
@@ -158,7 +165,25 @@ impl EtcdServer {
         let store = Arc::new(store);
         let leases = Arc::new(Mutex::new(table));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let machine = EtcdMachine::new(store.clone(), leases.clone(), events.clone())?;
+        let registry: Registry = Arc::default();
+        {
+            let mut reg = registry.write();
+            let stored = crate::machine::load_registry(&store)?;
+            let list = stored.unwrap_or_else(|| cluster.members.clone());
+            for (id, name, urls) in list {
+                if let Some(url) = urls.first() {
+                    on_peer(id, Some(url));
+                }
+                reg.insert(id, (name, urls));
+            }
+        }
+        let machine = EtcdMachine::new(
+            store.clone(),
+            leases.clone(),
+            events.clone(),
+            registry.clone(),
+            on_peer,
+        )?;
         let log = RaftLog::open(&data_dir.join("member").join("raft"))
             .map_err(|e| EtcdError::Storage(format!("opening the raft log: {e}")))?;
         let cfg = NodeConfig {
@@ -179,6 +204,8 @@ impl EtcdServer {
             events,
             node,
             cluster,
+            registry,
+            peer_listening: Default::default(),
             member,
             limits,
             metrics: Metrics::new(),
@@ -230,16 +257,96 @@ impl EtcdServer {
                 if *id == self.member.id {
                     return self.member.to_proto();
                 }
-                let spec = self.cluster.members.iter().find(|m| m.0 == *id);
+                let reg = self.registry.read();
+                let spec = reg.get(id);
                 Member {
                     id: *id,
-                    name: spec.map(|m| m.1.clone()).unwrap_or_default(),
-                    peer_ur_ls: spec.map(|m| m.2.clone()).unwrap_or_default(),
+                    name: spec.map(|m| m.0.clone()).unwrap_or_default(),
+                    peer_ur_ls: spec.map(|m| m.1.clone()).unwrap_or_default(),
                     client_ur_ls: vec![],
                     is_learner: false,
                 }
             })
             .collect())
+    }
+
+    /// Adds a voting member with these peer URLs through the log; returns its id.
+    pub async fn member_add(&self, peer_urls: Vec<String>) -> Result<u64> {
+        if !self
+            .peer_listening
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(EtcdError::Unsupported(
+                "this member runs as a single member without a peer listener; restart it with \
+                 --initial-cluster NAME=PEER_URL (and --listen-peer-urls) to add members"
+                    .into(),
+            ));
+        }
+        if peer_urls.is_empty() {
+            return Err(EtcdError::InvalidArgument("member needs peer URLs".into()));
+        }
+        for u in &peer_urls {
+            let ok = url::Url::parse(u).is_ok_and(|p| p.scheme() == "http" && p.port().is_some());
+            if !ok {
+                return Err(EtcdError::InvalidArgument(format!(
+                    "peer URL {u:?} must be http://host:port"
+                )));
+            }
+            if self
+                .registry
+                .read()
+                .values()
+                .any(|(_, urls)| urls.contains(u))
+            {
+                return Err(EtcdError::Unsupported("Peer URLs already exists".into()));
+            }
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(&peer_urls, self.member.cluster_id, nanos), &mut h);
+        let id = std::hash::Hasher::finish(&h).max(1);
+        let ctx = crate::machine::MemberContext {
+            name: String::new(),
+            peer_urls,
+        };
+        let ctx = serde_json::to_vec(&ctx).map_err(|e| EtcdError::Storage(e.to_string()))?;
+        self.node
+            .change_membership(raft::prelude::ConfChangeType::AddNode, id, ctx)
+            .await?;
+        Ok(id)
+    }
+
+    /// Removes a member through the log.
+    pub async fn member_remove(&self, id: u64) -> Result<()> {
+        if !self.status().await?.voters.contains(&id) {
+            return Err(EtcdError::MemberNotFound);
+        }
+        self.node
+            .change_membership(raft::prelude::ConfChangeType::RemoveNode, id, vec![])
+            .await?;
+        Ok(())
+    }
+
+    /// Changes a member's peer URLs through the log.
+    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<()> {
+        if !self.status().await?.voters.contains(&id) {
+            return Err(EtcdError::MemberNotFound);
+        }
+        let name = self
+            .registry
+            .read()
+            .get(&id)
+            .map(|m| m.0.clone())
+            .unwrap_or_default();
+        let ctx = serde_json::to_vec(&crate::machine::MemberContext { name, peer_urls })
+            .map_err(|e| EtcdError::Storage(e.to_string()))?;
+        self.node
+            .change_membership(raft::prelude::ConfChangeType::AddNode, id, ctx)
+            .await?;
+        Ok(())
     }
 
     /// The raft node's view: leader, term, indexes, voters.

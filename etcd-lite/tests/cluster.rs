@@ -241,3 +241,86 @@ fn a_member_far_behind_catches_up_from_a_snapshot() {
         "1\n"
     );
 }
+
+#[test]
+fn members_are_added_by_etcdctl_and_removed_while_serving() {
+    let mut c = Cluster::start_with(3, &["--snapshot-count", "50"]);
+    for i in 0..30 {
+        c.members[0].ok(&["put", &format!("m{i}"), "x"]);
+    }
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = c.members[1].ok(&["member", "add", "m3", "--peer-urls", &url]);
+    assert!(
+        out.contains("Member") && out.contains("added to cluster"),
+        "{out}"
+    );
+    // etcdctl prints the environment the new member starts with; use its initial cluster.
+    let initial = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("ETCD_INITIAL_CLUSTER in member add's output");
+    let fourth = EtcdLite::start(
+        BIN,
+        &[
+            "--name",
+            "m3",
+            "--initial-advertise-peer-urls",
+            &url,
+            "--listen-peer-urls",
+            &url,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "existing",
+        ],
+    );
+    // It arrives by snapshot and log, then serves everything written before it joined.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = fourth
+            .try_etcdctl(&["get", "m", "--prefix", "--keys-only", "--consistency", "s"])
+            .unwrap_or_default();
+        if got.lines().filter(|l| !l.is_empty()).count() == 30 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new member did not catch up:\n{}",
+            fourth.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    fourth.ok(&["put", "from-new", "1"]);
+    assert_eq!(
+        c.members[0].ok(&["get", "from-new", "--print-value-only"]),
+        "1\n"
+    );
+    let list = c.members[0].ok(&["member", "list"]);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(list.contains(&url), "{list}");
+
+    // Remove a live member (not the one we talk to); the rest keep serving.
+    let victim = c.members[2].ok(&["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&victim).expect("json");
+    let victim_id = format!(
+        "{:x}",
+        v[0]["Status"]["header"]["member_id"].as_u64().expect("id")
+    );
+    let out = c.members[0].ok(&["member", "remove", &victim_id]);
+    assert!(out.contains("removed from cluster"), "{out}");
+    let list = c.members[0].ok(&["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    c.members[0].ok(&["put", "after-remove", "1"]);
+    assert_eq!(
+        fourth.ok(&["get", "after-remove", "--print-value-only"]),
+        "1\n"
+    );
+    // Bad requests are refused with etcd's messages and change nothing.
+    let e = c.members[0].fails(&["member", "remove", "123456789abc"]);
+    assert!(e.contains("member not found"), "{e}");
+    let e = c.members[0].fails(&["member", "add", "dup", "--peer-urls", &url]);
+    assert!(e.contains("Peer URLs already exists"), "{e}");
+    c.members[2].kill9();
+}

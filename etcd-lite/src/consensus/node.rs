@@ -40,6 +40,8 @@ pub trait StateMachine: Send + 'static {
     /// Makes a batch of applied entries durable and visible; called after each batch, before
     /// any proposer of the batch is answered.
     fn flush(&mut self) {}
+    /// A membership change was applied at `index` (before `apply(index, &[])`).
+    fn conf_changed(&mut self, _index: u64, _change: &ConfChange) {}
 }
 
 /// Sends raft messages to peers (best effort: raft retries).
@@ -333,6 +335,8 @@ struct Driver<S: StateMachine, T> {
     applied_since_snapshot: u64,
     /// A membership change was applied since the last snapshot.
     conf_changed: bool,
+    /// This member was removed from the cluster: it stops taking part.
+    removed: bool,
     shared: std::sync::Arc<Shared>,
 }
 
@@ -368,6 +372,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             ready_reads: Vec::new(),
             applied_since_snapshot: 0,
             conf_changed: false,
+            removed: false,
             shared: Default::default(),
         }
     }
@@ -415,6 +420,14 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     tracing::error!(error = %e, "raft storage failed; stopping the node");
                     std::process::exit(70);
                 }
+            }
+            if self.removed {
+                // Like etcd: a removed member must not keep leading or campaigning.
+                tracing::warn!(
+                    id = self.cfg.id,
+                    "this member was removed from the cluster; raft stopped"
+                );
+                break;
             }
         }
         tracing::info!(id = self.cfg.id, "raft node stopped");
@@ -621,6 +634,12 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     let cs = self.raw.apply_conf_change(&cc)?;
                     self.raw.mut_store().set_conf_state(cs)?;
                     self.conf_changed = true;
+                    if cc.get_change_type() == ConfChangeType::RemoveNode
+                        && cc.node_id == self.cfg.id
+                    {
+                        self.removed = true;
+                    }
+                    self.sm.conf_changed(e.index, &cc);
                     // The state machine records the index too, so a restart does not redo it.
                     self.sm.apply(e.index, &[]);
                     if let Some(p) = who.and_then(|(_, req)| self.conf_changes.remove(&req)) {

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use etcd_api::raftpeer::peer_client::PeerClient;
 use etcd_api::raftpeer::peer_server::{Peer, PeerServer};
-use etcd_api::raftpeer::{MessageBatch, SendAck};
+use etcd_api::raftpeer::{HelloRequest, HelloResponse, MessageBatch, PeerMember, SendAck};
+use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::prelude::Message;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::node::{Node, Transport};
@@ -25,25 +27,62 @@ const MAX_BATCH: usize = 256;
 /// A batch that takes longer is abandoned (the peer is slow or gone).
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Sends to peers by member id.
+/// Sends to peers by member id; peers come and go with membership changes. Cheap to clone.
+#[derive(Clone)]
 pub struct PeerTransport {
-    queues: HashMap<u64, mpsc::Sender<Message>>,
+    queues: Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>,
+    cluster_id: u64,
+    me: u64,
+    runtime: tokio::runtime::Handle,
 }
 
 impl PeerTransport {
     /// Starts a sending task per peer on the current tokio runtime.
     pub fn start(cluster_id: u64, me: u64, peers: &HashMap<u64, String>) -> Self {
-        let mut queues = HashMap::new();
+        let t = PeerTransport {
+            queues: Arc::default(),
+            cluster_id,
+            me,
+            runtime: tokio::runtime::Handle::current(),
+        };
         for (id, url) in peers {
-            if *id == me {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            queues.insert(*id, tx);
-            tokio::spawn(send_loop(cluster_id, me, *id, url.clone(), rx));
+            t.add_peer(*id, url);
         }
-        PeerTransport { queues }
+        t
     }
+
+    /// Starts sending to a (new) member; replaces its URL if it was known.
+    pub fn add_peer(&self, id: u64, url: &str) {
+        if id == self.me {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        // The old queue's task ends when its sender is dropped here.
+        self.queues.lock().insert(id, tx);
+        self.runtime
+            .spawn(send_loop(self.cluster_id, self.me, id, url.to_string(), rx));
+    }
+
+    /// Stops sending to a removed member.
+    pub fn remove_peer(&self, id: u64) {
+        self.queues.lock().remove(&id);
+    }
+}
+
+/// Asks the members at `urls` which cluster they form (for a member joining it).
+pub async fn hello(urls: &[String]) -> Option<HelloResponse> {
+    for url in urls {
+        let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+            continue;
+        };
+        let Ok(ch) = ep.connect_timeout(Duration::from_secs(2)).connect().await else {
+            continue;
+        };
+        if let Ok(r) = PeerClient::new(ch).hello(HelloRequest {}).await {
+            return Some(r.into_inner());
+        }
+    }
+    None
 }
 
 async fn send_loop(
@@ -97,8 +136,9 @@ async fn send_loop(
 
 impl Transport for PeerTransport {
     fn send(&self, msgs: Vec<Message>) {
+        let queues = self.queues.lock();
         for m in msgs {
-            match self.queues.get(&m.to) {
+            match queues.get(&m.to) {
                 // Full: the peer is behind or down; raft will resend what matters.
                 Some(q) => {
                     let _ = q.try_send(m);
@@ -109,19 +149,26 @@ impl Transport for PeerTransport {
     }
 }
 
+/// Who is in the cluster: id -> (name, peer URLs). Shared by the server, the state machine
+/// (which changes it as membership changes apply) and the peer service.
+pub type Registry =
+    Arc<parking_lot::RwLock<std::collections::BTreeMap<u64, (String, Vec<String>)>>>;
+
 /// The receiving side, served on the peer URLs.
 pub struct PeerService<O> {
     cluster_id: u64,
     me: u64,
     node: Node<O>,
+    registry: Registry,
 }
 
 impl<O: Send + 'static> PeerService<O> {
-    pub fn server(cluster_id: u64, me: u64, node: Node<O>) -> PeerServer<Self> {
+    pub fn server(cluster_id: u64, me: u64, node: Node<O>, registry: Registry) -> PeerServer<Self> {
         PeerServer::new(PeerService {
             cluster_id,
             me,
             node,
+            registry,
         })
         .max_decoding_message_size(usize::MAX)
     }
@@ -138,6 +185,12 @@ impl<O: Send + 'static> Peer for PeerService<O> {
             return Err(tonic::Status::permission_denied(format!(
                 "cluster ID mismatch: local {:x}, remote {:x}",
                 self.cluster_id, b.cluster_id
+            )));
+        }
+        if !self.registry.read().contains_key(&b.from) {
+            return Err(tonic::Status::permission_denied(format!(
+                "member {:x} is not in this cluster",
+                b.from
             )));
         }
         if b.to != self.me {
@@ -164,5 +217,25 @@ impl<O: Send + 'static> Peer for PeerService<O> {
             self.node.step(m);
         }
         Ok(tonic::Response::new(SendAck { accepted: n }))
+    }
+
+    async fn hello(
+        &self,
+        _req: tonic::Request<HelloRequest>,
+    ) -> Result<tonic::Response<HelloResponse>, tonic::Status> {
+        let members = self
+            .registry
+            .read()
+            .iter()
+            .map(|(id, (name, urls))| PeerMember {
+                id: *id,
+                name: name.clone(),
+                peer_urls: urls.clone(),
+            })
+            .collect();
+        Ok(tonic::Response::new(HelloResponse {
+            cluster_id: self.cluster_id,
+            members,
+        }))
     }
 }
