@@ -29,6 +29,9 @@ pub struct MemberContext {
     pub peer_urls: Vec<String>,
 }
 
+/// A member as the registry lists it: (id, name, peer URLs).
+pub type MemberEntry = (u64, String, Vec<String>);
+
 /// Told when a member's peer URL is known (`Some`) or the member is gone (`None`).
 pub type PeerHook = Box<dyn Fn(u64, Option<&str>) + Send>;
 
@@ -72,7 +75,7 @@ impl EtcdMachine {
 }
 
 /// The registry as stored in the store's metadata.
-pub fn load_registry(store: &MvccStore) -> Result<Option<Vec<(u64, String, Vec<String>)>>> {
+pub fn load_registry(store: &MvccStore) -> Result<Option<Vec<MemberEntry>>> {
     match store.get_meta(MEMBERS_META)? {
         Some(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -135,7 +138,7 @@ impl StateMachine for EtcdMachine {
                 (self.on_peer)(id, None);
             }
         }
-        let list: Vec<(u64, String, Vec<String>)> = self
+        let list: Vec<MemberEntry> = self
             .registry
             .read()
             .iter()
