@@ -22,6 +22,7 @@ dist: deps
 
 bench: build dist
 	./target/release/etcd-bench compare
+	./target/release/etcd-bench compare-cluster
 	./target/release/rkt-bench --rkt target/$(DIST_TARGET)/dist/rkt
 
 demo: build

@@ -48,6 +48,19 @@ enum Cmd {
         /// put or range
         op: String,
     },
+    /// Start a 3-member etcd-lite cluster and a 3-member etcd cluster and compare them:
+    /// throughput, latency, linearizable reads, leader failover after kill -9.
+    CompareCluster {
+        #[arg(long)]
+        etcd_lite: Option<PathBuf>,
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: PathBuf,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Leader kills to take the median failover time over.
+        #[arg(long, default_value_t = 5)]
+        failovers: usize,
+    },
     /// Start etcd-lite and etcd side by side and compare them.
     Compare {
         /// The etcd-lite binary (default: next to this one).
@@ -322,6 +335,221 @@ async fn compare(lite_bin: PathBuf, etcd_bin: PathBuf, scale: f64) -> Result<()>
     Ok(())
 }
 
+/// One member of a benchmark cluster.
+struct Member {
+    child: Option<Child>,
+    client_port: u16,
+    args: Vec<String>,
+    bin: PathBuf,
+}
+
+impl Member {
+    fn spawn(&mut self) -> Result<()> {
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three members of `bin` (etcd-lite or etcd take the same flags) on loopback.
+fn start_cluster(bin: &Path, dir: &Path, lite: bool) -> Result<Vec<Member>> {
+    let peers: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_>>()?;
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("b{i}=http://127.0.0.1:{p}"))
+        .collect();
+    let initial = initial.join(",");
+    let mut members = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let port = free_port()?;
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{p}");
+        let mut args: Vec<String> = [
+            "--name",
+            &format!("b{i}"),
+            "--data-dir",
+            &dir.join(format!("b{i}")).display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-token",
+            "bench",
+            "--initial-cluster-state",
+            "new",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !lite {
+            args.extend(["--log-level".into(), "error".into()]);
+        }
+        let mut m = Member {
+            child: None,
+            client_port: port,
+            args,
+            bin: bin.to_path_buf(),
+        };
+        m.spawn()?;
+        members.push(m);
+    }
+    Ok(members)
+}
+
+/// The index of the leader among `members` (those running), waiting for one.
+async fn find_leader(members: &[Member], timeout: Duration) -> Result<usize> {
+    use etcd_api::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        for (i, m) in members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let Ok(ep) = Channel::from_shared(format!("http://{}", m.endpoint())) else {
+                continue;
+            };
+            let Ok(ch) = ep
+                .connect_timeout(Duration::from_millis(200))
+                .connect()
+                .await
+            else {
+                continue;
+            };
+            if let Ok(st) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
+                let st = st.into_inner();
+                if st.header.is_some_and(|h| h.member_id == st.leader) {
+                    return Ok(i);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("no leader within {timeout:?}")
+}
+
+/// Time from kill -9 of the leader until a put succeeds through a surviving member.
+async fn failover(members: &mut [Member]) -> Result<Duration> {
+    let leader = find_leader(members, Duration::from_secs(30)).await?;
+    let other = (leader + 1) % members.len();
+    let ch = Channel::from_shared(format!("http://{}", members[other].endpoint()))?
+        .connect()
+        .await?;
+    let mut kv = KvClient::new(ch);
+    members[leader].kill();
+    let t0 = Instant::now();
+    loop {
+        let put = kv.put(PutRequest {
+            key: b"failover".to_vec(),
+            value: b"x".to_vec(),
+            ..Default::default()
+        });
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), put).await {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("no write accepted within 30 s of the leader's death");
+        }
+    }
+    let took = t0.elapsed();
+    members[leader].spawn()?;
+    // Let the old leader rejoin before the next round.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(took)
+}
+
+async fn measure_cluster(
+    bin: &Path,
+    lite: bool,
+    scale: f64,
+    failovers: usize,
+) -> Result<Vec<(String, f64, bool)>> {
+    let s = |n: usize| ((n as f64 * scale) as usize).max(100);
+    let dir = tempfile::tempdir()?;
+    let mut members = start_cluster(bin, dir.path(), lite)?;
+    find_leader(&members, Duration::from_secs(30)).await?;
+    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+    let mut out = Vec::new();
+    for (clients, total) in [(16, s(20_000)), (64, s(40_000))] {
+        let st = run(&eps, clients, total, 256, Op::Put, usize::MAX).await?;
+        out.push((
+            format!("3 members: put ops/s, {clients} clients"),
+            st.ops_per_sec,
+            true,
+        ));
+        out.push((
+            format!("3 members: put p99 ms, {clients} clients"),
+            st.p99_ms,
+            false,
+        ));
+    }
+    let st = run(
+        &eps,
+        16,
+        s(40_000),
+        0,
+        Op::Range {
+            serializable: false,
+        },
+        s(10_000),
+    )
+    .await?;
+    out.push((
+        "3 members: linearizable range ops/s, 16 clients".into(),
+        st.ops_per_sec,
+        true,
+    ));
+    let mut times = Vec::new();
+    for _ in 0..failovers.max(1) {
+        times.push(failover(&mut members).await?);
+    }
+    times.sort();
+    out.push((
+        "3 members: failover after kill -9, median ms".into(),
+        times[times.len() / 2].as_secs_f64() * 1000.0,
+        false,
+    ));
+    Ok(out)
+}
+
+fn print_rows(etcd: Vec<(String, f64, bool)>, lite: Vec<(String, f64, bool)>) {
+    println!(
+        "{:<50} {:>12} {:>12} {:>8}",
+        "metric", "etcd-lite", "etcd 3.4", "ratio"
+    );
+    for ((name, e, hb), (_, l, _)) in etcd.into_iter().zip(lite) {
+        let ratio = if hb { l / e } else { e / l };
+        println!("{name:<50} {l:>12.1} {e:>12.1} {ratio:>7.2}x");
+    }
+    println!("(ratio > 1 means etcd-lite is better: faster, higher throughput or smaller)");
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().cmd {
@@ -346,6 +574,28 @@ async fn main() -> Result<()> {
                 "{:.0} ops/s  p50 {:.2} ms  p99 {:.2} ms",
                 st.ops_per_sec, st.p50_ms, st.p99_ms
             );
+        }
+        Cmd::CompareCluster {
+            etcd_lite,
+            etcd,
+            scale,
+            failovers,
+        } => {
+            let lite = match etcd_lite {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("etcd-lite"),
+            };
+            if !etcd.exists() {
+                bail!(
+                    "{} not found; run `make deps` (etcd-server)",
+                    etcd.display()
+                );
+            }
+            eprintln!("measuring a 3-member etcd ({}) ...", etcd.display());
+            let e = measure_cluster(&etcd, false, scale, failovers).await?;
+            eprintln!("measuring a 3-member etcd-lite ({}) ...", lite.display());
+            let l = measure_cluster(&lite, true, scale, failovers).await?;
+            print_rows(e, l);
         }
         Cmd::Compare {
             etcd_lite,
