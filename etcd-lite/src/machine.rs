@@ -43,6 +43,8 @@ pub struct EtcdMachine {
     committed: Vec<RevEvents>,
     registry: Registry,
     on_peer: PeerHook,
+    /// `applied`, readable by the snapshot source.
+    applied_shared: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EtcdMachine {
@@ -70,6 +72,7 @@ impl EtcdMachine {
             committed: Vec::new(),
             registry,
             on_peer,
+            applied_shared: Arc::new(std::sync::atomic::AtomicU64::new(applied)),
         })
     }
 }
@@ -105,6 +108,8 @@ impl StateMachine for EtcdMachine {
         if let Some(last) = self.committed.last() {
             self.store.publish(last.rev);
         }
+        self.applied_shared
+            .store(self.applied, std::sync::atomic::Ordering::Release);
         for c in self.committed.drain(..) {
             // No receivers is fine: nobody watches.
             let _ = self.events.send(Arc::new(c));
@@ -147,6 +152,15 @@ impl StateMachine for EtcdMachine {
         if let Ok(b) = serde_json::to_vec(&list) {
             self.store.stage_meta(MEMBERS_META, &b);
         }
+    }
+
+    fn snapshot_source(&self) -> Option<crate::consensus::node::SnapshotSource> {
+        let (store, applied) = (self.store.clone(), self.applied_shared.clone());
+        // Called on the raft thread between batches, so the store is exactly at `applied`.
+        Some(Box::new(move || {
+            let data = store.read().snapshot().ok()?;
+            Some((applied.load(std::sync::atomic::Ordering::Acquire), data))
+        }))
     }
 
     fn snapshot(&self) -> Vec<u8> {

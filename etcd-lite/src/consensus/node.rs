@@ -42,7 +42,16 @@ pub trait StateMachine: Send + 'static {
     fn flush(&mut self) {}
     /// A membership change was applied at `index` (before `apply(index, &[])`).
     fn conf_changed(&mut self, _index: u64, _change: &ConfChange) {}
+    /// Reads the whole state at the current applied index, when a follower needs a snapshot.
+    /// With one, snapshots are cheap (metadata only; the log is compacted behind the durable
+    /// state) and their data is made on demand; without one, each snapshot is taken with its data.
+    fn snapshot_source(&self) -> Option<SnapshotSource> {
+        None
+    }
 }
+
+/// See [`StateMachine::snapshot_source`]: (applied index, state) now.
+pub type SnapshotSource = Box<dyn Fn() -> Option<(u64, Vec<u8>)> + Send>;
 
 /// Sends raft messages to peers (best effort: raft retries).
 pub trait Transport: Send + 'static {
@@ -229,6 +238,11 @@ impl<O: Send + 'static> Node<O> {
         };
         rc.validate().map_err(err)?;
         let logger = slog::Logger::root(SlogToTracing, slog::o!("raft_id" => cfg.id));
+        let lazy = sm.snapshot_source();
+        let lazy_snapshots = lazy.is_some();
+        if let Some(src) = lazy {
+            log.set_snapshot_source(src);
+        }
         let mut raw = RawNode::new(&rc, log, &logger).map_err(err)?;
         // A cluster of one needs no election timeout to find its leader.
         if raw.store().conf_state().voters == [cfg.id] {
@@ -237,6 +251,7 @@ impl<O: Send + 'static> Node<O> {
         let (tx, rx) = mpsc::channel();
         let shared = std::sync::Arc::new(Shared::default());
         let mut driver = Driver::new(cfg, raw, sm, transport);
+        driver.lazy_snapshots = lazy_snapshots;
         driver.shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("raft-{}", driver.cfg.id))
@@ -329,7 +344,9 @@ struct Driver<S: StateMachine, T> {
     leaderless: Vec<(Vec<u8>, Pending<S::Output>)>,
     conf_changes: HashMap<u64, Pending<NodeStatus>>,
     /// Read requests waiting for a ReadIndex answer, by request number.
-    reads: HashMap<u64, Pending<u64>>,
+    reads: HashMap<u64, Vec<Pending<u64>>>,
+    /// Reads that arrived since the last loop turn: they share one ReadIndex round.
+    read_batch: Vec<Pending<u64>>,
     /// Confirmed reads waiting for the state machine to reach their index.
     ready_reads: Vec<(u64, Pending<u64>)>,
     applied_since_snapshot: u64,
@@ -337,6 +354,8 @@ struct Driver<S: StateMachine, T> {
     conf_changed: bool,
     /// This member was removed from the cluster: it stops taking part.
     removed: bool,
+    /// Snapshot data comes from the state machine on demand (see `snapshot_source`).
+    lazy_snapshots: bool,
     shared: std::sync::Arc<Shared>,
 }
 
@@ -369,10 +388,12 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             leaderless: Vec::new(),
             conf_changes: HashMap::new(),
             reads: HashMap::new(),
+            read_batch: Vec::new(),
             ready_reads: Vec::new(),
             applied_since_snapshot: 0,
             conf_changed: false,
             removed: false,
+            lazy_snapshots: false,
             shared: Default::default(),
         }
     }
@@ -394,6 +415,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
+            }
+            if !self.read_batch.is_empty() {
+                // One heartbeat round confirms leadership for every read that is waiting.
+                let req = self.next_request;
+                self.next_request += 1;
+                self.raw.read_index(context(self.cfg.id, req));
+                self.reads.insert(req, std::mem::take(&mut self.read_batch));
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -455,10 +483,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     let _ = reply.send(Err(ConsensusError::NoLeader));
                     return;
                 }
-                let req = self.next_request;
-                self.next_request += 1;
-                self.raw.read_index(context(self.cfg.id, req));
-                self.reads.insert(req, Pending { reply, deadline });
+                self.read_batch.push(Pending { reply, deadline });
             }
             Input::Step(m) => {
                 // Messages from a member we do not know, or for another node, are dropped.
@@ -538,7 +563,17 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
         sweep(&mut self.proposals, now);
         sweep(&mut self.conf_changes, now);
-        sweep(&mut self.reads, now);
+        let late: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, b)| b.iter().any(|p| p.deadline <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            for p in self.reads.remove(&k).into_iter().flatten() {
+                let _ = p.reply.send(Err(ConsensusError::Timeout));
+            }
+        }
         let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.leaderless)
             .into_iter()
             .partition(|(_, p)| p.deadline <= now);
@@ -573,7 +608,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         for rs in rd.take_read_states() {
             if let Some((node, req)) = parse_context(&rs.request_ctx) {
                 if node == self.cfg.id {
-                    if let Some(p) = self.reads.remove(&req) {
+                    for p in self.reads.remove(&req).into_iter().flatten() {
                         self.ready_reads.push((rs.index, p));
                     }
                 }
@@ -686,7 +721,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
         self.conf_changed = false;
         let index = self.sm.applied();
-        let data = self.sm.snapshot();
+        let data = if self.lazy_snapshots {
+            Vec::new()
+        } else {
+            self.sm.snapshot()
+        };
         self.raw.mut_store().create_snapshot(index, data)?;
         self.applied_since_snapshot = 0;
         tracing::info!(

@@ -7,6 +7,8 @@
 //! batch durable before raft may act on it (messages sent, entries applied).
 
 use protobuf::Message as _;
+
+use super::node::SnapshotSource;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
@@ -33,6 +35,8 @@ pub struct RaftLog {
     first: u64,
     /// Index of the last entry (snapshot index when the log is empty).
     last: u64,
+    /// Makes snapshot data on demand (then stored snapshots hold metadata only).
+    source: Option<SnapshotSource>,
 }
 
 impl RaftLog {
@@ -73,7 +77,13 @@ impl RaftLog {
             snapshot,
             first: snap_index + 1,
             last,
+            source: None,
         })
+    }
+
+    /// From now on snapshots sent to followers are made on demand by `source`.
+    pub fn set_snapshot_source(&mut self, source: SnapshotSource) {
+        self.source = Some(source);
     }
 
     /// Whether the log has never been initialized (a member's first start).
@@ -198,14 +208,19 @@ impl RaftLog {
         for i in self.first..=self.last {
             batch.remove(&entry_key(i));
         }
-        batch.insert("snap", snap.write_to_bytes().map_err(store_err)?);
+        // With an on-demand source the state machine holds the state itself: keep metadata.
+        let mut stored = snap.clone();
+        if self.source.is_some() {
+            stored.data = Default::default();
+        }
+        batch.insert("snap", stored.write_to_bytes().map_err(store_err)?);
         self.tree.apply_batch(batch).map_err(store_err)?;
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
         self.set_hard_state(hs)?;
         self.set_conf_state(meta.get_conf_state().clone())?;
-        self.snapshot = snap;
+        self.snapshot = stored;
         self.first = meta.index + 1;
         self.last = meta.index;
         Ok(())
@@ -290,6 +305,22 @@ impl raft::Storage for RaftLog {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if let Some(src) = &self.source {
+            if let Some((index, data)) = src() {
+                if index >= request_index && index >= self.snapshot.get_metadata().index {
+                    let mut meta = SnapshotMetadata {
+                        index,
+                        term: self.term_of(index)?,
+                        ..Default::default()
+                    };
+                    meta.set_conf_state(self.conf_state.clone());
+                    let mut snap = Snapshot::default();
+                    snap.set_metadata(meta);
+                    snap.data = data.into();
+                    return Ok(snap);
+                }
+            }
+        }
         if self.snapshot.get_metadata().index < request_index {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
