@@ -64,6 +64,9 @@ impl EtcdMachine {
             ),
             None => 0,
         };
+        // The raft log is the durable record of every change: the store's own log need not be
+        // synced at every batch (see MvccStore::set_lazy_sync for why a crash stays safe).
+        store.set_lazy_sync(true);
         Ok(EtcdMachine {
             store,
             leases,

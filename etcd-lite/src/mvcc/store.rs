@@ -66,6 +66,8 @@ pub struct MvccStore {
     published: AtomicI64,
     /// Log size that triggers a checkpoint ([`CHECKPOINT_BYTES`] unless a test lowers it).
     checkpoint_bytes: std::sync::atomic::AtomicU64,
+    /// Sync the log only before sled is written (see [`MvccStore::set_lazy_sync`]).
+    lazy_sync: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -262,6 +264,7 @@ impl MvccStore {
             state: RwLock::new(state),
             published: AtomicI64::new(current),
             checkpoint_bytes: std::sync::atomic::AtomicU64::new(CHECKPOINT_BYTES),
+            lazy_sync: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((store, recovered))
     }
@@ -285,7 +288,9 @@ impl MvccStore {
             if !staged.changes.is_empty() {
                 w.append(&staged.changes);
             }
-            w.sync()?;
+            if !self.lazy_sync.load(Ordering::Relaxed) {
+                w.sync()?;
+            }
         }
         if staged.changes.is_empty() {
             return Ok(());
@@ -331,8 +336,26 @@ impl MvccStore {
         self.checkpoint_bytes.store(n, Ordering::Relaxed);
     }
 
+    /// For a store whose every change is also in a durable log upstream (the raft log): the
+    /// write-ahead log is then synced only right before sled is written, not at every flush.
+    /// A crash may lose the unsynced tail; the store is then a consistent prefix (the log is
+    /// replayed in order, sled never holds what the log does not) and the upstream log
+    /// replays what follows, after the applied index kept with the data.
+    pub fn set_lazy_sync(&self, lazy: bool) {
+        self.lazy_sync.store(lazy, Ordering::Relaxed);
+    }
+
+    fn sync_wal(&self) -> Result<()> {
+        if let Some(w) = self.wal.lock().as_mut() {
+            w.sync()?;
+        }
+        Ok(())
+    }
+
     /// Writes everything in the overlays to sled now (compaction, checkpoints, tests).
     pub fn apply_overlay(&self) -> Result<()> {
+        // Sled must never get ahead of the log.
+        self.sync_wal()?;
         self.wait_applied();
         let mut ov = self.overlay.write();
         if ov.changes.is_empty() {
@@ -354,6 +377,8 @@ impl MvccStore {
     pub fn flush(&self) -> Result<()> {
         self.log_staged()?;
         if self.overlay.read().changes.len() >= APPLY_EVERY {
+            // Sled must never get ahead of the log.
+            self.sync_wal()?;
             self.start_apply();
         }
         let checkpoint = self
