@@ -479,8 +479,30 @@ async fn failover(members: &mut [Member]) -> Result<Duration> {
     }
     let took = t0.elapsed();
     members[leader].spawn()?;
-    // Let the old leader rejoin before the next round.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The old leader must serve again (it may replay its logs first) before the next round.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = match Channel::from_shared(format!("http://{}", members[leader].endpoint()))?
+            .connect()
+            .await
+        {
+            Ok(ch) => KvClient::new(ch)
+                .range(RangeRequest {
+                    key: b"failover".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the restarted member did not serve again within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(took)
 }
 
