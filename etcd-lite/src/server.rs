@@ -319,10 +319,31 @@ impl EtcdServer {
         Ok(id)
     }
 
-    /// Removes a member through the log.
+    /// Removes a member through the log. Removing the leader first moves leadership to
+    /// another member (as etcd does), so that no request is left with a leader that is gone.
     pub async fn member_remove(&self, id: u64) -> Result<()> {
-        if !self.status().await?.voters.contains(&id) {
+        let st = self.status().await?;
+        if !st.voters.contains(&id) {
             return Err(EtcdError::MemberNotFound);
+        }
+        if st.leader == id && st.voters.len() > 1 {
+            let target = if id != self.member.id {
+                self.member.id
+            } else {
+                *st.voters.iter().find(|v| **v != id).unwrap_or(&id)
+            };
+            self.node.transfer_leader(target);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let now = self.status().await?;
+                if now.leader != id && now.leader != 0 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(EtcdError::Timeout);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         self.node
             .change_membership(raft::prelude::ConfChangeType::RemoveNode, id, vec![])

@@ -301,26 +301,28 @@ fn members_are_added_by_etcdctl_and_removed_while_serving() {
     assert_eq!(list.lines().count(), 4, "{list}");
     assert!(list.contains(&url), "{list}");
 
-    // Remove a live member (not the one we talk to); the rest keep serving.
-    let victim = c.members[2].ok(&["endpoint", "status", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&victim).expect("json");
+    // Remove the leader itself, while serving: leadership moves first, the rest keep serving.
+    let leader = c.leader();
+    let alive = (leader + 1) % 3;
+    let st = c.members[leader].ok(&["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&st).expect("json");
     let victim_id = format!(
         "{:x}",
         v[0]["Status"]["header"]["member_id"].as_u64().expect("id")
     );
-    let out = c.members[0].ok(&["member", "remove", &victim_id]);
+    let out = c.members[alive].ok(&["member", "remove", &victim_id]);
     assert!(out.contains("removed from cluster"), "{out}");
-    let list = c.members[0].ok(&["member", "list"]);
+    let list = c.members[alive].ok(&["member", "list"]);
     assert_eq!(list.lines().count(), 3, "{list}");
-    c.members[0].ok(&["put", "after-remove", "1"]);
+    c.members[alive].ok(&["put", "after-remove", "1"]);
     assert_eq!(
         fourth.ok(&["get", "after-remove", "--print-value-only"]),
         "1\n"
     );
     // Bad requests are refused with etcd's messages and change nothing.
-    let e = c.members[0].fails(&["member", "remove", "123456789abc"]);
+    let e = c.members[alive].fails(&["member", "remove", "123456789abc"]);
     assert!(e.contains("member not found"), "{e}");
-    let e = c.members[0].fails(&["member", "add", "dup", "--peer-urls", &url]);
+    let e = c.members[alive].fails(&["member", "add", "dup", "--peer-urls", &url]);
     assert!(e.contains("Peer URLs already exists"), "{e}");
-    c.members[2].kill9();
+    c.members[leader].kill9();
 }
