@@ -326,3 +326,74 @@ fn members_are_added_by_etcdctl_and_removed_while_serving() {
     assert!(e.contains("Peer URLs already exists"), "{e}");
     c.members[leader].kill9();
 }
+
+#[test]
+fn bad_input_on_the_peer_port_is_refused_without_harm() {
+    use etcd_api::raftpeer::{peer_client::PeerClient, MessageBatch};
+    let peer_port = free_port();
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    // A one-member cluster started with --initial-cluster opens its peer port.
+    let m = EtcdLite::start(
+        BIN,
+        &[
+            "--name",
+            "solo",
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("solo={peer}"),
+        ],
+    );
+    m.ok(&["put", "before", "1"]);
+    let status = m.ok(&["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let me = v[0]["Status"]["header"]["member_id"].as_u64().expect("id");
+    let cluster = v[0]["Status"]["header"]["cluster_id"]
+        .as_u64()
+        .expect("cluster");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = PeerClient::connect(peer.clone()).await.expect("connect");
+        let batch = |cluster_id, from, to, messages: Vec<Vec<u8>>| MessageBatch {
+            cluster_id,
+            from,
+            to,
+            messages,
+        };
+        let e = c
+            .send(batch(cluster ^ 1, me, me, vec![]))
+            .await
+            .expect_err("another cluster");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(e.message().contains("cluster ID mismatch"), "{e}");
+        let e = c
+            .send(batch(cluster, 12345, me, vec![]))
+            .await
+            .expect_err("unknown sender");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        let e = c
+            .send(batch(cluster, me, me + 1, vec![]))
+            .await
+            .expect_err("wrong addressee");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let e = c
+            .send(batch(cluster, me, me, vec![vec![0xff, 0xff, 0xff, 0x07]]))
+            .await
+            .expect_err("garbage message");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    });
+    // Raw garbage on the peer port: the connection is dropped, the member carries on.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", peer_port)).expect("tcp");
+        let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x01garbage");
+    }
+    m.ok(&["put", "after", "2"]);
+    assert_eq!(m.ok(&["get", "before", "--print-value-only"]), "1\n");
+    assert_eq!(m.ok(&["get", "after", "--print-value-only"]), "2\n");
+}
