@@ -188,6 +188,24 @@ impl StateMachine for EtcdMachine {
             table.attach(id, &key);
         }
         *self.leases.lock() = table;
+        // Members added or removed while this one was behind come with the snapshot.
+        match load_registry(&self.store) {
+            Ok(Some(list)) => {
+                let mut reg = self.registry.write();
+                for gone in reg.keys().filter(|id| !list.iter().any(|m| m.0 == **id)) {
+                    (self.on_peer)(*gone, None);
+                }
+                reg.clear();
+                for (id, name, urls) in list {
+                    if let Some(url) = urls.first() {
+                        (self.on_peer)(id, Some(url));
+                    }
+                    reg.insert(id, (name, urls));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "member registry in the snapshot is unreadable"),
+        }
         self.applied = index;
         self.committed.clear();
         self.flush();
