@@ -3,12 +3,14 @@
 //! It serves etcd's v3 gRPC API (KV, Watch, Lease, Cluster, Maintenance), etcd's v3 JSON gateway
 //! and the v2 keys API on one port, over a single MVCC store kept in sled. It is what corelite
 //! nodes share their state through, and the default store of fleetd; anything that speaks to etcd
-//! speaks to it. It is not (yet) replicated: this crate is the single-member server.
+//! speaks to it. Members replicate every write with raft ([`consensus`]); one member alone is a
+//! cluster of one.
 //!
 //! Layers, from the wire down: [`grpc`] / [`http`] / [`http_v2`] (transports) → [`server`]
-//! (validation, headers, leases' expiry) → [`applier`] (the single writer, group commit) →
-//! [`mvcc`] (the revisioned store) and [`lease`] (lease bookkeeping). [`watch`] reads the
-//! applier's committed revisions and the store's history.
+//! (validation, headers, ReadIndex, membership, leases' expiry) → [`consensus`] (the raft node,
+//! its sled log and the peer transport) → [`machine`] (the state machine) → [`applier`] (how
+//! one command applies) → [`mvcc`] (the revisioned store) and [`lease`] (lease bookkeeping).
+//! [`watch`] reads the committed revisions the machine publishes and the store's history.
 
 pub mod applier;
 pub mod config;

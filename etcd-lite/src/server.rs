@@ -1,5 +1,6 @@
 //! The server core shared by the gRPC services and the HTTP routes: request validation, reads at
-//! the published revision, writes through the applier, leases' expiry, response headers.
+//! the published revision (after ReadIndex when linearizable), writes proposed through the raft
+//! node, membership, leases' expiry, response headers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

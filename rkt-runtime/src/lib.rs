@@ -1,14 +1,14 @@
 //! rkt-runtime: corelite's OCI runtime. `rkt` implements the OCI runtime-spec lifecycle (create,
-//! start, run, state, kill, delete, list, spec) on a bundle, with a runc-compatible command line,
-//! so that engines that drive runc can drive it.
+//! start, run, state, kill, delete, list, exec, ps, pause/resume, events, update, spec) on a
+//! bundle, with a runc-compatible command line, so that engines that drive runc (podman) drive it.
 //!
-//! What it is not (yet): cgroup limits, seccomp filters, user namespaces, hooks, exec into a
-//! running container, terminals (`--console-socket`), pause/resume. Specs asking for those are
-//! refused with a clear error rather than silently half-applied.
+//! What it refuses with a clear error rather than half-applying: time namespaces, hugepage,
+//! network and rdma limits, seccomp notify.
 //!
 //! Layout: [`bundle`] loads and validates config.json; [`mounts`] parses mount options (pure);
-//! [`state`] keeps each container's state directory; [`linux`] is the only module that makes
-//! namespace, mount and process syscalls; [`container`] drives the lifecycle.
+//! [`state`] keeps each container's state directory; [`cgroup`] finds the layout and applies
+//! limits; [`seccomp`] compiles filters; [`hooks`] runs the spec's hooks; [`linux`] is the only
+//! module that makes namespace, mount and process syscalls; [`container`] drives the lifecycle.
 
 pub mod bundle;
 pub mod cgroup;
