@@ -2,7 +2,7 @@
 //!
 //! Keys in the tree: `e` + index (big-endian u64) -> Entry, `hs` -> HardState, `cs` ->
 //! ConfState, `snap` -> Snapshot (metadata and the state machine's data). Entries below the
-//! snapshot's index are deleted by [`RaftLog::compact`]. The first and last indexes and the
+//! snapshot's index are deleted by compaction. The first and last indexes and the
 //! states are cached in memory; every change goes to sled first, and [`RaftLog::sync`] makes the
 //! batch durable before raft may act on it (messages sent, entries applied).
 
