@@ -44,6 +44,20 @@ fn report(out: &mut std::fs::File, line: &str) -> std::io::Result<()> {
     out.write_all(buf.as_bytes())
 }
 
+/// Ends a forked child: exit 0 on success, else report the error over `out` and exit 1.
+fn exit_child(out: &mut std::fs::File, res: Result<()>) -> ! {
+    let code = match res {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = report(out, &format!("error {e}"));
+            1
+        }
+    };
+    // SAFETY: a forked child leaves with _exit, skipping destructors and atexit handlers that
+    // belong to the parent.
+    unsafe { libc::_exit(code) }
+}
+
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RuntimeError {
     let what = what.into();
     move |e| RuntimeError::sys(what, e)
@@ -84,15 +98,8 @@ pub fn spawn_init(
             drop(rd);
             drop(go_wr);
             let mut out = std::fs::File::from(wr);
-            let code = match helper(args, &mut out, go_rd) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = report(&mut out, &format!("error {e}"));
-                    1
-                }
-            };
-            // SAFETY: _exit skips destructors and atexit handlers that belong to the parent.
-            unsafe { libc::_exit(code) }
+            let res = helper(args, &mut out, go_rd);
+            exit_child(&mut out, res)
         }
         ForkResult::Parent { child } => {
             drop(wr);
@@ -283,15 +290,8 @@ fn helper(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<()> {
     // SAFETY: still single-threaded.
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            let code = match init(args, out, go, fifo_fd, console) {
-                Ok(never) => match never {},
-                Err(e) => {
-                    let _ = report(out, &format!("error {e}"));
-                    1
-                }
-            };
-            // SAFETY: as above.
-            unsafe { libc::_exit(code) }
+            let res = init(args, out, go, fifo_fd, console).map(|never| match never {});
+            exit_child(out, res)
         }
         ForkResult::Parent { child } => {
             report(out, &format!("pid {child}")).map_err(|e| RuntimeError::Init(e.to_string()))?;
@@ -974,15 +974,8 @@ pub fn spawn_exec(args: &ExecArgs) -> Result<Pid> {
         ForkResult::Child => {
             drop(rd);
             let mut out = std::fs::File::from(wr);
-            let code = match exec_helper(args, &mut out) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = report(&mut out, &format!("error {e}"));
-                    1
-                }
-            };
-            // SAFETY: as in spawn_init.
-            unsafe { libc::_exit(code) }
+            let res = exec_helper(args, &mut out);
+            exit_child(&mut out, res)
         }
         ForkResult::Parent { child } => {
             drop(wr);
@@ -1059,15 +1052,7 @@ fn exec_helper(args: &ExecArgs, out: &mut std::fs::File) -> Result<()> {
                     &env,
                 )
             })();
-            let code = match res {
-                Ok(never) => match never {},
-                Err(e) => {
-                    let _ = report(out, &format!("error {e}"));
-                    1
-                }
-            };
-            // SAFETY: as above.
-            unsafe { libc::_exit(code) }
+            exit_child(out, res.map(|never| match never {}))
         }
         ForkResult::Parent { child } => {
             report(out, &format!("pid {child}")).map_err(|e| RuntimeError::Init(e.to_string()))

@@ -198,7 +198,7 @@ fn scenario(runtime: PathBuf) {
 
     // Podman's default seccomp profile is loaded (mode 2 = filter).
     let o = p.run(&[], &["grep", "Seccomp:", "/proc/self/status"]);
-    assert!(out(&o).contains('2'), "{name}: {}", out(&o));
+    assert!(out(&o).contains("Seccomp:\t2"), "{name}: {}", out(&o));
 
     // -d, exec, pause/unpause, stop, rm.
     let o = p.podman(&[
