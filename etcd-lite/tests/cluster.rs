@@ -397,3 +397,29 @@ fn bad_input_on_the_peer_port_is_refused_without_harm() {
     assert_eq!(m.ok(&["get", "before", "--print-value-only"]), "1\n");
     assert_eq!(m.ok(&["get", "after", "--print-value-only"]), "2\n");
 }
+
+#[test]
+fn joining_a_cluster_nobody_answers_for_fails_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (me, gone) = (free_port(), free_port());
+    let out = std::process::Command::new(BIN)
+        .args(["--name", "late", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{me}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{me}"),
+            "--initial-cluster",
+            &format!("late=http://127.0.0.1:{me},old=http://127.0.0.1:{gone}"),
+            "--initial-cluster-state",
+            "existing",
+        ])
+        .output()
+        .expect("etcd-lite");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no existing member answered"), "{err}");
+}
