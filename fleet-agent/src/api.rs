@@ -1,0 +1,522 @@
+//! fleet's HTTP API v1, served by every fleetd (unix socket, optionally TCP):
+//! `/fleet/v1/units[/{name}]` (GET, PUT, DELETE), `/fleet/v1/machines`, `/fleet/v1/state`, with
+//! fleet's JSON shapes, pagination and error bodies; plus corelite's
+//! `/fleet/v1/units/{name}/status` and `/journal` (answered by the unit's machine, forwarded there
+//! by any fleetd), `/health` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use kv_client::Client;
+use serde::Deserialize;
+
+use crate::client::Endpoint;
+use crate::model::{
+    ErrorBody, ErrorDetail, KeyKind, Keys, Machine, MachinePage, TargetState, Unit, UnitPage,
+    UnitRecord, UnitState, UnitStatePage,
+};
+use crate::systemd::Systemd;
+use crate::unit;
+
+/// Items per page, as fleet.
+pub const PAGE_SIZE: usize = 100;
+
+/// What the handlers share.
+pub struct ApiState<S> {
+    /// The store.
+    pub client: Client,
+    /// fleet's keys in it.
+    pub keys: Keys,
+    /// This machine.
+    pub me: Machine,
+    /// Its systemd (for status and journal).
+    pub sd: Arc<S>,
+}
+
+/// fleet's error response.
+pub fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.as_u16(),
+            message: message.into(),
+        },
+    };
+    (code, Json(body)).into_response()
+}
+
+fn store_error(e: kv_client::Error) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("store unavailable: {e}"),
+    )
+}
+
+/// The API's routes.
+pub fn router<S: Systemd>(state: Arc<ApiState<S>>) -> Router {
+    Router::new()
+        .route("/fleet/v1/units", get(list_units::<S>))
+        .route(
+            "/fleet/v1/units/:name",
+            get(get_unit::<S>)
+                .put(put_unit::<S>)
+                .delete(delete_unit::<S>),
+        )
+        .route("/fleet/v1/units/:name/status", get(unit_status::<S>))
+        .route("/fleet/v1/units/:name/journal", get(unit_journal::<S>))
+        .route("/fleet/v1/machines", get(list_machines::<S>))
+        .route("/fleet/v1/state", get(list_states::<S>))
+        .route("/health", get(health::<S>))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}
+
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    #[serde(rename = "nextPageToken")]
+    next_page_token: Option<String>,
+}
+
+#[allow(clippy::result_large_err)] // the error is the response itself
+fn decode_token(t: &Option<String>) -> Result<Option<String>, Response> {
+    match t {
+        None => Ok(None),
+        Some(t) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(Some)
+            .ok_or_else(|| error(StatusCode::BAD_REQUEST, "invalid nextPageToken")),
+    }
+}
+
+fn encode_token(last: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
+}
+
+/// Everything the unit views need, read from the store in one range (a consistent view).
+struct Registry {
+    units: BTreeMap<String, UnitRecord>,
+    schedule: BTreeMap<String, String>,
+    states: Vec<UnitState>,
+}
+
+async fn read_registry(client: &Client, keys: &Keys) -> Result<Registry, kv_client::Error> {
+    let (kvs, _) = client.get_prefix(keys.root()).await?;
+    let mut reg = Registry {
+        units: BTreeMap::new(),
+        schedule: BTreeMap::new(),
+        states: Vec::new(),
+    };
+    for kv in kvs {
+        let Ok(key) = std::str::from_utf8(&kv.key) else {
+            continue;
+        };
+        match keys.classify(key) {
+            Some(KeyKind::Unit(n)) => {
+                if let Ok(rec) = serde_json::from_slice(&kv.value) {
+                    reg.units.insert(n.to_string(), rec);
+                }
+            }
+            Some(KeyKind::Schedule(n)) => {
+                reg.schedule
+                    .insert(n.to_string(), String::from_utf8_lossy(&kv.value).into());
+            }
+            Some(KeyKind::State(..)) => {
+                if let Ok(st) = serde_json::from_slice(&kv.value) {
+                    reg.states.push(st);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(reg)
+}
+
+fn unit_view(name: &str, rec: &UnitRecord, reg: &Registry) -> Unit {
+    let machine = reg.schedule.get(name).cloned();
+    let current = match &machine {
+        Some(m) => reg
+            .states
+            .iter()
+            .find(|s| s.name == name && &s.machine_id == m)
+            .map(UnitState::current)
+            .unwrap_or(TargetState::Inactive),
+        // Global units: the furthest state any machine reached.
+        None => reg
+            .states
+            .iter()
+            .filter(|s| s.name == name)
+            .map(UnitState::current)
+            .max()
+            .unwrap_or(TargetState::Inactive),
+    };
+    Unit {
+        name: name.to_string(),
+        options: rec.options.clone(),
+        desired_state: Some(rec.desired_state.as_str().to_string()),
+        current_state: Some(current.as_str().to_string()),
+        machine_id: machine,
+    }
+}
+
+async fn list_units<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    crate::metrics::API_REQUESTS.inc();
+    let after = match decode_token(&q.next_page_token) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let reg = match read_registry(&st.client, &st.keys).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let mut units: Vec<Unit> = reg
+        .units
+        .iter()
+        .filter(|(n, _)| after.as_ref().is_none_or(|a| *n > a))
+        .take(PAGE_SIZE + 1)
+        .map(|(n, r)| unit_view(n, r, &reg))
+        .collect();
+    let next = (units.len() > PAGE_SIZE).then(|| {
+        units.truncate(PAGE_SIZE);
+        encode_token(&units[PAGE_SIZE - 1].name)
+    });
+    Json(UnitPage {
+        units,
+        next_page_token: next,
+    })
+    .into_response()
+}
+
+async fn get_unit<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+) -> Response {
+    crate::metrics::API_REQUESTS.inc();
+    let reg = match read_registry(&st.client, &st.keys).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    match reg.units.get(&name) {
+        Some(rec) => Json(unit_view(&name, rec, &reg)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "unit does not exist"),
+    }
+}
+
+async fn put_unit<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    crate::metrics::API_REQUESTS.inc();
+    let u: Unit = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON entity: {e}")),
+    };
+    if !u.name.is_empty() && u.name != name {
+        return error(StatusCode::BAD_REQUEST, "name in URL and body do not match");
+    }
+    if let Err(e) = unit::validate_name(&name) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let desired: TargetState = match u.desired_state.as_deref() {
+        None => return error(StatusCode::BAD_REQUEST, "unit desiredState required"),
+        Some(s) => match s.parse() {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
+    };
+    if unit::is_template(&name) && desired != TargetState::Inactive {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "cannot set a template unit to {}; start an instance of it",
+                desired.as_str()
+            ),
+        );
+    }
+    let key = st.keys.unit(&name);
+    for _ in 0..5 {
+        let existing = match st.client.get(&key).await {
+            Ok(e) => e,
+            Err(e) => return store_error(e),
+        };
+        let (rec, rev, created) = match &existing {
+            None => {
+                if u.options.is_empty() {
+                    return error(
+                        StatusCode::CONFLICT,
+                        "unit does not exist and options field empty",
+                    );
+                }
+                if let Err(e) = unit::requirements(&u.options, &name) {
+                    return error(StatusCode::BAD_REQUEST, e.to_string());
+                }
+                (
+                    UnitRecord {
+                        options: u.options.clone(),
+                        desired_state: desired,
+                    },
+                    0,
+                    true,
+                )
+            }
+            Some(kv) => {
+                let Ok(mut rec) = serde_json::from_slice::<UnitRecord>(&kv.value) else {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "stored unit undecodable");
+                };
+                if !u.options.is_empty() && unit::hash(&u.options) != unit::hash(&rec.options) {
+                    return error(
+                        StatusCode::CONFLICT,
+                        "unit already exists with different options; destroy it first",
+                    );
+                }
+                rec.desired_state = desired;
+                (rec, kv.mod_revision, false)
+            }
+        };
+        let Ok(value) = serde_json::to_vec(&rec) else {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode unit");
+        };
+        match st.client.put_if_mod_revision(&key, value, 0, rev).await {
+            Ok(true) if created => return StatusCode::CREATED.into_response(),
+            Ok(true) => return StatusCode::NO_CONTENT.into_response(),
+            Ok(false) => continue, // raced with another writer: read again
+            Err(e) => return store_error(e),
+        }
+    }
+    error(StatusCode::CONFLICT, "unit changed concurrently; try again")
+}
+
+async fn delete_unit<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+) -> Response {
+    crate::metrics::API_REQUESTS.inc();
+    match st.client.delete(&st.keys.unit(&name)).await {
+        Ok(0) => error(StatusCode::NOT_FOUND, "unit does not exist"),
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn list_machines<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    crate::metrics::API_REQUESTS.inc();
+    let after = match decode_token(&q.next_page_token) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (kvs, _) = match st.client.get_prefix(&st.keys.machines()).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let mut machines: Vec<Machine> = kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Machine>(&kv.value).ok())
+        .filter(|m| after.as_ref().is_none_or(|a| m.id > *a))
+        .take(PAGE_SIZE + 1)
+        .collect();
+    let next = (machines.len() > PAGE_SIZE).then(|| {
+        machines.truncate(PAGE_SIZE);
+        encode_token(&machines[PAGE_SIZE - 1].id)
+    });
+    Json(MachinePage {
+        machines,
+        next_page_token: next,
+    })
+    .into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct StateQuery {
+    #[serde(rename = "machineID")]
+    machine_id: Option<String>,
+    #[serde(rename = "unitName")]
+    unit_name: Option<String>,
+    #[serde(rename = "nextPageToken")]
+    next_page_token: Option<String>,
+}
+
+async fn list_states<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Query(q): Query<StateQuery>,
+) -> Response {
+    crate::metrics::API_REQUESTS.inc();
+    let after = match decode_token(&q.next_page_token) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (kvs, _) = match st.client.get_prefix(&st.keys.states()).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let mut states: Vec<UnitState> = kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<UnitState>(&kv.value).ok())
+        .filter(|s| q.machine_id.as_ref().is_none_or(|m| *m == s.machine_id))
+        .filter(|s| q.unit_name.as_ref().is_none_or(|n| *n == s.name))
+        .collect();
+    states.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+    let key = |s: &UnitState| format!("{}\u{0}{}", s.name, s.machine_id);
+    let mut states: Vec<UnitState> = states
+        .into_iter()
+        .filter(|s| after.as_ref().is_none_or(|a| key(s) > *a))
+        .take(PAGE_SIZE + 1)
+        .collect();
+    let next = (states.len() > PAGE_SIZE).then(|| {
+        states.truncate(PAGE_SIZE);
+        encode_token(&key(&states[PAGE_SIZE - 1]))
+    });
+    Json(UnitStatePage {
+        states,
+        next_page_token: next,
+    })
+    .into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct UnitQuery {
+    #[serde(rename = "machineID")]
+    machine_id: Option<String>,
+    lines: Option<u32>,
+}
+
+/// Which machine answers for `name`: the one asked for, the one it is scheduled to, or the only
+/// one reporting it.
+#[allow(clippy::result_large_err)]
+async fn unit_machine<S: Systemd>(
+    st: &ApiState<S>,
+    name: &str,
+    asked: Option<String>,
+) -> Result<String, Response> {
+    if let Some(m) = asked {
+        return Ok(m);
+    }
+    let reg = read_registry(&st.client, &st.keys)
+        .await
+        .map_err(store_error)?;
+    if !reg.units.contains_key(name) {
+        return Err(error(StatusCode::NOT_FOUND, "unit does not exist"));
+    }
+    if let Some(m) = reg.schedule.get(name) {
+        return Ok(m.clone());
+    }
+    let on: Vec<&UnitState> = reg.states.iter().filter(|s| s.name == name).collect();
+    match on.as_slice() {
+        [] => Err(error(
+            StatusCode::CONFLICT,
+            "unit is not running on any machine",
+        )),
+        [one] => Ok(one.machine_id.clone()),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "unit runs on several machines (global); give machineID",
+        )),
+    }
+}
+
+/// Answers locally, or forwards to the machine's fleetd.
+async fn on_machine<S: Systemd>(
+    st: &ApiState<S>,
+    name: &str,
+    q: UnitQuery,
+    what: &str,
+) -> Response {
+    crate::metrics::API_REQUESTS.inc();
+    if let Err(e) = unit::validate_name(name) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let lines = q.lines.unwrap_or(10).min(10_000);
+    let machine = match unit_machine(st, name, q.machine_id).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    if machine == st.me.id {
+        let res = if what == "status" {
+            st.sd.status(name).await
+        } else {
+            st.sd.journal(name, lines).await
+        };
+        return match res {
+            Ok(text) => text.into_response(),
+            Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+    }
+    let rec = match st.client.get(&st.keys.machine(&machine)).await {
+        Ok(Some(kv)) => serde_json::from_slice::<Machine>(&kv.value).ok(),
+        Ok(None) => None,
+        Err(e) => return store_error(e),
+    };
+    let Some(rec) = rec else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("machine {machine} is not in the cluster"),
+        );
+    };
+    let Some(url) = rec.api_url else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            format!("machine {machine} does not serve the fleet API over TCP (--listen-tcp)"),
+        );
+    };
+    let ep: Endpoint = match url.parse() {
+        Ok(ep) => ep,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e),
+    };
+    let path = format!("/fleet/v1/units/{name}/{what}?machineID={machine}&lines={lines}");
+    match ep
+        .request("GET", &path, None, Duration::from_secs(10))
+        .await
+    {
+        Ok(r) => {
+            let code = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (
+                code,
+                [("content-type", "text/plain; charset=utf-8")],
+                r.body,
+            )
+                .into_response()
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+async fn unit_status<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+    Query(q): Query<UnitQuery>,
+) -> Response {
+    on_machine(&st, &name, q, "status").await
+}
+
+async fn unit_journal<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+    Query(q): Query<UnitQuery>,
+) -> Response {
+    on_machine(&st, &name, q, "journal").await
+}
+
+async fn health<S: Systemd>(State(st): State<Arc<ApiState<S>>>) -> Response {
+    match st.client.get(&st.keys.engine_leader()).await {
+        Ok(_) => Json(serde_json::json!({"health": "true"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"health": "false", "reason": e.to_string()})),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,160 @@
+//! A small HTTP/1.1 client for fleet's API over a unix socket or TCP (what `fleetctl` and
+//! fleetd's status/journal forwarding use).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+/// Where the fleet API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `unix:///var/run/fleet.sock`.
+    Unix(PathBuf),
+    /// `http://host:port`.
+    Tcp(String),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            if p.is_empty() {
+                return Err(format!("invalid endpoint {s:?}: no socket path"));
+            }
+            Ok(Endpoint::Unix(PathBuf::from(p)))
+        } else if let Some(hp) = s.strip_prefix("http://") {
+            let hp = hp.trim_end_matches('/');
+            if hp.is_empty() || hp.contains('/') {
+                return Err(format!("invalid endpoint {s:?}: expected http://host:port"));
+            }
+            Ok(Endpoint::Tcp(hp.to_string()))
+        } else if s.starts_with('/') {
+            Ok(Endpoint::Unix(PathBuf::from(s)))
+        } else {
+            Err(format!(
+                "invalid endpoint {s:?}: expected unix:///path/to/fleet.sock or http://host:port"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp(hp) => write!(f, "http://{hp}"),
+        }
+    }
+}
+
+/// A failed request (not an HTTP error status: those are returned).
+#[derive(Debug, thiserror::Error)]
+#[error("{endpoint}: {msg}")]
+pub struct Error {
+    endpoint: String,
+    msg: String,
+}
+
+/// An HTTP response: status and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Endpoint {
+    /// Sends one request. `timeout` bounds connecting and the whole exchange.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Response, Error> {
+        let err = |msg: String| Error {
+            endpoint: self.to_string(),
+            msg,
+        };
+        let fut = async {
+            let host = match self {
+                Endpoint::Unix(_) => "localhost".to_string(),
+                Endpoint::Tcp(hp) => hp.clone(),
+            };
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", host)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| err(e.to_string()))?;
+            let resp = match self {
+                Endpoint::Unix(p) => {
+                    let s = tokio::net::UnixStream::connect(p)
+                        .await
+                        .map_err(|e| err(e.to_string()))?;
+                    send(TokioIo::new(s), req).await
+                }
+                Endpoint::Tcp(hp) => {
+                    let s = tokio::net::TcpStream::connect(hp)
+                        .await
+                        .map_err(|e| err(e.to_string()))?;
+                    send(TokioIo::new(s), req).await
+                }
+            };
+            resp.map_err(err)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(err(format!("no answer in {} s", timeout.as_secs()))),
+        }
+    }
+}
+
+async fn send<T>(io: T, req: hyper::Request<Full<Bytes>>) -> Result<Response, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Response {
+        status,
+        body: body.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            "unix:///var/run/fleet.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("/var/run/fleet.sock".into())
+        );
+        assert_eq!(
+            "http://10.0.0.1:49153/".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("10.0.0.1:49153".into())
+        );
+        assert!("https://x".parse::<Endpoint>().is_err());
+        assert!("unix://".parse::<Endpoint>().is_err());
+        assert!("http://a/b".parse::<Endpoint>().is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The engine: one per cluster, elected through a key under a lease; while it leads it turns
+//! the mirror's view into scheduling decisions (see [`crate::scheduler`]) and writes them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kv_client::Client;
+use tokio::sync::watch;
+
+use crate::mirror::{Mirror, Snapshot};
+use crate::model::{Keys, TargetState};
+use crate::scheduler::{plan, Decision, Job, View};
+use crate::unit;
+
+/// The scheduler's view of a snapshot. Units whose `[X-Fleet]` section no longer parses are left
+/// where they are.
+pub fn view_of(snap: &Snapshot) -> View {
+    let mut jobs = BTreeMap::new();
+    for (name, rec) in &snap.units {
+        match unit::requirements(&rec.options, name) {
+            Ok(req) => {
+                jobs.insert(
+                    name.clone(),
+                    Job {
+                        target: rec.desired_state,
+                        req,
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(unit = %name, error = %e, "unit not schedulable"),
+        }
+    }
+    View {
+        jobs,
+        machines: snap
+            .machines
+            .iter()
+            .map(|(id, m)| (id.clone(), m.metadata.clone()))
+            .collect(),
+        schedule: snap.schedule.clone(),
+    }
+}
+
+/// Campaigns for the engine role and schedules while leading, until `shutdown` turns true.
+pub async fn run(
+    client: Client,
+    keys: Keys,
+    mirror: Mirror,
+    me: String,
+    ttl: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ttl_s = ttl.as_secs().max(2) as i64;
+    let key = keys.engine_leader();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        // Wait until nobody leads (the mirror sees the key go), then try to take it.
+        let mut changes = mirror.subscribe();
+        while mirror.read(|s| !s.synced || s.leader.as_ref().is_some_and(|l| *l != me)) {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        let lease = match client.lease_grant(ttl_s).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "engine campaign: no lease");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match client.create(&key, me.as_bytes().to_vec(), lease).await {
+            Ok(true) => {
+                tracing::info!(machine = %me, "this machine is now the engine leader");
+                crate::metrics::ENGINE_LEADER.set(1);
+                lead(&client, &keys, &mirror, lease, ttl, &mut shutdown).await;
+                crate::metrics::ENGINE_LEADER.set(0);
+                let _ = client.delete_if_value(&key, me.as_bytes()).await;
+                let _ = client.lease_revoke(lease).await;
+                tracing::info!("engine leadership ended");
+            }
+            Ok(false) => {
+                let _ = client.lease_revoke(lease).await;
+                // Somebody else got it; the mirror will show who.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "engine campaign failed");
+                let _ = client.lease_revoke(lease).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Schedules while the lease holds.
+async fn lead(
+    client: &Client,
+    keys: &Keys,
+    mirror: &Mirror,
+    lease: i64,
+    ttl: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut changes = mirror.subscribe();
+    let mut next_renewal = tokio::time::Instant::now() + ttl / 3;
+    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        if tokio::time::Instant::now() >= next_renewal {
+            match client.lease_keep_alive(lease).await {
+                Ok(left) if left > 0 => next_renewal = tokio::time::Instant::now() + ttl / 3,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "engine cannot renew its lease; stepping down");
+                    return;
+                }
+            }
+        }
+        let snap = mirror.snapshot();
+        let decisions = plan(&view_of(&snap));
+        let mut last_rev = 0;
+        for d in decisions {
+            match d {
+                Decision::Schedule { unit, machine } => {
+                    tracing::info!(%unit, %machine, "scheduled");
+                    crate::metrics::SCHEDULED.inc();
+                    reported.remove(&unit);
+                    match client
+                        .put(&keys.schedule(&unit), machine.into_bytes(), 0)
+                        .await
+                    {
+                        Ok(rev) => last_rev = last_rev.max(rev),
+                        Err(e) => tracing::warn!(%unit, error = %e, "cannot write schedule"),
+                    }
+                }
+                Decision::Unschedule {
+                    unit,
+                    machine,
+                    reason,
+                } => {
+                    tracing::info!(%unit, %machine, %reason, "unscheduled");
+                    match client
+                        .delete_if_value(&keys.schedule(&unit), machine.as_bytes())
+                        .await
+                    {
+                        Ok(_) => last_rev = last_rev.max(snap.revision + 1),
+                        Err(e) => tracing::warn!(%unit, error = %e, "cannot remove schedule"),
+                    }
+                }
+                Decision::Unschedulable { unit, reason } => {
+                    // Reported once per reason, not on every pass.
+                    if reported.get(&unit) != Some(&reason) {
+                        tracing::warn!(%unit, %reason, "unit cannot be scheduled");
+                        reported.insert(unit, reason);
+                    }
+                }
+            }
+        }
+        reported.retain(|u, _| {
+            snap.units
+                .get(u)
+                .is_some_and(|r| r.desired_state != TargetState::Inactive)
+        });
+        if last_rev > 0 {
+            // Plan again only on a view that includes our own writes.
+            mirror
+                .wait_for_revision(last_rev, Duration::from_secs(5))
+                .await;
+            continue;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(next_renewal) => {}
+            _ = shutdown.changed() => return,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,345 @@
+//! fleet's data: the JSON shapes of the HTTP API v1 and the records fleetd keeps in the store.
+//!
+//! Store layout under the key prefix (default `/_coreos.com/fleet/`, fleet's own):
+//! - `unit/<name>`: [`UnitRecord`], written by the API (submit, desired state, destroy);
+//! - `machine/<id>`: [`Machine`] under the machine's lease (its heartbeat);
+//! - `schedule/<name>`: the machine id the engine placed the unit on;
+//! - `state/<machine>/<name>`: [`UnitState`] under the machine's lease, written by its agent;
+//! - `engine/leader`: the machine id of the active engine, under its lease.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::unit::UnitOption;
+
+/// What a unit should be: `inactive` (stored only), `loaded` (on a machine, loaded into systemd),
+/// `launched` (loaded and started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetState {
+    /// In the registry only.
+    Inactive,
+    /// Placed on a machine and loaded into its systemd.
+    Loaded,
+    /// Loaded and started.
+    Launched,
+}
+
+impl TargetState {
+    /// The lowercase name fleet uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Inactive => "inactive",
+            TargetState::Loaded => "loaded",
+            TargetState::Launched => "launched",
+        }
+    }
+}
+
+impl std::str::FromStr for TargetState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "inactive" => Ok(TargetState::Inactive),
+            "loaded" => Ok(TargetState::Loaded),
+            "launched" => Ok(TargetState::Launched),
+            other => Err(format!(
+                "invalid desiredState {other:?}: expected inactive, loaded or launched"
+            )),
+        }
+    }
+}
+
+/// A unit in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitRecord {
+    /// The unit file's options.
+    pub options: Vec<UnitOption>,
+    /// What the user asked for.
+    #[serde(rename = "desiredState")]
+    pub desired_state: TargetState,
+}
+
+/// A machine running fleetd (`/fleet/v1/machines`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// /etc/machine-id.
+    pub id: String,
+    /// The address it reaches the cluster from.
+    #[serde(rename = "primaryIP")]
+    pub primary_ip: String,
+    /// `--metadata` pairs.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Where its fleetd serves the API over TCP, if it does (used to fetch status and journals).
+    #[serde(rename = "apiURL", default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+}
+
+/// What systemd on a machine says about a unit (`/fleet/v1/state`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitState {
+    /// Unit name.
+    pub name: String,
+    /// Hash of the unit file the agent loaded.
+    pub hash: String,
+    /// Machine it is on.
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+    /// systemd's LoadState (loaded, not-found, error...).
+    #[serde(rename = "systemdLoadState")]
+    pub load_state: String,
+    /// systemd's ActiveState (active, inactive, failed...).
+    #[serde(rename = "systemdActiveState")]
+    pub active_state: String,
+    /// systemd's SubState (running, dead, exited...).
+    #[serde(rename = "systemdSubState")]
+    pub sub_state: String,
+    /// What the agent did with it: `launched` (it started it) or `loaded` (corelite's field; a
+    /// unit that exited on its own stays `launched`, as in fleet).
+    #[serde(
+        rename = "fleetState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fleet_state: Option<TargetState>,
+}
+
+impl UnitState {
+    /// fleet's current state for the unit on this machine.
+    pub fn current(&self) -> TargetState {
+        if let Some(s) = self.fleet_state {
+            return s;
+        }
+        match self.active_state.as_str() {
+            "active" | "activating" | "reloading" | "deactivating" => TargetState::Launched,
+            _ => TargetState::Loaded,
+        }
+    }
+}
+
+/// A unit as the API shows it (`/fleet/v1/units`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    /// Unit name.
+    #[serde(default)]
+    pub name: String,
+    /// The unit file's options.
+    #[serde(default)]
+    pub options: Vec<UnitOption>,
+    /// What the user asked for.
+    #[serde(
+        rename = "desiredState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub desired_state: Option<String>,
+    /// What it is now (inactive when not on any machine).
+    #[serde(
+        rename = "currentState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub current_state: Option<String>,
+    /// The machine it is scheduled to (empty for global or unscheduled units).
+    #[serde(rename = "machineID", default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+}
+
+/// A page of units.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitPage {
+    /// The units.
+    pub units: Vec<Unit>,
+    /// Token for the next page, absent on the last one.
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_page_token: Option<String>,
+}
+
+/// A page of machines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachinePage {
+    /// The machines.
+    pub machines: Vec<Machine>,
+    /// Token for the next page, absent on the last one.
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_page_token: Option<String>,
+}
+
+/// A page of unit states.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitStatePage {
+    /// The states.
+    pub states: Vec<UnitState>,
+    /// Token for the next page, absent on the last one.
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_page_token: Option<String>,
+}
+
+/// fleet's error body: `{"error":{"code":404,"message":"..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// HTTP status code.
+    pub code: u16,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Store keys under a prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (a trailing `/` is added if missing).
+    pub fn new(prefix: &str) -> Self {
+        let mut prefix = prefix.to_string();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Keys { prefix }
+    }
+    /// Everything fleet stores.
+    pub fn root(&self) -> &str {
+        &self.prefix
+    }
+    /// Prefix of unit records.
+    pub fn units(&self) -> String {
+        format!("{}unit/", self.prefix)
+    }
+    /// A unit record.
+    pub fn unit(&self, name: &str) -> String {
+        format!("{}unit/{name}", self.prefix)
+    }
+    /// Prefix of machine records.
+    pub fn machines(&self) -> String {
+        format!("{}machine/", self.prefix)
+    }
+    /// A machine record.
+    pub fn machine(&self, id: &str) -> String {
+        format!("{}machine/{id}", self.prefix)
+    }
+    /// Prefix of schedule entries.
+    pub fn schedules(&self) -> String {
+        format!("{}schedule/", self.prefix)
+    }
+    /// A schedule entry.
+    pub fn schedule(&self, name: &str) -> String {
+        format!("{}schedule/{name}", self.prefix)
+    }
+    /// Prefix of unit states.
+    pub fn states(&self) -> String {
+        format!("{}state/", self.prefix)
+    }
+    /// A unit's state on a machine.
+    pub fn state(&self, machine: &str, name: &str) -> String {
+        format!("{}state/{machine}/{name}", self.prefix)
+    }
+    /// The engine leader key.
+    pub fn engine_leader(&self) -> String {
+        format!("{}engine/leader", self.prefix)
+    }
+
+    /// Classifies a key of the store.
+    pub fn classify<'a>(&self, key: &'a str) -> Option<KeyKind<'a>> {
+        let rest = key.strip_prefix(self.prefix.as_str())?;
+        if let Some(n) = rest.strip_prefix("unit/") {
+            Some(KeyKind::Unit(n))
+        } else if let Some(m) = rest.strip_prefix("machine/") {
+            Some(KeyKind::Machine(m))
+        } else if let Some(n) = rest.strip_prefix("schedule/") {
+            Some(KeyKind::Schedule(n))
+        } else if let Some(s) = rest.strip_prefix("state/") {
+            let (m, n) = s.split_once('/')?;
+            Some(KeyKind::State(m, n))
+        } else if rest == "engine/leader" {
+            Some(KeyKind::EngineLeader)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a store key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind<'a> {
+    /// `unit/<name>`.
+    Unit(&'a str),
+    /// `machine/<id>`.
+    Machine(&'a str),
+    /// `schedule/<name>`.
+    Schedule(&'a str),
+    /// `state/<machine>/<name>`.
+    State(&'a str, &'a str),
+    /// `engine/leader`.
+    EngineLeader,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_classify_round_trip() {
+        let k = Keys::new("/_coreos.com/fleet");
+        assert_eq!(
+            k.classify(&k.unit("a.service")),
+            Some(KeyKind::Unit("a.service"))
+        );
+        assert_eq!(k.classify(&k.machine("m1")), Some(KeyKind::Machine("m1")));
+        assert_eq!(
+            k.classify(&k.schedule("a.service")),
+            Some(KeyKind::Schedule("a.service"))
+        );
+        assert_eq!(
+            k.classify(&k.state("m1", "a.service")),
+            Some(KeyKind::State("m1", "a.service"))
+        );
+        assert_eq!(k.classify(&k.engine_leader()), Some(KeyKind::EngineLeader));
+        assert_eq!(k.classify("/other/unit/x"), None);
+    }
+
+    #[test]
+    fn json_shapes_are_fleets() {
+        let u = Unit {
+            name: "a.service".into(),
+            options: vec![UnitOption {
+                section: "Service".into(),
+                name: "ExecStart".into(),
+                value: "/bin/true".into(),
+            }],
+            desired_state: Some("launched".into()),
+            current_state: Some("inactive".into()),
+            machine_id: None,
+        };
+        let j = serde_json::to_value(&u).unwrap();
+        assert_eq!(j["desiredState"], "launched");
+        assert_eq!(j["options"][0]["section"], "Service");
+        let m: Machine =
+            serde_json::from_str(r#"{"id":"x","primaryIP":"10.0.0.1","metadata":{"a":"b"}}"#)
+                .unwrap();
+        assert_eq!(m.metadata["a"], "b");
+        assert!("bogus".parse::<TargetState>().is_err());
+    }
+}
