@@ -4,6 +4,7 @@
 set -eu
 
 PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static
+    systemd-container mmdebstrap iproute2 util-linux
     libseccomp-dev pkg-config podman runc crun"
 
 missing=""
