@@ -97,31 +97,31 @@ impl Heartbeat {
     }
 }
 
-/// The units this machine should have, from the snapshot.
+/// The units this machine should have, from the snapshot: those scheduled to it and the global
+/// units its metadata matches.
 pub fn desired_units(snap: &Snapshot, me: &Machine) -> BTreeMap<String, Desired> {
+    let mine = snap.by_machine.get(&me.id).into_iter().flatten();
+    let globals = snap.globals.iter().filter(|name| {
+        snap.requirements
+            .get(*name)
+            .is_some_and(|r| r.as_ref().is_ok_and(|r| r.metadata_matches(&me.metadata)))
+    });
     let mut out = BTreeMap::new();
-    for (name, rec) in &snap.units {
+    for name in mine.chain(globals) {
+        let Some(rec) = snap.units.get(name) else {
+            continue;
+        };
         if rec.desired_state == TargetState::Inactive || unit::is_template(name) {
             continue;
         }
-        let mine = if snap.schedule.get(name) == Some(&me.id) {
-            true
-        } else {
-            match unit::requirements(&rec.options, name) {
-                Ok(req) => req.global && req.metadata_matches(&me.metadata),
-                Err(_) => false,
-            }
-        };
-        if mine {
-            out.insert(
-                name.clone(),
-                Desired {
-                    hash: unit::hash(&rec.options),
-                    contents: unit::render(&rec.options),
-                    target: rec.desired_state,
-                },
-            );
-        }
+        out.insert(
+            name.clone(),
+            Desired {
+                hash: unit::hash(&rec.options),
+                contents: unit::render(&rec.options),
+                target: rec.desired_state,
+            },
+        );
     }
     out
 }
@@ -169,9 +169,8 @@ pub async fn run<S: Systemd>(
     let mut lease_rx = heartbeat.subscribe();
     let sd_changes = sd.changes();
     loop {
-        let snap = mirror.snapshot();
-        if snap.synced {
-            let desired = desired_units(&snap, &me);
+        let (synced, desired) = mirror.read(|s| (s.synced, desired_units(s, &me)));
+        if synced {
             let names: Vec<String> = files
                 .keys()
                 .chain(desired.keys())
@@ -261,7 +260,7 @@ pub async fn run<S: Systemd>(
             _ = shutdown.changed() => return,
         }
         // Let a burst of changes settle into one pass.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -284,6 +283,7 @@ async fn publish<S: Systemd>(
             return;
         }
     };
+    let mut changed = Vec::new();
     for (name, hash) in files {
         let p = states.get(name).cloned().unwrap_or_default();
         let st = UnitState {
@@ -299,17 +299,25 @@ async fn publish<S: Systemd>(
                 TargetState::Loaded
             }),
         };
-        if published.get(name) == Some(&st) {
-            continue;
+        if published.get(name) != Some(&st) {
+            changed.push(st);
         }
-        let Ok(value) = serde_json::to_vec(&st) else {
-            continue;
-        };
-        match client.put(&keys.state(&me.id, name), value, lease).await {
+    }
+    if !changed.is_empty() {
+        let puts = changed
+            .iter()
+            .filter_map(|st| {
+                let value = serde_json::to_vec(st).ok()?;
+                Some((keys.state(&me.id, &st.name), value, lease))
+            })
+            .collect();
+        match client.put_many(puts).await {
             Ok(_) => {
-                published.insert(name.clone(), st);
+                for st in changed {
+                    published.insert(st.name.clone(), st);
+                }
             }
-            Err(e) => tracing::warn!(unit = %name, error = %e, "cannot publish unit state"),
+            Err(e) => tracing::warn!(error = %e, "cannot publish unit states"),
         }
     }
     let gone: Vec<String> = published

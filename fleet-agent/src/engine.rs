@@ -10,24 +10,20 @@ use tokio::sync::watch;
 use crate::mirror::{Mirror, Snapshot};
 use crate::model::{Keys, TargetState};
 use crate::scheduler::{plan, Decision, Job, View};
-use crate::unit;
 
 /// The scheduler's view of a snapshot. Units whose `[X-Fleet]` section no longer parses are left
 /// where they are.
 pub fn view_of(snap: &Snapshot) -> View {
     let mut jobs = BTreeMap::new();
     for (name, rec) in &snap.units {
-        match unit::requirements(&rec.options, name) {
-            Ok(req) => {
-                jobs.insert(
-                    name.clone(),
-                    Job {
-                        target: rec.desired_state,
-                        req,
-                    },
-                );
-            }
-            Err(e) => tracing::warn!(unit = %name, error = %e, "unit not schedulable"),
+        if let Some(Ok(req)) = snap.requirements.get(name) {
+            jobs.insert(
+                name.clone(),
+                Job {
+                    target: rec.desired_state,
+                    req: req.clone(),
+                },
+            );
         }
     }
     View {
@@ -120,22 +116,16 @@ async fn lead(
                 }
             }
         }
-        let snap = mirror.snapshot();
-        let decisions = plan(&view_of(&snap));
+        let (view, revision) = mirror.read(|s| (view_of(s), s.revision));
+        let decisions = plan(&view);
         let mut last_rev = 0;
+        let mut puts = Vec::new();
         for d in decisions {
             match d {
                 Decision::Schedule { unit, machine } => {
-                    tracing::info!(%unit, %machine, "scheduled");
-                    crate::metrics::SCHEDULED.inc();
+                    tracing::debug!(%unit, %machine, "scheduled");
                     reported.remove(&unit);
-                    match client
-                        .put(&keys.schedule(&unit), machine.into_bytes(), 0)
-                        .await
-                    {
-                        Ok(rev) => last_rev = last_rev.max(rev),
-                        Err(e) => tracing::warn!(%unit, error = %e, "cannot write schedule"),
-                    }
+                    puts.push((keys.schedule(&unit), machine.into_bytes(), 0));
                 }
                 Decision::Unschedule {
                     unit,
@@ -147,7 +137,7 @@ async fn lead(
                         .delete_if_value(&keys.schedule(&unit), machine.as_bytes())
                         .await
                     {
-                        Ok(_) => last_rev = last_rev.max(snap.revision + 1),
+                        Ok(_) => last_rev = last_rev.max(revision + 1),
                         Err(e) => tracing::warn!(%unit, error = %e, "cannot remove schedule"),
                     }
                 }
@@ -160,10 +150,21 @@ async fn lead(
                 }
             }
         }
+        if !puts.is_empty() {
+            let n = puts.len() as u64;
+            match client.put_many(puts).await {
+                Ok(rev) => {
+                    tracing::info!(units = n, "scheduled");
+                    crate::metrics::SCHEDULED.inc_by(n);
+                    last_rev = last_rev.max(rev);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot write schedule"),
+            }
+        }
         reported.retain(|u, _| {
-            snap.units
+            view.jobs
                 .get(u)
-                .is_some_and(|r| r.desired_state != TargetState::Inactive)
+                .is_some_and(|j| j.target != TargetState::Inactive)
         });
         if last_rev > 0 {
             // Plan again only on a view that includes our own writes.
@@ -177,6 +178,6 @@ async fn lead(
             _ = tokio::time::sleep_until(next_renewal) => {}
             _ = shutdown.changed() => return,
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

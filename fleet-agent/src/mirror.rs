@@ -3,7 +3,7 @@
 //! notifies them when it changes. When the store goes away the copy stays as it was (units keep
 //! running) and is re-listed when the store comes back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::model::{KeyKind, Keys, Machine, UnitRecord, UnitState};
+use crate::unit::{requirements, Requirements};
 
 /// fleet's state as last seen in the store.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +31,13 @@ pub struct Snapshot {
     pub revision: i64,
     /// Whether the snapshot has been listed from the store at least once.
     pub synced: bool,
+    /// Parsed `[X-Fleet]` requirements of each unit (or why they do not parse), kept with the
+    /// units so that passes over the snapshot do not parse again.
+    pub requirements: BTreeMap<String, Result<Requirements, String>>,
+    /// machine id -> units scheduled there (index of `schedule`).
+    pub by_machine: BTreeMap<String, BTreeSet<String>>,
+    /// Names of Global units.
+    pub globals: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -52,10 +60,19 @@ impl Snapshot {
                     .transpose();
                 match rec {
                     Ok(Some(rec)) => {
+                        let req = requirements(&rec.options, name).map_err(|e| e.to_string());
+                        if req.as_ref().is_ok_and(|r| r.global) {
+                            self.globals.insert(name.to_string());
+                        } else {
+                            self.globals.remove(name);
+                        }
+                        self.requirements.insert(name.to_string(), req);
                         self.units.insert(name.to_string(), rec);
                     }
                     Ok(None) => {
                         self.units.remove(name);
+                        self.requirements.remove(name);
+                        self.globals.remove(name);
                     }
                     Err(e) => tracing::warn!(unit = name, error = %e, "undecodable unit record"),
                 }
@@ -73,11 +90,25 @@ impl Snapshot {
                 }
             }
             KeyKind::Schedule(name) => {
-                if put {
+                let old = if put {
                     let m = String::from_utf8_lossy(&kv.value).into_owned();
-                    self.schedule.insert(name.to_string(), m);
+                    self.by_machine
+                        .entry(m.clone())
+                        .or_default()
+                        .insert(name.to_string());
+                    self.schedule.insert(name.to_string(), m)
                 } else {
-                    self.schedule.remove(name);
+                    self.schedule.remove(name)
+                };
+                if let Some(old) = old {
+                    if self.schedule.get(name) != Some(&old) {
+                        if let Some(set) = self.by_machine.get_mut(&old) {
+                            set.remove(name);
+                            if set.is_empty() {
+                                self.by_machine.remove(&old);
+                            }
+                        }
+                    }
                 }
             }
             KeyKind::State(machine, name) => {

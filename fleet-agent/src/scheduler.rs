@@ -63,6 +63,10 @@ fn is_template(name: &str) -> bool {
     crate::unit::is_template(name)
 }
 
+fn has_rules(r: &Requirements) -> bool {
+    !r.conflicts.is_empty() || !r.replaces.is_empty()
+}
+
 fn conflicts(a_name: &str, a: &Requirements, b_name: &str, b: &Requirements) -> bool {
     a.conflicts.iter().any(|g| glob_match(g, b_name))
         || b.conflicts.iter().any(|g| glob_match(g, a_name))
@@ -120,11 +124,12 @@ pub fn plan(view: &View) -> Vec<Decision> {
         let broken: Vec<(String, String)> = placed
             .iter()
             .filter(|(u, m)| {
-                view.jobs[*u]
-                    .req
-                    .machine_of
-                    .iter()
-                    .any(|peer| placed.get(peer) != Some(*m))
+                view.jobs.get(*u).is_some_and(|j| {
+                    j.req
+                        .machine_of
+                        .iter()
+                        .any(|peer| placed.get(peer) != Some(*m))
+                })
             })
             .map(|(u, m)| (u.clone(), m.clone()))
             .collect();
@@ -157,12 +162,19 @@ pub fn plan(view: &View) -> Vec<Decision> {
         .map(|(name, _)| name)
         .collect();
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    // Units with Conflicts or Replaces: the only ones a plain unit can clash with.
+    let ruled: BTreeSet<&str> = view
+        .jobs
+        .iter()
+        .filter(|(_, j)| has_rules(&j.req))
+        .map(|(n, _)| n.as_str())
+        .collect();
     loop {
         let mut progress = false;
         let mut still = Vec::new();
         for name in pending {
             let job = &view.jobs[name];
-            match choose(view, name, job, &placed, &by_machine) {
+            match choose(view, name, job, &placed, &by_machine, &ruled) {
                 Ok(machine) => {
                     // Units it replaces leave the machine.
                     let evicted: Vec<String> = by_machine[machine.as_str()]
@@ -238,6 +250,7 @@ fn choose(
     job: &Job,
     placed: &BTreeMap<String, String>,
     by_machine: &BTreeMap<&str, BTreeSet<String>>,
+    ruled: &BTreeSet<&str>,
 ) -> Result<String, String> {
     if view.machines.is_empty() {
         return Err("no machines in the cluster".into());
@@ -260,11 +273,20 @@ fn choose(
             continue;
         }
         let units = &by_machine[machine.as_str()];
-        let clash = units.iter().any(|other| {
+        let clashes = |other: &String| {
             view.jobs.get(other).is_some_and(|o| {
                 conflicts(name, &job.req, other, &o.req) && !job.req.replaces.contains(other)
             })
-        });
+        };
+        // A unit without Conflicts/Replaces can only clash with units that have them.
+        let clash = if has_rules(&job.req) {
+            units.iter().any(clashes)
+        } else {
+            units
+                .iter()
+                .filter(|u| ruled.contains(u.as_str()))
+                .any(clashes)
+        };
         if clash {
             why = "every eligible machine runs a unit it conflicts with";
             continue;

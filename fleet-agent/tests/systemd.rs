@@ -282,12 +282,7 @@ impl Cluster {
         let child = Command::new("systemd-nspawn")
             .args(["-q", "-b", "-D"])
             .arg(m.merged())
-            .args([
-                "-M",
-                &m.netns,
-                "--register=no",
-                "--keep-unit",
-            ])
+            .args(["-M", &m.netns, "--register=no", "--keep-unit"])
             .arg(format!("--network-namespace-path=/run/netns/{}", m.netns))
             .arg(format!(
                 "--bind={}:/run/fleet-api",

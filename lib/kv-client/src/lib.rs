@@ -78,6 +78,9 @@ pub enum Event {
     Delete(KeyValue),
 }
 
+/// The most operations one transaction carries (etcd's default `--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
 /// The end of the range of keys that start with `prefix` (etcd's `--prefix`).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -95,6 +98,7 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub struct Client {
     channel: Channel,
     timeout: Duration,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Client {
@@ -122,10 +126,21 @@ impl Client {
         } else {
             Channel::balance_list(eps.into_iter())
         };
-        Ok(Client { channel, timeout })
+        Ok(Client {
+            channel,
+            timeout,
+            requests: Default::default(),
+        })
+    }
+
+    /// How many requests this client (and its clones) sent; a watch counts once.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut r = tonic::Request::new(msg);
         r.set_timeout(self.timeout);
         r
@@ -169,6 +184,49 @@ impl Client {
             .await?
             .into_inner();
         Ok(resp.header.map(|h| h.revision).unwrap_or_default())
+    }
+
+    /// Sets many keys (`key`, `value`, `lease`), in transactions of at most [`MAX_TXN_OPS`]
+    /// puts sent concurrently. Returns the highest revision written. Each transaction is atomic;
+    /// the whole batch is not.
+    pub async fn put_many(&self, items: Vec<(String, Vec<u8>, i64)>) -> Result<i64> {
+        let chunks: Vec<Vec<RequestOp>> = items
+            .chunks(MAX_TXN_OPS)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|(k, v, lease)| RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: k.as_bytes().to_vec(),
+                            value: v.clone(),
+                            lease: *lease,
+                            ..Default::default()
+                        })),
+                    })
+                    .collect()
+            })
+            .collect();
+        let results = futures::stream::iter(chunks)
+            .map(|success| async move {
+                let txn = TxnRequest {
+                    compare: vec![],
+                    success,
+                    failure: vec![],
+                };
+                let resp = KvClient::new(self.channel.clone())
+                    .txn(self.req(txn))
+                    .await?
+                    .into_inner();
+                Ok::<i64, Error>(resp.header.map(|h| h.revision).unwrap_or_default())
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        let mut rev = 0;
+        for r in results {
+            rev = rev.max(r?);
+        }
+        Ok(rev)
     }
 
     /// Sets `key` only if it does not exist yet. Returns whether it was created.
@@ -315,6 +373,8 @@ impl Client {
             .map_err(|_| Error::WatchEnded("request stream closed".into()))?;
         let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
         // No deadline: a watch lives as long as its owner wants it.
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stream = WatchClient::new(self.channel.clone())
             .watch(requests)
             .await?
