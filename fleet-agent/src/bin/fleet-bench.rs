@@ -94,7 +94,10 @@ fn start_store(args: &Args) -> anyhow::Result<Store> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let store = start_store(&args)?;
-    let client = kv_client::Client::new(&[store.endpoint.clone()], Duration::from_secs(10))?;
+    let client = kv_client::Client::new(
+        std::slice::from_ref(&store.endpoint),
+        Duration::from_secs(10),
+    )?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.get("/health-probe").await.is_err() {
         anyhow::ensure!(
