@@ -1,0 +1,417 @@
+//! fleetd's API and fleetctl as processes, with systemd simulated in memory (the systemd tests
+//! boot real machines; these cover the API's shapes, pagination, errors, and a real etcd as the
+//! store).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use test_support::{eventually, free_port, require_tool, EtcdLite};
+
+struct Fleetd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Drop for Fleetd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fleetd(dir: &Path, n: usize, endpoint: &str, metadata: &str) -> Fleetd {
+    let id_file = dir.join(format!("machine-id-{n}"));
+    std::fs::write(&id_file, format!("{n:032x}\n")).expect("machine id");
+    let sock = dir.join(format!("fleet-{n}.sock"));
+    let log = std::fs::File::create(dir.join(format!("fleetd-{n}.log"))).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--simulate-systemd")
+        .args([
+            "--etcd-servers",
+            endpoint,
+            "--metadata",
+            metadata,
+            "--agent-ttl",
+            "3s",
+        ])
+        .arg("--machine-id-file")
+        .arg(&id_file)
+        .arg("--listen")
+        .arg(&sock)
+        .arg("--unit-dir")
+        .arg(dir.join(format!("units-{n}")))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting fleetd");
+    Fleetd { child, sock }
+}
+
+fn fleetctl(dir: &Path, sock: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .arg("--endpoint")
+        .arg(format!("unix://{}", sock.display()))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running fleetctl")
+}
+
+fn curl(sock: &Path, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status code"), body.to_string())
+}
+
+fn machines(sock: &Path) -> usize {
+    let (_, body) = curl(sock, &["http://localhost/fleet/v1/machines"]);
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["machines"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+fn etcd_lite() -> EtcdLite {
+    let exe = std::env::current_exe().expect("test binary");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("etcd-lite");
+    assert!(
+        bin.is_file(),
+        "{} missing: build the workspace",
+        bin.display()
+    );
+    EtcdLite::start(bin.to_str().expect("utf-8 path"), &[])
+}
+
+#[test]
+fn api_shapes_pagination_and_errors() {
+    require_tool("curl");
+    let store = etcd_lite();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fleetd(dir.path(), 1, &store.endpoint(), "role=web");
+    eventually(Duration::from_secs(20), "machine registered", || {
+        machines(&f.sock) == 1
+    });
+
+    // 150 units through the API: two pages, and fleetctl follows them.
+    let unit = |i: usize| {
+        format!(
+            r#"{{"desiredState":"inactive","options":[{{"section":"Service","name":"ExecStart","value":"/bin/echo {i}"}}]}}"#
+        )
+    };
+    for i in 0..150 {
+        let (code, body) = curl(
+            &f.sock,
+            &[
+                "-XPUT",
+                &format!("http://localhost/fleet/v1/units/u{i:03}.service"),
+                "-d",
+                &unit(i),
+            ],
+        );
+        assert_eq!(code, 201, "{body}");
+    }
+    let (code, body) = curl(&f.sock, &["http://localhost/fleet/v1/units"]);
+    assert_eq!(code, 200);
+    let page: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(page["units"].as_array().map(Vec::len), Some(100));
+    assert_eq!(page["units"][0]["name"], "u000.service");
+    assert_eq!(page["units"][0]["desiredState"], "inactive");
+    assert_eq!(page["units"][0]["currentState"], "inactive");
+    assert_eq!(page["units"][0]["options"][0]["section"], "Service");
+    let token = page["nextPageToken"].as_str().expect("next page token");
+    let (_, body) = curl(
+        &f.sock,
+        &[&format!(
+            "http://localhost/fleet/v1/units?nextPageToken={token}"
+        )],
+    );
+    let page2: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(page2["units"].as_array().map(Vec::len), Some(50));
+    assert!(page2.get("nextPageToken").is_none());
+    let out = fleetctl(dir.path(), &f.sock, &["list-unit-files", "--no-legend"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 150);
+
+    // fleet's error bodies.
+    let (code, body) = curl(
+        &f.sock,
+        &["http://localhost/fleet/v1/units?nextPageToken=%%%"],
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = curl(&f.sock, &["http://localhost/fleet/v1/units/none.service"]);
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            404,
+            r#"{"error":{"code":404,"message":"unit does not exist"}}"#
+        )
+    );
+    let (code, _) = curl(
+        &f.sock,
+        &["-XDELETE", "http://localhost/fleet/v1/units/none.service"],
+    );
+    assert_eq!(code, 404);
+    let (code, body) = curl(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/new.service",
+            "-d",
+            r#"{"desiredState":"launched"}"#,
+        ],
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("options field empty"), "{body}");
+    let other = r#"{"desiredState":"launched","options":[{"section":"Service","name":"ExecStart","value":"/bin/other"}]}"#;
+    let (code, body) = curl(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/u001.service",
+            "-d",
+            other,
+        ],
+    );
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = curl(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/t@.service",
+            "-d",
+            &unit(0).replace("inactive", "launched"),
+        ],
+    );
+    assert_eq!(code, 400, "{body}");
+    let bad_xfleet = r#"{"desiredState":"launched","options":[{"section":"X-Fleet","name":"Global","value":"perhaps"}]}"#;
+    let (code, body) = curl(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/g.service",
+            "-d",
+            bad_xfleet,
+        ],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a boolean"), "{body}");
+    // Nothing half-written: the refused units are not there, the existing one is unchanged.
+    let (code, _) = curl(&f.sock, &["http://localhost/fleet/v1/units/g.service"]);
+    assert_eq!(code, 404);
+    let out = fleetctl(dir.path(), &f.sock, &["cat", "u001.service"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[Service]\nExecStart=/bin/echo 1\n"
+    );
+
+    // Desired state changes run the unit (on the simulated systemd) and show in /state.
+    let (code, _) = curl(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/u002.service",
+            "-d",
+            r#"{"desiredState":"launched"}"#,
+        ],
+    );
+    assert_eq!(code, 204);
+    eventually(Duration::from_secs(20), "u002 launched", || {
+        let (_, body) = curl(&f.sock, &["http://localhost/fleet/v1/units/u002.service"]);
+        body.contains(r#""currentState":"launched""#)
+    });
+    let (_, body) = curl(
+        &f.sock,
+        &["http://localhost/fleet/v1/state?unitName=u002.service"],
+    );
+    let states: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(states["states"][0]["systemdActiveState"], "active");
+    assert_eq!(states["states"][0]["systemdSubState"], "running");
+    assert_eq!(states["states"][0]["machineID"], format!("{:032x}", 1));
+
+    // fleetctl's own bad input.
+    std::fs::write(
+        dir.path().join("ok.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("bad.service"), "[Service]\nExecStart\n").expect("write");
+    let out = fleetctl(
+        dir.path(),
+        &f.sock,
+        &["verify", "ok.service", "bad.service"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.service") && err.contains("line 2"),
+        "{err}"
+    );
+    let out = fleetctl(dir.path(), &f.sock, &["start", "missing.service"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unable to find unit missing.service"),
+        "{out:?}"
+    );
+    let out = fleetctl(
+        dir.path(),
+        &f.sock,
+        &["list-machines", "--fields", "machine,bogus"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid field"),
+        "{out:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["--endpoint", "ftp://x", "list-machines"])
+        .output()
+        .expect("fleetctl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid endpoint"),
+        "{out:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .arg("--endpoint")
+        .arg(format!(
+            "unix://{}",
+            dir.path().join("nobody.sock").display()
+        ))
+        .arg("list-machines")
+        .output()
+        .expect("fleetctl");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is fleetd running"),
+        "{out:?}"
+    );
+}
+
+/// fleet uses only the etcd v3 API: a real etcd 3.4 works as the store, machines that stop
+/// heartbeating lose their units to the others.
+#[test]
+fn real_etcd_as_the_store_and_units_move_off_a_dead_machine() {
+    let etcd_bin = require_tool("etcd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let mut etcd = Command::new(etcd_bin)
+        .arg("--data-dir")
+        .arg(dir.path().join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("default=http://127.0.0.1:{peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting etcd");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _etcd = Kill(&mut etcd);
+    let a = fleetd(dir.path(), 1, &url, "zone=a");
+    let mut b = fleetd(dir.path(), 2, &url, "zone=b");
+    eventually(Duration::from_secs(30), "two machines", || {
+        machines(&a.sock) == 2
+    });
+
+    std::fs::write(
+        dir.path().join("pinned.service"),
+        "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nMachineMetadata=zone=b\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("free.service"),
+        "[Service]\nExecStart=/bin/sleep 1000\n",
+    )
+    .expect("write");
+    let out = fleetctl(
+        dir.path(),
+        &a.sock,
+        &[
+            "--block-attempts",
+            "40",
+            "start",
+            "pinned.service",
+            "free.service",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "Unit pinned.service launched on {}...",
+            &format!("{:032x}", 2)[..8]
+        )),
+        "{stdout}"
+    );
+
+    // Put free.service on machine 2 for sure: it is the one that dies.
+    let placed = |unit: &str| {
+        let (_, body) = curl(
+            &a.sock,
+            &[&format!("http://localhost/fleet/v1/units/{unit}")],
+        );
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["machineID"].as_str().map(str::to_string))
+    };
+    let two = format!("{:032x}", 2);
+    let one = format!("{:032x}", 1);
+    if placed("free.service").as_deref() == Some(one.as_str()) {
+        // Already on the survivor: nothing would move; make the test meaningful anyway.
+        let _ = fleetctl(dir.path(), &a.sock, &["destroy", "free.service"]);
+        std::fs::write(
+            dir.path().join("free.service"),
+            "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nConflicts=pinned.service\n",
+        )
+        .expect("write");
+    }
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    eventually(Duration::from_secs(30), "machine 2 expired", || {
+        machines(&a.sock) == 1
+    });
+    eventually(Duration::from_secs(30), "units off machine 2", || {
+        placed("pinned.service").is_none()
+            && placed("free.service").as_deref() != Some(two.as_str())
+    });
+    let out = fleetctl(
+        dir.path(),
+        &a.sock,
+        &["--block-attempts", "40", "start", "free.service"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(placed("free.service").as_deref(), Some(one.as_str()));
+    // The pinned unit waits for a zone=b machine; it comes back when one does.
+    b = fleetd(dir.path(), 2, &url, "zone=b");
+    eventually(
+        Duration::from_secs(30),
+        "pinned.service back on machine 2",
+        || placed("pinned.service").as_deref() == Some(two.as_str()),
+    );
+    drop(b);
+}
