@@ -39,6 +39,12 @@ pub enum EtcdError {
     Stopped,
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("etcdserver: storage failure: {0}")]
@@ -87,7 +93,10 @@ impl EtcdError {
                 Code::OutOfRange
             }
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
-            EtcdError::LeaseExist => Code::FailedPrecondition,
+            EtcdError::LeaseExist | EtcdError::NotLeader | EtcdError::BadLeaderTransferee => {
+                Code::FailedPrecondition
+            }
+            EtcdError::LeaderTransferTimeout => Code::DeadlineExceeded,
             EtcdError::Unsupported(_) => Code::Unimplemented,
             EtcdError::Stopped | EtcdError::NoLeader | EtcdError::Timeout => Code::Unavailable,
             EtcdError::Storage(_) => Code::Internal,

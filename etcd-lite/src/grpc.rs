@@ -328,11 +328,9 @@ impl Maintenance for Services {
         &self,
         r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        if r.get_ref().target_id == self.0.member.id {
-            return Ok(Response::new(MoveLeaderResponse {
-                header: self.0.header(self.0.store.published()),
-            }));
-        }
-        Err(EtcdError::MemberNotFound.into())
+        self.0.move_leader(r.get_ref().target_id).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.0.header(self.0.store.published()),
+        }))
     }
 }

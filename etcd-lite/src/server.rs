@@ -333,23 +333,50 @@ impl EtcdServer {
             } else {
                 *st.voters.iter().find(|v| **v != id).unwrap_or(&id)
             };
-            self.node.transfer_leader(target);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let now = self.status().await?;
-                if now.leader != id && now.leader != 0 {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(EtcdError::Timeout);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            self.transfer_leadership(target).await?;
         }
         self.node
             .change_membership(raft::prelude::ConfChangeType::RemoveNode, id, vec![])
             .await?;
         Ok(())
+    }
+
+    /// Maintenance.MoveLeader: only the leader moves leadership, to a voting member, and answers
+    /// once the target leads.
+    pub async fn move_leader(&self, target: u64) -> Result<()> {
+        let st = self.status().await?;
+        if st.leader != self.member.id {
+            return Err(EtcdError::NotLeader);
+        }
+        if !st.voters.contains(&target) {
+            return Err(EtcdError::BadLeaderTransferee);
+        }
+        if target == self.member.id {
+            return Ok(());
+        }
+        self.transfer_leadership(target).await
+    }
+
+    /// Asks raft to hand leadership to `target` and waits (5 s at most) until it has.
+    async fn transfer_leadership(&self, target: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        self.node.transfer_leader(target);
+        let mut asked = Instant::now();
+        loop {
+            let now = self.status().await?;
+            if now.leader == target {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(EtcdError::LeaderTransferTimeout);
+            }
+            // A transfer raft abandoned (election timeout passed) is asked for again.
+            if asked.elapsed() > Duration::from_secs(1) && now.leader == self.member.id {
+                self.node.transfer_leader(target);
+                asked = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Changes a member's peer URLs through the log.

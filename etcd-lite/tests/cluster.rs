@@ -423,3 +423,45 @@ fn joining_a_cluster_nobody_answers_for_fails_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no existing member answered"), "{err}");
 }
+
+/// `etcdctl move-leader` hands leadership to the member asked for; only the leader moves it,
+/// and only to a member.
+#[test]
+fn move_leader_hands_leadership_to_the_member_asked_for() {
+    let c = Cluster::start(3);
+    let leader = c.leader();
+    let target = (leader + 1) % 3;
+    let member_id = |i: usize| -> u64 {
+        let out = c.members[i].ok(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
+        v[0]["Status"]["header"]["member_id"]
+            .as_u64()
+            .expect("member id")
+    };
+    let target_id = member_id(target);
+    c.members[0].ok(&["put", "before", "1"]);
+    let out = c.members[0].ok(&[
+        "--endpoints",
+        &c.endpoints(),
+        "move-leader",
+        &format!("{target_id:x}"),
+    ]);
+    assert!(out.contains("Leadership transferred"), "{out}");
+    assert_eq!(c.leader(), target);
+    // Everyone still serves, nothing lost.
+    c.members[leader].ok(&["put", "after", "2"]);
+    for m in &c.members {
+        assert_eq!(m.ok(&["get", "before", "--print-value-only"]), "1\n");
+        assert_eq!(m.ok(&["get", "after", "--print-value-only"]), "2\n");
+    }
+    // Asked of a follower: etcd's "not leader"; to a stranger: "bad leader transferee".
+    let follower = (target + 1) % 3;
+    let err = c.members[follower].fails(&["move-leader", &format!("{target_id:x}")]);
+    assert!(
+        err.contains("not leader") || err.contains("no leader endpoint"),
+        "{err}"
+    );
+    let err = c.members[target].fails(&["--endpoints", &c.endpoints(), "move-leader", "abcdef"]);
+    assert!(err.contains("bad leader transferee"), "{err}");
+    assert_eq!(c.leader(), target);
+}
