@@ -34,6 +34,12 @@ pub enum Command {
         id: i64,
     },
     V2(v2store::V2Command),
+    /// Raise (`activate`) or clear an alarm of a member (etcd's AlarmType numbers).
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: i32,
+    },
 }
 
 impl Command {
@@ -61,6 +67,16 @@ impl Command {
             Command::LeaseRenew { id } => {
                 out.push(5);
                 out.extend_from_slice(&id.to_be_bytes());
+            }
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => {
+                out.push(6);
+                out.push(u8::from(*activate));
+                out.extend_from_slice(&member.to_be_bytes());
+                out.extend_from_slice(&alarm.to_be_bytes());
             }
             Command::V2(c) => {
                 out.push(4);
@@ -91,6 +107,16 @@ impl Command {
             }),
             Some(3) => Ok(Command::LeaseRevoke { id: i64_at(1)? }),
             Some(5) => Ok(Command::LeaseRenew { id: i64_at(1)? }),
+            Some(6) => Ok(Command::Alarm {
+                activate: *b.get(1).ok_or_else(bad)? == 1,
+                member: i64_at(2)? as u64,
+                alarm: i32::from_be_bytes(
+                    b.get(10..14)
+                        .ok_or_else(bad)?
+                        .try_into()
+                        .map_err(|_| bad())?,
+                ),
+            }),
             Some(4) => Ok(Command::V2(
                 serde_json::from_slice(&b[1..]).map_err(|_| bad())?,
             )),
@@ -104,10 +130,17 @@ impl Command {
 pub enum Outcome {
     Txn(Box<TxnResponse>),
     Compacted,
-    LeaseGranted { id: i64, ttl: i64 },
+    LeaseGranted {
+        id: i64,
+        ttl: i64,
+    },
     LeaseRevoked,
-    LeaseRenewed { ttl: i64 },
+    LeaseRenewed {
+        ttl: i64,
+    },
     V2(Box<v2store::V2Outcome>),
+    /// The alarms raised after an alarm command.
+    Alarms(Vec<(u64, i32)>),
 }
 
 /// An outcome and the store revision right after it.
@@ -131,6 +164,11 @@ pub fn apply(
     cmd: Command,
     committed: &mut Vec<RevEvents>,
 ) -> Result<Applied> {
+    if let Command::Alarm { .. } = cmd {
+        return Err(EtcdError::Storage(
+            "alarms are applied by the state machine".into(),
+        ));
+    }
     if let Command::Compact(rev) = cmd {
         // Compaction takes the store's lock itself and never bumps the revision.
         return match store.compact(rev) {
@@ -193,8 +231,8 @@ fn apply_in(w: &mut WriteTxn<'_>, leases: &Mutex<LeaseTable>, cmd: Command) -> R
             let resp = txn::txn(w, &req, &exists)?;
             Ok(Outcome::Txn(Box::new(resp)))
         }
-        Command::Compact(_) => {
-            unreachable!("compaction is handled before a write transaction opens")
+        Command::Compact(_) | Command::Alarm { .. } => {
+            unreachable!("compaction and alarms are handled before a write transaction opens")
         }
         Command::LeaseGrant { id, ttl } => {
             let mut table = leases.lock();
@@ -265,6 +303,11 @@ mod tests {
             Command::LeaseGrant { id: 7, ttl: 60 },
             Command::LeaseRevoke { id: 7 },
             Command::LeaseRenew { id: -3 },
+            Command::Alarm {
+                activate: true,
+                member: u64::MAX - 1,
+                alarm: 1,
+            },
             Command::V2(v2store::V2Command::CreateInOrder {
                 dir: "/q".into(),
                 value: "x".into(),

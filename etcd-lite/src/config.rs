@@ -89,6 +89,10 @@ pub struct Config {
     /// Largest client request accepted, in bytes.
     #[arg(long, default_value_t = 1536 * 1024, env = "ETCD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: usize,
+    /// Size the backend may reach before the member raises the NOSPACE alarm and refuses writes
+    /// (0: etcd's default, 2 GiB).
+    #[arg(long, default_value_t = 0, env = "ETCD_QUOTA_BACKEND_BYTES")]
+    pub quota_backend_bytes: u64,
     /// Interval of watch progress notifications, in seconds.
     #[arg(long, default_value_t = 600)]
     pub watch_progress_notify_interval: u64,
@@ -274,6 +278,11 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_request_bytes: self.max_request_bytes,
+            quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                crate::server::DEFAULT_QUOTA_BYTES
+            } else {
+                self.quota_backend_bytes
+            },
             progress_interval: std::time::Duration::from_secs(
                 self.watch_progress_notify_interval.max(1),
             ),

@@ -39,6 +39,8 @@ pub enum EtcdError {
     Stopped,
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: not leader")]
     NotLeader,
     #[error("etcdserver: bad leader transferee")]
@@ -97,6 +99,7 @@ impl EtcdError {
                 Code::FailedPrecondition
             }
             EtcdError::LeaderTransferTimeout => Code::DeadlineExceeded,
+            EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::Unsupported(_) => Code::Unimplemented,
             EtcdError::Stopped | EtcdError::NoLeader | EtcdError::Timeout => Code::Unavailable,
             EtcdError::Storage(_) => Code::Internal,

@@ -241,7 +241,17 @@ impl Services {
             raft_index: st.commit,
             raft_term: st.term,
             raft_applied_index: st.applied,
-            errors: vec![],
+            errors: s
+                .alarms
+                .read()
+                .iter()
+                .map(|(id, a)| {
+                    let name = etcd_api::etcdserverpb::AlarmType::try_from(*a)
+                        .map(|t| t.as_str_name())
+                        .unwrap_or("UNKNOWN");
+                    format!("memberID:{id} alarm:{name} ")
+                })
+                .collect(),
             db_size_in_use: s.store.size_on_disk(),
             is_learner: false,
         })
@@ -250,11 +260,45 @@ impl Services {
 
 #[tonic::async_trait]
 impl Maintenance for Services {
-    async fn alarm(&self, _r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm is ever raised by a single member without a quota.
+    async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        use etcd_api::etcdserverpb::{alarm_request::AlarmAction, AlarmMember};
+        let r = r.into_inner();
+        let member = |(id, alarm): (u64, i32)| AlarmMember {
+            member_id: id,
+            alarm,
+        };
+        let alarms: Vec<AlarmMember> = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => {
+                let list: Vec<(u64, i32)> = self.0.alarms.read().iter().copied().collect();
+                list.into_iter()
+                    .filter(|(id, a)| {
+                        (r.member_id == 0 || *id == r.member_id) && (r.alarm == 0 || *a == r.alarm)
+                    })
+                    .map(member)
+                    .collect()
+            }
+            Ok(AlarmAction::Activate) => {
+                if r.alarm == 0 {
+                    return Err(EtcdError::InvalidArgument("no alarm given".into()).into());
+                }
+                self.0.alarm(true, r.member_id, r.alarm).await?;
+                vec![member((r.member_id, r.alarm))]
+            }
+            Ok(AlarmAction::Deactivate) => {
+                // Answers with the alarm it cleared, nothing when it was not raised (as etcd).
+                let raised = self.0.alarms.read().contains(&(r.member_id, r.alarm));
+                if raised {
+                    self.0.alarm(false, r.member_id, r.alarm).await?;
+                    vec![member((r.member_id, r.alarm))]
+                } else {
+                    vec![]
+                }
+            }
+            Err(_) => return Err(EtcdError::InvalidArgument("unknown alarm action".into()).into()),
+        };
         Ok(Response::new(AlarmResponse {
             header: self.0.header(self.0.store.published()),
-            alarms: vec![],
+            alarms,
         }))
     }
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {

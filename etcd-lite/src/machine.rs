@@ -22,6 +22,21 @@ pub const APPLIED_META: &str = "raft_applied";
 /// Metadata key of the member registry (id -> name, peer URLs), as JSON.
 pub const MEMBERS_META: &str = "members";
 
+/// Metadata key of the raised alarms: (member id, alarm type) pairs, as JSON.
+pub const ALARMS_META: &str = "alarms";
+
+/// The alarms raised in the cluster, kept by the state machine, read by the server.
+pub type Alarms = Arc<parking_lot::RwLock<std::collections::BTreeSet<(u64, i32)>>>;
+
+/// The alarms as stored in the store's metadata.
+pub fn load_alarms(store: &MvccStore) -> Result<std::collections::BTreeSet<(u64, i32)>> {
+    match store.get_meta(ALARMS_META)? {
+        Some(b) => serde_json::from_slice(&b)
+            .map_err(|e| EtcdError::Storage(format!("malformed alarm list: {e}"))),
+        None => Ok(Default::default()),
+    }
+}
+
 /// What a membership change carries in its context: the member's name and peer URLs.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct MemberContext {
@@ -42,6 +57,7 @@ pub struct EtcdMachine {
     applied: u64,
     committed: Vec<RevEvents>,
     registry: Registry,
+    alarms: Alarms,
     on_peer: PeerHook,
     /// `applied`, readable by the snapshot source.
     applied_shared: Arc<std::sync::atomic::AtomicU64>,
@@ -54,6 +70,7 @@ impl EtcdMachine {
         leases: Arc<Mutex<LeaseTable>>,
         events: broadcast::Sender<Arc<RevEvents>>,
         registry: Registry,
+        alarms: Alarms,
         on_peer: PeerHook,
     ) -> Result<Self> {
         let applied = match store.get_meta(APPLIED_META)? {
@@ -67,6 +84,7 @@ impl EtcdMachine {
         // The raft log is the durable record of every change: the store's own log need not be
         // synced at every batch (see MvccStore::set_lazy_sync for why a crash stays safe).
         store.set_lazy_sync(true);
+        *alarms.write() = load_alarms(&store)?;
         Ok(EtcdMachine {
             store,
             leases,
@@ -74,6 +92,7 @@ impl EtcdMachine {
             applied,
             committed: Vec::new(),
             registry,
+            alarms,
             on_peer,
             applied_shared: Arc::new(std::sync::atomic::AtomicU64::new(applied)),
         })
@@ -99,6 +118,34 @@ impl StateMachine for EtcdMachine {
             return Err(EtcdError::Storage("no command in this entry".into()));
         }
         let cmd = Command::decode(data)?;
+        if let Command::Alarm {
+            activate,
+            member,
+            alarm,
+        } = cmd
+        {
+            let list = {
+                let mut alarms = self.alarms.write();
+                if activate {
+                    alarms.insert((member, alarm));
+                } else {
+                    alarms.remove(&(member, alarm));
+                }
+                alarms.iter().copied().collect::<Vec<_>>()
+            };
+            if let Ok(b) = serde_json::to_vec(&list) {
+                self.store.stage_meta(ALARMS_META, &b);
+            }
+            if activate {
+                tracing::warn!(member = format!("{member:x}"), alarm, "alarm raised");
+            } else {
+                tracing::info!(member = format!("{member:x}"), alarm, "alarm cleared");
+            }
+            return Ok(Applied {
+                outcome: applier::Outcome::Alarms(list),
+                rev: self.store.read_current(),
+            });
+        }
         applier::apply(&self.store, &self.leases, cmd, &mut self.committed)
     }
 
@@ -188,6 +235,10 @@ impl StateMachine for EtcdMachine {
             table.attach(id, &key);
         }
         *self.leases.lock() = table;
+        match load_alarms(&self.store) {
+            Ok(a) => *self.alarms.write() = a,
+            Err(e) => tracing::warn!(error = %e, "alarm list in the snapshot is unreadable"),
+        }
         // Members added or removed while this one was behind come with the snapshot.
         match load_registry(&self.store) {
             Ok(Some(list)) => {

@@ -61,6 +61,8 @@ impl MemberInfo {
 pub struct Limits {
     /// Largest client request accepted (etcd's `--max-request-bytes`, 1.5 MiB).
     pub max_request_bytes: usize,
+    /// Backend size at which NOSPACE is raised (etcd's `--quota-backend-bytes`).
+    pub quota_backend_bytes: u64,
     /// Interval of progress notifications for watchers that asked for them.
     pub progress_interval: Duration,
 }
@@ -69,6 +71,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_bytes: 1536 * 1024,
+            quota_backend_bytes: DEFAULT_QUOTA_BYTES,
             progress_interval: Duration::from_secs(600),
         }
     }
@@ -107,6 +110,34 @@ impl ClusterSpec {
     }
 }
 
+/// etcd's default backend quota, 2 GiB.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// etcd's alarm types (AlarmType in rpc.proto).
+pub const ALARM_NOSPACE: i32 = 1;
+
+/// Whether a command adds data (what the quota refuses while NOSPACE is raised, as etcd:
+/// puts, transactions with puts, lease grants; deletes, compaction and revokes still work).
+fn grows_store(cmd: &Command) -> bool {
+    fn txn_puts(t: &etcd_api::etcdserverpb::TxnRequest) -> bool {
+        use etcd_api::etcdserverpb::request_op::Request;
+        t.success
+            .iter()
+            .chain(&t.failure)
+            .any(|op| match &op.request {
+                Some(Request::RequestPut(_)) => true,
+                Some(Request::RequestTxn(inner)) => txn_puts(inner),
+                _ => false,
+            })
+    }
+    match cmd {
+        Command::Txn(t) => txn_puts(t),
+        Command::LeaseGrant { .. } => true,
+        Command::V2(c) => !matches!(c, crate::v2store::V2Command::Delete { .. }),
+        _ => false,
+    }
+}
+
 /// Handle to the raft node of this member.
 pub type RaftNode = Node<Result<Applied>>;
 
@@ -119,6 +150,8 @@ pub struct EtcdServer {
     pub cluster: ClusterSpec,
     /// Every member's name and peer URLs, kept by the state machine.
     pub registry: Registry,
+    /// Raised alarms, kept by the state machine.
+    pub alarms: crate::machine::Alarms,
     /// Whether peers can reach this member (a lone member started without --initial-cluster
     /// does not open its peer port, so it cannot take new members).
     pub peer_listening: std::sync::atomic::AtomicBool,
@@ -178,11 +211,13 @@ impl EtcdServer {
                 reg.insert(id, (name, urls));
             }
         }
+        let alarms: crate::machine::Alarms = Arc::default();
         let machine = EtcdMachine::new(
             store.clone(),
             leases.clone(),
             events.clone(),
             registry.clone(),
+            alarms.clone(),
             on_peer,
         )?;
         let log = RaftLog::open(&data_dir.join("member").join("raft"))
@@ -206,6 +241,7 @@ impl EtcdServer {
             node,
             cluster,
             registry,
+            alarms,
             peer_listening: Default::default(),
             member,
             limits,
@@ -422,7 +458,46 @@ impl EtcdServer {
 
     /// Replicates a write and returns how it applied.
     pub async fn submit(&self, cmd: Command) -> Result<Applied> {
+        if grows_store(&cmd) {
+            self.check_quota().await?;
+        }
         self.node.propose(cmd.encode()).await?
+    }
+
+    /// Refuses writes while NOSPACE is raised; raises it (through the log, for the whole
+    /// cluster) when this member's backend has grown past the quota.
+    async fn check_quota(&self) -> Result<()> {
+        if self.alarms.read().iter().any(|(_, a)| *a == ALARM_NOSPACE) {
+            return Err(EtcdError::NoSpace);
+        }
+        if self.backend_bytes() <= self.limits.quota_backend_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            size = self.backend_bytes(),
+            quota = self.limits.quota_backend_bytes,
+            "backend over its quota; raising NOSPACE"
+        );
+        self.alarm(true, self.member.id, ALARM_NOSPACE).await?;
+        Err(EtcdError::NoSpace)
+    }
+
+    /// What the quota is compared with: the size of the backend database files.
+    pub fn backend_bytes(&self) -> u64 {
+        self.store.size_on_disk().max(0) as u64
+    }
+
+    /// Raises or clears an alarm through the log; returns the alarms raised afterwards.
+    pub async fn alarm(&self, activate: bool, member: u64, alarm: i32) -> Result<Vec<(u64, i32)>> {
+        let cmd = Command::Alarm {
+            activate,
+            member,
+            alarm,
+        };
+        match self.node.propose(cmd.encode()).await??.outcome {
+            Outcome::Alarms(list) => Ok(list),
+            _ => Err(EtcdError::Storage("unexpected outcome of an alarm".into())),
+        }
     }
 
     /// Waits until a linearizable read may be served here (ReadIndex through the leader).

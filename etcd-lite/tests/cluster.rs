@@ -465,3 +465,59 @@ fn move_leader_hands_leadership_to_the_member_asked_for() {
     assert!(err.contains("bad leader transferee"), "{err}");
     assert_eq!(c.leader(), target);
 }
+
+/// Past `--quota-backend-bytes` the cluster raises NOSPACE (through the log: every member
+/// refuses), writes fail with etcd's error while reads and deletes work, and the alarm survives
+/// restarts until `etcdctl alarm disarm`.
+#[test]
+fn quota_raises_nospace_and_refuses_writes_cluster_wide() {
+    let mut c = Cluster::start_with(3, &["--quota-backend-bytes", "4000000"]);
+    let value = "x".repeat(100_000);
+    let mut refused = None;
+    for i in 0..200 {
+        match c.members[i % 3].try_etcdctl(&["put", &format!("k{i}"), &value]) {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (stopped_at, err) = refused.expect("the quota stops writes");
+    assert!(
+        err.contains("etcdserver: mvcc: database space exceeded"),
+        "{err}"
+    );
+    assert!(stopped_at > 10, "refused too early: {stopped_at}");
+    for m in &c.members {
+        let list = m.ok(&["alarm", "list"]);
+        assert!(list.contains("alarm:NOSPACE"), "{list}");
+        // Refused everywhere, also writes that would be tiny; reads and deletes still work.
+        let err = m.fails(&["put", "small", "x"]);
+        assert!(err.contains("database space exceeded"), "{err}");
+        let err = m.fails(&["lease", "grant", "10"]);
+        assert!(err.contains("database space exceeded"), "{err}");
+        assert_eq!(
+            m.ok(&["get", "k0", "--print-value-only"]).len(),
+            value.len() + 1
+        );
+    }
+    c.members[1].ok(&["del", "k0"]);
+    let status = c.members[2].ok(&["endpoint", "status", "-w", "json"]);
+    assert!(status.contains("alarm:NOSPACE"), "{status}");
+    // Still raised after a full restart.
+    for m in &mut c.members {
+        m.restart();
+    }
+    c.leader();
+    assert!(c.members[0]
+        .ok(&["alarm", "list"])
+        .contains("alarm:NOSPACE"));
+    // Disarmed: the alarm list empties (the next large write raises it again while the
+    // backend is still over the quota, as with etcd).
+    let out = c.members[0].ok(&["alarm", "disarm"]);
+    assert!(out.contains("alarm:NOSPACE"), "{out}");
+    for m in &c.members {
+        assert_eq!(m.ok(&["alarm", "list"]), "");
+    }
+}

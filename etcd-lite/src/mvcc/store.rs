@@ -486,9 +486,10 @@ impl MvccStore {
         Ok(())
     }
 
-    /// Size of the database files on disk, in bytes.
+    /// Size of the database files on disk (sled and the write-ahead log), in bytes.
     pub fn size_on_disk(&self) -> i64 {
-        self.db.size_on_disk().map(|s| s as i64).unwrap_or(0)
+        let wal = self.wal.lock().as_ref().map_or(0, |w| w.size());
+        self.db.size_on_disk().map(|s| s as i64).unwrap_or(0) + wal as i64
     }
 
     /// Stages a metadata value with the current write group: it becomes durable, and visible to

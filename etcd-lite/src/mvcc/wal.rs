@@ -152,8 +152,9 @@ impl Wal {
         Ok(())
     }
 
+    /// Bytes in the log, including records appended but not yet written out.
     pub fn size(&self) -> u64 {
-        self.size
+        self.size + self.pending.len() as u64
     }
 
     /// Empties the log. Only after everything it holds is durable elsewhere.
