@@ -20,39 +20,9 @@ impl Cluster {
 
     fn start_with(n: usize, extra: &[&str]) -> Self {
         require_tool("etcdctl");
-        let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let token = format!("test-{}-{}", std::process::id(), peers[0]);
-        let initial: Vec<String> = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
-            .collect();
-        let initial = initial.join(",");
-        let members = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let url = format!("http://127.0.0.1:{p}");
-                let name = format!("m{i}");
-                let mut args = vec![
-                    "--name",
-                    &name,
-                    "--initial-advertise-peer-urls",
-                    &url,
-                    "--listen-peer-urls",
-                    &url,
-                    "--initial-cluster",
-                    &initial,
-                    "--initial-cluster-token",
-                    &token,
-                    "--initial-cluster-state",
-                    "new",
-                ];
-                args.extend_from_slice(extra);
-                EtcdLite::start(BIN, &args)
-            })
-            .collect();
-        let c = Cluster { members };
+        let c = Cluster {
+            members: test_support::start_cluster(BIN, n, extra),
+        };
         c.leader();
         c
     }

@@ -6,6 +6,8 @@
 //! Tools the tests need are installed by `make deps`; a missing tool is a loud failure, never a
 //! skip.
 
+pub mod linearizability;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -264,4 +266,41 @@ pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// Starts `n` members on loopback forming one new cluster (`extra` flags for each); returns
+/// them once all serve (a leader may still be being elected).
+pub fn start_cluster(bin: &str, n: usize, extra: &[&str]) -> Vec<EtcdLite> {
+    let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let token = format!("test-{}-{}", std::process::id(), peers[0]);
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
+        .collect();
+    let initial = initial.join(",");
+    peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let url = format!("http://127.0.0.1:{p}");
+            let name = format!("m{i}");
+            let mut args = vec![
+                "--name",
+                &name,
+                "--initial-advertise-peer-urls",
+                &url,
+                "--listen-peer-urls",
+                &url,
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-token",
+                &token,
+                "--initial-cluster-state",
+                "new",
+            ];
+            args.extend_from_slice(extra);
+            EtcdLite::start(bin, &args)
+        })
+        .collect()
 }
