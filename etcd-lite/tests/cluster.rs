@@ -491,3 +491,93 @@ fn quota_raises_nospace_and_refuses_writes_cluster_wide() {
         assert_eq!(m.ok(&["alarm", "list"]), "");
     }
 }
+
+/// Raft messages with a stale term, from a real member, are ignored: the leader keeps leading
+/// at its term, the bogus entries they carry are never applied, the members stay identical.
+#[test]
+fn stale_term_messages_on_the_peer_port_are_ignored() {
+    use etcd_api::raftpeer::{peer_client::PeerClient, MessageBatch};
+    use protobuf::Message as _;
+    use raft::eraftpb::{Entry, Message, MessageType};
+
+    let c = Cluster::start(3);
+    c.members[0].ok(&["put", "before", "1"]);
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    let status = |i: usize| -> serde_json::Value {
+        let out = c.members[i].ok(&["endpoint", "status", "-w", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")[0]["Status"].clone()
+    };
+    let st = status(leader);
+    let (leader_id, cluster_id, term) = (
+        st["header"]["member_id"].as_u64().expect("id"),
+        st["header"]["cluster_id"].as_u64().expect("cluster"),
+        st["raftTerm"].as_u64().expect("term"),
+    );
+    assert!(term >= 2, "term {term}: no lower term to send");
+    let follower_id = status(follower)["header"]["member_id"]
+        .as_u64()
+        .expect("id");
+    let peer_url = c.members[leader]
+        .ok(&["member", "list", "-w", "json"])
+        .parse::<serde_json::Value>()
+        .expect("json")["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["ID"].as_u64() == Some(leader_id))
+        .and_then(|m| m["peerURLs"][0].as_str().map(str::to_string))
+        .expect("leader's peer URL");
+    let stale = |t: MessageType| {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = follower_id;
+        m.to = leader_id;
+        m.term = term - 1;
+        m.index = 1;
+        m.log_term = 1;
+        let mut e = Entry::default();
+        e.index = 2;
+        e.term = 1;
+        e.data = b"\x00bogus".to_vec().into();
+        m.entries = vec![e].into();
+        m.write_to_bytes().expect("encode")
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut client = PeerClient::connect(peer_url).await.expect("connect");
+        for t in [
+            MessageType::MsgAppend,
+            MessageType::MsgHeartbeat,
+            MessageType::MsgRequestVote,
+            MessageType::MsgAppendResponse,
+        ] {
+            // Accepted on the wire (as etcd), dropped by raft.
+            client
+                .send(MessageBatch {
+                    cluster_id,
+                    from: follower_id,
+                    to: leader_id,
+                    messages: vec![stale(t)],
+                })
+                .await
+                .expect("a well-formed batch is taken");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.leader(), leader, "a stale message moved leadership");
+    assert_eq!(status(leader)["raftTerm"].as_u64(), Some(term));
+    c.members[follower].ok(&["put", "after", "2"]);
+    let mut hashes = BTreeSet::new();
+    for m in &c.members {
+        assert_eq!(m.ok(&["get", "before", "--print-value-only"]), "1\n");
+        assert_eq!(m.ok(&["get", "after", "--print-value-only"]), "2\n");
+        let out = m.ok(&["endpoint", "hashkv", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        hashes.insert(v[0]["HashKV"]["hash"].as_u64().expect("hash"));
+    }
+    assert_eq!(hashes.len(), 1, "members diverged");
+}
