@@ -536,10 +536,12 @@ fn stale_term_messages_on_the_peer_port_are_ignored() {
         m.term = term - 1;
         m.index = 1;
         m.log_term = 1;
-        let mut e = Entry::default();
-        e.index = 2;
-        e.term = 1;
-        e.data = b"\x00bogus".to_vec().into();
+        let e = Entry {
+            index: 2,
+            term: 1,
+            data: b"\x00bogus".to_vec().into(),
+            ..Default::default()
+        };
         m.entries = vec![e].into();
         m.write_to_bytes().expect("encode")
     };
