@@ -41,6 +41,10 @@ pub enum EtcdError {
     NoLeader,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     #[error("etcdserver: not leader")]
     NotLeader,
     #[error("etcdserver: bad leader transferee")]
@@ -95,9 +99,11 @@ impl EtcdError {
                 Code::OutOfRange
             }
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
-            EtcdError::LeaseExist | EtcdError::NotLeader | EtcdError::BadLeaderTransferee => {
-                Code::FailedPrecondition
-            }
+            EtcdError::LeaseExist
+            | EtcdError::NotLeader
+            | EtcdError::BadLeaderTransferee
+            | EtcdError::NotLearner
+            | EtcdError::LearnerNotReady => Code::FailedPrecondition,
             EtcdError::LeaderTransferTimeout => Code::DeadlineExceeded,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::Unsupported(_) => Code::Unimplemented,

@@ -168,10 +168,10 @@ impl Cluster for Services {
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         let req = r.into_inner();
-        if req.is_learner {
-            return Err(EtcdError::Unsupported("learner members are not supported".into()).into());
-        }
-        let id = self.0.member_add(req.peer_ur_ls.clone()).await?;
+        let id = self
+            .0
+            .member_add(req.peer_ur_ls.clone(), req.is_learner)
+            .await?;
         let members = self.0.members().await?;
         let member = members.iter().find(|m| m.id == id).cloned();
         Ok(Response::new(MemberAddResponse {
@@ -214,12 +214,11 @@ impl Cluster for Services {
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        if r.get_ref().id != self.0.member.id {
-            return Err(EtcdError::MemberNotFound.into());
-        }
-        Err(Status::failed_precondition(
-            "etcdserver: can only promote a learner member",
-        ))
+        self.0.member_promote(r.get_ref().id).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.0.header(self.0.store.published()),
+            members: self.0.members().await?,
+        }))
     }
 }
 
@@ -253,7 +252,7 @@ impl Services {
                 })
                 .collect(),
             db_size_in_use: s.store.size_on_disk(),
-            is_learner: false,
+            is_learner: st.learners.contains(&s.member.id),
         })
     }
 }

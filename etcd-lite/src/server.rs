@@ -287,28 +287,32 @@ impl EtcdServer {
     /// was started with (client URLs are known for this member only).
     pub async fn members(&self) -> Result<Vec<Member>> {
         let st = self.status().await?;
-        Ok(st
-            .voters
-            .iter()
-            .map(|id| {
-                if *id == self.member.id {
-                    return self.member.to_proto();
+        let voters = st.voters.iter().map(|id| (*id, false));
+        let learners = st.learners.iter().map(|id| (*id, true));
+        Ok(voters
+            .chain(learners)
+            .map(|(id, is_learner)| {
+                if id == self.member.id {
+                    return Member {
+                        is_learner,
+                        ..self.member.to_proto()
+                    };
                 }
                 let reg = self.registry.read();
-                let spec = reg.get(id);
+                let spec = reg.get(&id);
                 Member {
-                    id: *id,
+                    id,
                     name: spec.map(|m| m.0.clone()).unwrap_or_default(),
                     peer_ur_ls: spec.map(|m| m.1.clone()).unwrap_or_default(),
                     client_ur_ls: vec![],
-                    is_learner: false,
+                    is_learner,
                 }
             })
             .collect())
     }
 
     /// Adds a voting member with these peer URLs through the log; returns its id.
-    pub async fn member_add(&self, peer_urls: Vec<String>) -> Result<u64> {
+    pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<u64> {
         if !self
             .peer_listening
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -350,17 +354,48 @@ impl EtcdServer {
             peer_urls,
         };
         let ctx = serde_json::to_vec(&ctx).map_err(|e| EtcdError::Storage(e.to_string()))?;
-        self.node
-            .change_membership(raft::prelude::ConfChangeType::AddNode, id, ctx)
-            .await?;
+        let change = if learner {
+            raft::prelude::ConfChangeType::AddLearnerNode
+        } else {
+            raft::prelude::ConfChangeType::AddNode
+        };
+        self.node.change_membership(change, id, ctx).await?;
         Ok(id)
+    }
+
+    /// MemberPromote: a learner whose log is close to the leader's becomes a voter. Asked of
+    /// the leader (the one member that knows how far the learner is).
+    pub async fn member_promote(&self, id: u64) -> Result<()> {
+        let st = self.status().await?;
+        if st.voters.contains(&id) {
+            return Err(EtcdError::NotLearner);
+        }
+        if !st.learners.contains(&id) {
+            return Err(EtcdError::MemberNotFound);
+        }
+        if !st.is_leader {
+            return Err(EtcdError::NotLeader);
+        }
+        let matched = st
+            .matched
+            .iter()
+            .find(|(m, _)| *m == id)
+            .map_or(0, |(_, i)| *i);
+        // etcd's rule: the learner has at least 90% of the leader's log.
+        if (matched as f64) < st.commit as f64 * 0.9 {
+            return Err(EtcdError::LearnerNotReady);
+        }
+        self.node
+            .change_membership(raft::prelude::ConfChangeType::AddNode, id, vec![])
+            .await?;
+        Ok(())
     }
 
     /// Removes a member through the log. Removing the leader first moves leadership to
     /// another member (as etcd does), so that no request is left with a leader that is gone.
     pub async fn member_remove(&self, id: u64) -> Result<()> {
         let st = self.status().await?;
-        if !st.voters.contains(&id) {
+        if !st.voters.contains(&id) && !st.learners.contains(&id) {
             return Err(EtcdError::MemberNotFound);
         }
         if st.leader == id && st.voters.len() > 1 {
@@ -417,9 +452,15 @@ impl EtcdServer {
 
     /// Changes a member's peer URLs through the log.
     pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<()> {
-        if !self.status().await?.voters.contains(&id) {
+        let st = self.status().await?;
+        let change = if st.voters.contains(&id) {
+            raft::prelude::ConfChangeType::AddNode
+        } else if st.learners.contains(&id) {
+            // A learner stays one: re-adding it as a learner only updates its URLs.
+            raft::prelude::ConfChangeType::AddLearnerNode
+        } else {
             return Err(EtcdError::MemberNotFound);
-        }
+        };
         let name = self
             .registry
             .read()
@@ -428,9 +469,7 @@ impl EtcdServer {
             .unwrap_or_default();
         let ctx = serde_json::to_vec(&crate::machine::MemberContext { name, peer_urls })
             .map_err(|e| EtcdError::Storage(e.to_string()))?;
-        self.node
-            .change_membership(raft::prelude::ConfChangeType::AddNode, id, ctx)
-            .await?;
+        self.node.change_membership(change, id, ctx).await?;
         Ok(())
     }
 

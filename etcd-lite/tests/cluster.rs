@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use test_support::{free_port, require_tool, EtcdLite};
+use test_support::{eventually, free_port, require_tool, EtcdLite};
 
 const BIN: &str = env!("CARGO_BIN_EXE_etcd-lite");
 
@@ -582,4 +582,88 @@ fn stale_term_messages_on_the_peer_port_are_ignored() {
         hashes.insert(v[0]["HashKV"]["hash"].as_u64().expect("hash"));
     }
     assert_eq!(hashes.len(), 1, "members diverged");
+}
+
+/// `etcdctl member add --learner`: the learner catches up without a vote, shows as a learner,
+/// and `member promote` (at the leader) makes it a voter; bad promotions get etcd's errors.
+#[test]
+fn learners_catch_up_and_are_promoted() {
+    let c = Cluster::start(3);
+    for i in 0..20 {
+        c.members[0].ok(&["put", &format!("l{i}"), "x"]);
+    }
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = c.members[0].ok(&["member", "add", "m3", "--learner", "--peer-urls", &url]);
+    assert!(out.contains("added to cluster"), "{out}");
+    let initial = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("ETCD_INITIAL_CLUSTER");
+    let learner = EtcdLite::start(
+        BIN,
+        &[
+            "--name",
+            "m3",
+            "--initial-advertise-peer-urls",
+            &url,
+            "--listen-peer-urls",
+            &url,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "existing",
+        ],
+    );
+    eventually(Duration::from_secs(20), "the learner catches up", || {
+        learner
+            .try_etcdctl(&["get", "l", "--prefix", "--keys-only", "--consistency", "s"])
+            .is_ok_and(|out| out.lines().filter(|l| !l.is_empty()).count() == 20)
+    });
+    let list = c.members[1].ok(&["member", "list", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let learner_entry = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["peerURLs"][0] == url.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("the learner is listed: {list}"));
+    assert_eq!(learner_entry["isLearner"], true, "{list}");
+    let learner_id = format!("{:x}", learner_entry["ID"].as_u64().expect("id"));
+    let st = learner.ok(&["endpoint", "status", "-w", "json"]);
+    assert!(st.contains("\"isLearner\":true"), "{st}");
+
+    // Promoting a voter, or nobody: etcd's errors.
+    let leader = c.leader();
+    let voter = c.members[leader].ok(&["endpoint", "status", "-w", "json"]);
+    let voter: serde_json::Value = serde_json::from_str(&voter).expect("json");
+    let voter_id = format!(
+        "{:x}",
+        voter[0]["Status"]["header"]["member_id"]
+            .as_u64()
+            .expect("id")
+    );
+    let err = c.members[leader].fails(&["member", "promote", &voter_id]);
+    assert!(err.contains("can only promote a learner member"), "{err}");
+    let err = c.members[leader].fails(&["member", "promote", "abcdef"]);
+    assert!(err.contains("member not found"), "{err}");
+
+    let out = c.members[leader].ok(&["member", "promote", &learner_id]);
+    assert!(out.contains("promoted"), "{out}");
+    eventually(Duration::from_secs(10), "the learner is a voter", || {
+        c.members[0]
+            .ok(&["member", "list", "-w", "json"])
+            .parse::<serde_json::Value>()
+            .is_ok_and(|v| {
+                v["members"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().all(|m| m["isLearner"] != true) && ms.len() == 4)
+            })
+    });
+    learner.ok(&["put", "from-promoted", "1"]);
+    assert_eq!(
+        c.members[0].ok(&["get", "from-promoted", "--print-value-only"]),
+        "1\n"
+    );
 }

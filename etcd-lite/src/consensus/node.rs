@@ -113,6 +113,10 @@ pub struct NodeStatus {
     pub applied: u64,
     pub is_leader: bool,
     pub voters: Vec<u64>,
+    /// Non-voting members.
+    pub learners: Vec<u64>,
+    /// On the leader: how far each member's log is known to match (member, index).
+    pub matched: Vec<(u64, u64)>,
     /// First index still in the log (what snapshots compacted is below it).
     pub first_index: u64,
 }
@@ -541,6 +545,16 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 let mut v = self.raw.store().conf_state().voters.clone();
                 v.sort_unstable();
                 v
+            },
+            learners: {
+                let mut v = self.raw.store().conf_state().learners.clone();
+                v.sort_unstable();
+                v
+            },
+            matched: if r.state == StateRole::Leader {
+                r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect()
+            } else {
+                Vec::new()
             },
             first_index: raft::Storage::first_index(self.raw.store()).unwrap_or(0),
         }
