@@ -506,6 +506,109 @@ async fn failover(members: &mut [Member]) -> Result<Duration> {
     Ok(took)
 }
 
+/// Writes `keys` keys, adds a fourth member and returns how long it takes from its start until
+/// it has applied everything the cluster had when it was added.
+async fn catch_up(
+    members: &mut Vec<Member>,
+    bin: &Path,
+    dir: &Path,
+    lite: bool,
+    keys: usize,
+) -> Result<Duration> {
+    use etcd_api::etcdserverpb::{
+        cluster_client::ClusterClient, maintenance_client::MaintenanceClient, MemberAddRequest,
+        MemberListRequest, StatusRequest,
+    };
+    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+    run(&eps, 64, keys, 256, Op::Put, usize::MAX).await?;
+    let leader = find_leader(members, Duration::from_secs(30)).await?;
+    let ch = Channel::from_shared(format!("http://{}", members[leader].endpoint()))?
+        .connect()
+        .await?;
+    let peer = format!("http://127.0.0.1:{}", free_port()?);
+    let mut cluster = ClusterClient::new(ch.clone());
+    cluster
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![peer.clone()],
+            is_learner: false,
+        })
+        .await?;
+    let target = MaintenanceClient::new(ch)
+        .status(StatusRequest {})
+        .await?
+        .into_inner()
+        .raft_index;
+    let list = cluster
+        .member_list(MemberListRequest::default())
+        .await?
+        .into_inner();
+    let mut initial: Vec<String> = list
+        .members
+        .iter()
+        .filter(|m| !m.name.is_empty())
+        .filter_map(|m| Some(format!("{}={}", m.name, m.peer_ur_ls.first()?)))
+        .collect();
+    initial.push(format!("b3={peer}"));
+    let port = free_port()?;
+    let client = format!("http://127.0.0.1:{port}");
+    let mut args: Vec<String> = [
+        "--name",
+        "b3",
+        "--data-dir",
+        &dir.join("b3").display().to_string(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &initial.join(","),
+        "--initial-cluster-state",
+        "existing",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !lite {
+        args.extend(["--log-level".into(), "error".into()]);
+    }
+    let mut m = Member {
+        child: None,
+        client_port: port,
+        args,
+        bin: bin.to_path_buf(),
+    };
+    let t0 = Instant::now();
+    m.spawn()?;
+    loop {
+        if t0.elapsed() > Duration::from_secs(300) {
+            bail!("the new member did not catch up within 300 s");
+        }
+        let applied = match Channel::from_shared(format!("http://{}", m.endpoint()))?
+            .connect_timeout(Duration::from_millis(200))
+            .connect()
+            .await
+        {
+            Ok(ch) => MaintenanceClient::new(ch)
+                .status(StatusRequest {})
+                .await
+                .map(|s| s.into_inner().raft_applied_index)
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if applied >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = t0.elapsed();
+    members.push(m);
+    Ok(took)
+}
+
 async fn measure_cluster(
     bin: &Path,
     lite: bool,
@@ -555,6 +658,13 @@ async fn measure_cluster(
     out.push((
         "3 members: failover after kill -9, median ms".into(),
         times[times.len() / 2].as_secs_f64() * 1000.0,
+        false,
+    ));
+    let keys = s(100_000);
+    let took = catch_up(&mut members, bin, dir.path(), lite, keys).await?;
+    out.push((
+        format!("new member catches up {keys} keys, s"),
+        took.as_secs_f64(),
         false,
     ));
     Ok(out)
