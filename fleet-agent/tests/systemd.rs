@@ -147,6 +147,8 @@ impl Machine {
 }
 
 struct Cluster {
+    /// The machine whose API fleetctl talks to.
+    api: std::cell::Cell<usize>,
     tmp: tempfile::TempDir,
     hub: String,
     etcd: Option<Child>,
@@ -170,6 +172,7 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let mut c = Cluster {
+            api: std::cell::Cell::new(0),
             tmp,
             hub: format!("clf{tag}h"),
             etcd: None,
@@ -343,13 +346,14 @@ impl Cluster {
             .env("ETCDCTL_API", "3"))
     }
 
-    /// fleetctl against machine 1's API (over TCP, from the hub namespace), in `cwd`.
+    /// fleetctl against a machine's API (machine 1 unless `api` says otherwise; over TCP, from
+    /// the hub namespace), in the test's directory.
     fn fleetctl(&self, args: &[&str]) -> Output {
         run(Command::new("ip")
             .args(["netns", "exec", &self.hub, env!("CARGO_BIN_EXE_fleetctl")])
             .args([
                 "--endpoint",
-                &format!("http://{}:49153", self.machines[0].ip),
+                &format!("http://{}:49153", self.machines[self.api.get()].ip),
             ])
             .args(args)
             .current_dir(self.tmp.path()))
@@ -636,6 +640,13 @@ fn fleet_runs_units_on_real_systemd_machines() {
     // The engine moves when its fleetd stops; units keep running; scheduling goes on.
     let leader = c.leader();
     assert!(ids.contains(&leader), "engine leader {leader:?}");
+    // fleetctl asks a machine whose fleetd stays up.
+    let other = c
+        .machines
+        .iter()
+        .position(|m| m.id != leader)
+        .expect("another machine");
+    c.api.set(other);
     c.machine(&leader).exec(&["systemctl", "stop", "fleetd"]);
     eventually(LONG, "another engine leader", || {
         let l = c.leader();
@@ -655,6 +666,11 @@ fn fleet_runs_units_on_real_systemd_machines() {
     );
     c.fleetctl_ok(&["--block-attempts", "60", "start", "after-failover.service"]);
     c.machine(&leader).exec(&["systemctl", "start", "fleetd"]);
+    // Back to machine 1 (never a worker, so it survives the machine loss below).
+    c.api.set(0);
+    eventually(LONG, "every fleetd serves again", || {
+        c.machine_count() == MACHINES
+    });
 
     // The store goes away and comes back: units keep running, fleet reconciles.
     c.stop_etcd();
