@@ -1,5 +1,5 @@
 # corelite: one-line targets; logic lives in scripts/ and Rust.
-.PHONY: deps build dist test lint bench demo clean
+.PHONY: deps build dist test lint bench demo demo-down clean
 
 deps:
 	./scripts/deps.sh
@@ -28,6 +28,9 @@ bench: build dist
 
 demo: build
 	./scripts/demo.sh
+
+demo-down:
+	./scripts/demo.sh down
 
 clean:
 	cargo clean

@@ -43,13 +43,19 @@ pub fn parse_mountinfo(text: &str) -> Option<Layout> {
             Some(p) => PathBuf::from(p.replace("\\040", " ")),
             None => continue,
         };
+        // A hierarchy mounted read-only (as systemd-nspawn mounts the host's v1 controllers
+        // in a container) cannot take a new cgroup: it is treated as absent.
+        let read_only = pre
+            .split(' ')
+            .nth(5)
+            .is_some_and(|o| o.split(',').any(|o| o == "ro"));
         let mut post = post.split(' ');
         let (fstype, _source, options) = (post.next(), post.next(), post.next().unwrap_or(""));
         match fstype {
-            Some("cgroup2") => {
+            Some("cgroup2") if !read_only => {
                 unified.get_or_insert(mount_point);
             }
-            Some("cgroup") => {
+            Some("cgroup") if !read_only => {
                 for opt in options.split(',') {
                     let known = opt.starts_with("name=")
                         || matches!(
@@ -362,7 +368,7 @@ impl Cgroup {
         let need = |ctl: &str| {
             self.ctl(ctl).ok_or_else(|| {
                 RuntimeError::Unsupported(format!(
-                    "the {ctl} cgroup controller is not mounted on this host"
+                    "the {ctl} cgroup controller is not available here (not mounted, or mounted read-only)"
                 ))
             })
         };
@@ -513,7 +519,9 @@ impl Cgroup {
             self.ctl("devices")
         }) else {
             if rules.iter().any(|r| !r.allow()) {
-                tracing::info!("device cgroup rules are not enforced on cgroup v2 by rkt");
+                tracing::info!(
+                    "device cgroup rules are not enforced (cgroup v2, or no writable devices controller)"
+                );
             }
             return Ok(());
         };
@@ -733,6 +741,25 @@ mod tests {
             Some(Layout::V2(PathBuf::from("/sys/fs/cgroup")))
         );
         assert_eq!(parse_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw"), None);
+    }
+
+    #[test]
+    fn read_only_hierarchies_are_left_out() {
+        // What systemd-nspawn gives a container on a hybrid host.
+        let nspawn = "\
+54 53 0:32 /x /sys/fs/cgroup/memory ro,nosuid,nodev,noexec,relatime shared:18 - cgroup cgroup rw,memory
+57 53 0:35 / /sys/fs/cgroup/blkio ro,nosuid,nodev,noexec,relatime shared:21 - cgroup cgroup rw,blkio
+62 53 0:38 /payload /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:26 - cgroup2 cgroup rw
+63 53 0:37 /payload /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:27 - cgroup cgroup rw,name=systemd";
+        let Some(Layout::V1 {
+            hierarchies,
+            unified,
+        }) = parse_mountinfo(nspawn)
+        else {
+            panic!("layout not found");
+        };
+        assert_eq!(hierarchies.keys().collect::<Vec<_>>(), ["name=systemd"]);
+        assert_eq!(unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
     }
 
     #[test]
