@@ -60,6 +60,31 @@ impl Cluster {
     }
 }
 
+/// Starts the member that `etcdctl member add` (whose output is `add_output`) announced, with
+/// the initial cluster etcdctl printed, joining as `existing`.
+fn start_added_member(add_output: &str, name: &str, peer_url: &str) -> EtcdLite {
+    let initial = add_output
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("ETCD_INITIAL_CLUSTER in member add's output");
+    EtcdLite::start(
+        BIN,
+        &[
+            "--name",
+            name,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "existing",
+        ],
+    )
+}
+
 #[test]
 fn three_members_replicate_and_any_member_serves() {
     let c = Cluster::start(3);
@@ -226,26 +251,7 @@ fn members_are_added_by_etcdctl_and_removed_while_serving() {
         "{out}"
     );
     // etcdctl prints the environment the new member starts with; use its initial cluster.
-    let initial = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-        .map(|v| v.trim_matches('"').to_string())
-        .expect("ETCD_INITIAL_CLUSTER in member add's output");
-    let fourth = EtcdLite::start(
-        BIN,
-        &[
-            "--name",
-            "m3",
-            "--initial-advertise-peer-urls",
-            &url,
-            "--listen-peer-urls",
-            &url,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-state",
-            "existing",
-        ],
-    );
+    let fourth = start_added_member(&out, "m3", &url);
     // It arrives by snapshot and log, then serves everything written before it joined.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -595,26 +601,7 @@ fn learners_catch_up_and_are_promoted() {
     let url = format!("http://127.0.0.1:{}", free_port());
     let out = c.members[0].ok(&["member", "add", "m3", "--learner", "--peer-urls", &url]);
     assert!(out.contains("added to cluster"), "{out}");
-    let initial = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-        .map(|v| v.trim_matches('"').to_string())
-        .expect("ETCD_INITIAL_CLUSTER");
-    let learner = EtcdLite::start(
-        BIN,
-        &[
-            "--name",
-            "m3",
-            "--initial-advertise-peer-urls",
-            &url,
-            "--listen-peer-urls",
-            &url,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-state",
-            "existing",
-        ],
-    );
+    let learner = start_added_member(&out, "m3", &url);
     eventually(Duration::from_secs(20), "the learner catches up", || {
         learner
             .try_etcdctl(&["get", "l", "--prefix", "--keys-only", "--consistency", "s"])

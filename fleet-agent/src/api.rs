@@ -101,6 +101,24 @@ fn encode_token(last: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
 }
 
+/// One page of `items` (in the order of `key`): those after the token's key, at most
+/// [`PAGE_SIZE`], and the token of the next page if there is one.
+fn page<T>(
+    items: impl Iterator<Item = T>,
+    after: Option<&str>,
+    key: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    let mut out: Vec<T> = items
+        .filter(|t| after.is_none_or(|a| key(t).as_str() > a))
+        .take(PAGE_SIZE + 1)
+        .collect();
+    let next = (out.len() > PAGE_SIZE).then(|| {
+        out.truncate(PAGE_SIZE);
+        encode_token(&key(&out[PAGE_SIZE - 1]))
+    });
+    (out, next)
+}
+
 /// Everything the unit views need, read from the store in one range (a consistent view).
 struct Registry {
     units: BTreeMap<String, UnitRecord>,
@@ -180,17 +198,11 @@ async fn list_units<S: Systemd>(
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let mut units: Vec<Unit> = reg
-        .units
-        .iter()
-        .filter(|(n, _)| after.as_ref().is_none_or(|a| *n > a))
-        .take(PAGE_SIZE + 1)
-        .map(|(n, r)| unit_view(n, r, &reg))
+    let (names, next) = page(reg.units.keys(), after.as_deref(), |n| n.to_string());
+    let units: Vec<Unit> = names
+        .into_iter()
+        .map(|n| unit_view(n, &reg.units[n], &reg))
         .collect();
-    let next = (units.len() > PAGE_SIZE).then(|| {
-        units.truncate(PAGE_SIZE);
-        encode_token(&units[PAGE_SIZE - 1].name)
-    });
     Json(UnitPage {
         units,
         next_page_token: next,
@@ -323,16 +335,10 @@ async fn list_machines<S: Systemd>(
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let mut machines: Vec<Machine> = kvs
+    let listed = kvs
         .iter()
-        .filter_map(|kv| serde_json::from_slice::<Machine>(&kv.value).ok())
-        .filter(|m| after.as_ref().is_none_or(|a| m.id > *a))
-        .take(PAGE_SIZE + 1)
-        .collect();
-    let next = (machines.len() > PAGE_SIZE).then(|| {
-        machines.truncate(PAGE_SIZE);
-        encode_token(&machines[PAGE_SIZE - 1].id)
-    });
+        .filter_map(|kv| serde_json::from_slice::<Machine>(&kv.value).ok());
+    let (machines, next) = page(listed, after.as_deref(), |m| m.id.clone());
     Json(MachinePage {
         machines,
         next_page_token: next,
@@ -370,15 +376,8 @@ async fn list_states<S: Systemd>(
         .filter(|s| q.unit_name.as_ref().is_none_or(|n| *n == s.name))
         .collect();
     states.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
-    let key = |s: &UnitState| format!("{}\u{0}{}", s.name, s.machine_id);
-    let mut states: Vec<UnitState> = states
-        .into_iter()
-        .filter(|s| after.as_ref().is_none_or(|a| key(s) > *a))
-        .take(PAGE_SIZE + 1)
-        .collect();
-    let next = (states.len() > PAGE_SIZE).then(|| {
-        states.truncate(PAGE_SIZE);
-        encode_token(&key(&states[PAGE_SIZE - 1]))
+    let (states, next) = page(states.into_iter(), after.as_deref(), |s| {
+        format!("{}\u{0}{}", s.name, s.machine_id)
     });
     Json(UnitStatePage {
         states,

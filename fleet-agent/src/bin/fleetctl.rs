@@ -151,55 +151,50 @@ impl Api {
         }
     }
 
-    async fn units(&self) -> anyhow::Result<Vec<Unit>> {
+    /// Every item of a paged list: follows nextPageToken to the last page.
+    async fn all_pages<P, T>(
+        &self,
+        path: &str,
+        split: fn(P) -> (Vec<T>, Option<String>),
+    ) -> anyhow::Result<Vec<T>>
+    where
+        P: serde::de::DeserializeOwned,
+    {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let path = match &token {
-                Some(t) => format!("/fleet/v1/units?nextPageToken={t}"),
-                None => "/fleet/v1/units".to_string(),
+            let url = match &token {
+                Some(t) => format!("{path}?nextPageToken={t}"),
+                None => path.to_string(),
             };
-            let page: UnitPage = self.get_json(&path).await?;
-            out.extend(page.units);
-            match page.next_page_token {
+            let (items, next) = split(self.get_json::<P>(&url).await?);
+            out.extend(items);
+            match next {
                 Some(t) => token = Some(t),
                 None => return Ok(out),
             }
         }
+    }
+
+    async fn units(&self) -> anyhow::Result<Vec<Unit>> {
+        self.all_pages("/fleet/v1/units", |p: UnitPage| {
+            (p.units, p.next_page_token)
+        })
+        .await
     }
 
     async fn machines(&self) -> anyhow::Result<Vec<Machine>> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let path = match &token {
-                Some(t) => format!("/fleet/v1/machines?nextPageToken={t}"),
-                None => "/fleet/v1/machines".to_string(),
-            };
-            let page: MachinePage = self.get_json(&path).await?;
-            out.extend(page.machines);
-            match page.next_page_token {
-                Some(t) => token = Some(t),
-                None => return Ok(out),
-            }
-        }
+        self.all_pages("/fleet/v1/machines", |p: MachinePage| {
+            (p.machines, p.next_page_token)
+        })
+        .await
     }
 
     async fn states(&self) -> anyhow::Result<Vec<UnitState>> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let path = match &token {
-                Some(t) => format!("/fleet/v1/state?nextPageToken={t}"),
-                None => "/fleet/v1/state".to_string(),
-            };
-            let page: UnitStatePage = self.get_json(&path).await?;
-            out.extend(page.states);
-            match page.next_page_token {
-                Some(t) => token = Some(t),
-                None => return Ok(out),
-            }
-        }
+        self.all_pages("/fleet/v1/state", |p: UnitStatePage| {
+            (p.states, p.next_page_token)
+        })
+        .await
     }
 
     async fn put(&self, name: &str, options: Vec<UnitOption>, desired: &str) -> anyhow::Result<()> {
