@@ -371,6 +371,46 @@ impl Drop for Member {
     }
 }
 
+/// The flags of a benchmark member (etcd-lite and etcd take the same ones).
+fn member_args(
+    name: &str,
+    dir: &Path,
+    client_port: u16,
+    peer: &str,
+    initial: &str,
+    state: &str,
+    lite: bool,
+) -> Vec<String> {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let mut args: Vec<String> = [
+        "--name",
+        name,
+        "--data-dir",
+        &dir.join(name).display().to_string(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-token",
+        "bench",
+        "--initial-cluster-state",
+        state,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !lite {
+        args.extend(["--log-level".into(), "error".into()]);
+    }
+    args
+}
+
 /// Three members of `bin` (etcd-lite or etcd take the same flags) on loopback.
 fn start_cluster(bin: &Path, dir: &Path, lite: bool) -> Result<Vec<Member>> {
     let peers: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_>>()?;
@@ -383,34 +423,8 @@ fn start_cluster(bin: &Path, dir: &Path, lite: bool) -> Result<Vec<Member>> {
     let mut members = Vec::new();
     for (i, p) in peers.iter().enumerate() {
         let port = free_port()?;
-        let client = format!("http://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{p}");
-        let mut args: Vec<String> = [
-            "--name",
-            &format!("b{i}"),
-            "--data-dir",
-            &dir.join(format!("b{i}")).display().to_string(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-token",
-            "bench",
-            "--initial-cluster-state",
-            "new",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if !lite {
-            args.extend(["--log-level".into(), "error".into()]);
-        }
+        let args = member_args(&format!("b{i}"), dir, port, &peer, &initial, "new", lite);
         let mut m = Member {
             child: None,
             client_port: port,
@@ -527,12 +541,25 @@ async fn catch_up(
         .await?;
     let peer = format!("http://127.0.0.1:{}", free_port()?);
     let mut cluster = ClusterClient::new(ch.clone());
-    cluster
-        .member_add(MemberAddRequest {
+    // etcd refuses to add a member until every member has been connected for a while (as after
+    // the failover rounds): ask again for a bit.
+    let added = Instant::now();
+    loop {
+        let req = MemberAddRequest {
             peer_ur_ls: vec![peer.clone()],
             is_learner: false,
-        })
-        .await?;
+        };
+        match cluster.member_add(req).await {
+            Ok(_) => break,
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    && added.elapsed() < Duration::from_secs(30) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let target = MaintenanceClient::new(ch)
         .status(StatusRequest {})
         .await?
@@ -550,31 +577,7 @@ async fn catch_up(
         .collect();
     initial.push(format!("b3={peer}"));
     let port = free_port()?;
-    let client = format!("http://127.0.0.1:{port}");
-    let mut args: Vec<String> = [
-        "--name",
-        "b3",
-        "--data-dir",
-        &dir.join("b3").display().to_string(),
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--initial-cluster",
-        &initial.join(","),
-        "--initial-cluster-state",
-        "existing",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if !lite {
-        args.extend(["--log-level".into(), "error".into()]);
-    }
+    let args = member_args("b3", dir, port, &peer, &initial.join(","), "existing", lite);
     let mut m = Member {
         child: None,
         client_port: port,
