@@ -145,6 +145,8 @@ fn write_id_maps(pid: i32, maps: &IdMaps) -> Result<()> {
 }
 
 /// Reads the helper's and init's report: "pid N", maybe "hooks N", then "ready" or "error MSG".
+/// The helper and init write to the same pipe, so init's "ready" or "error" may come before the
+/// helper's "pid": the outcome is returned once both are known.
 fn read_report(
     rd: OwnedFd,
     go: OwnedFd,
@@ -158,10 +160,19 @@ fn read_report(
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
         }
     };
+    let mut ready = false;
+    let mut failed: Option<String> = None;
     for line in BufReader::new(std::fs::File::from(rd)).lines() {
         let line = line.map_err(|e| RuntimeError::Init(e.to_string()))?;
         if let Some(p) = line.strip_prefix("pid ") {
             pid = p.parse::<i32>().ok().map(Pid::from_raw);
+            if let Some(msg) = failed.take() {
+                kill_init(pid);
+                return Err(RuntimeError::Init(msg));
+            }
+            if ready {
+                return pid.ok_or_else(|| RuntimeError::Init(format!("bad init pid {p:?}")));
+            }
         } else if let Some(p) = line.strip_prefix("userns ") {
             let helper = p.parse::<i32>().unwrap_or(0);
             // On failure the pipe closes without a byte and the helper gives up.
@@ -183,16 +194,26 @@ fn read_report(
                     .map_err(|e| RuntimeError::Init(e.to_string()))?;
             }
         } else if line == "ready" {
-            return pid
-                .ok_or_else(|| RuntimeError::Init("init reported ready without a pid".into()));
+            match pid {
+                Some(p) => return Ok(p),
+                None => ready = true,
+            }
         } else if let Some(msg) = line.strip_prefix("error ") {
-            kill_init(pid);
-            return Err(RuntimeError::Init(msg.to_string()));
+            if pid.is_some() {
+                kill_init(pid);
+                return Err(RuntimeError::Init(msg.to_string()));
+            }
+            failed = Some(msg.to_string());
         }
     }
-    Err(RuntimeError::Init(
-        "container init exited during setup".into(),
-    ))
+    Err(RuntimeError::Init(failed.unwrap_or_else(|| {
+        let what = if ready {
+            "reported ready but its helper died"
+        } else {
+            "exited during setup"
+        };
+        format!("container init {what}")
+    })))
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
