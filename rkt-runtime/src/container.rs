@@ -31,28 +31,7 @@ const FORWARDED: &[Signal] = &[
 ];
 
 fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    oci_image::now_rfc3339()
 }
 
 /// Options of `create` (and `run`).
@@ -574,12 +553,27 @@ fn wait_forwarding(pid: Pid, set: &SigSet) -> Result<i32> {
 
 /// `run`: create, start, wait; forwards signals; returns the exit code to exit with.
 pub fn run(root: &Root, id: &str, opts: &CreateOptions, detach: bool) -> Result<i32> {
+    run_with(root, id, opts, detach, &mut |_| Ok(()), &mut |_| {})
+}
+
+/// `run` with steps between: `created` runs once the container exists and before its process
+/// starts (a failure deletes it), `started` once it runs (pods set up networking and tell
+/// systemd they are ready there).
+pub fn run_with(
+    root: &Root,
+    id: &str,
+    opts: &CreateOptions,
+    detach: bool,
+    created: &mut dyn FnMut(&Saved) -> Result<()>,
+    started: &mut dyn FnMut(&Saved),
+) -> Result<i32> {
     let set = block_signals()?;
     let s = create(root, id, opts)?;
-    if let Err(e) = start(root, id) {
+    if let Err(e) = created(&s).and_then(|_| start(root, id)) {
         let _ = delete(root, id, true);
         return Err(e);
     }
+    started(&s);
     if detach {
         return Ok(0);
     }

@@ -41,6 +41,8 @@ pub enum RuntimeError {
     Hook { path: PathBuf, reason: String },
     #[error("container init failed: {0}")]
     Init(String),
+    #[error("{0}")]
+    Image(String),
 }
 
 impl RuntimeError {

@@ -9,6 +9,8 @@
 //! [`state`] keeps each container's state directory; [`cgroup`] finds the layout and applies
 //! limits; [`seccomp`] compiles filters; [`hooks`] runs the spec's hooks; [`linux`] is the only
 //! module that makes namespace, mount and process syscalls; [`container`] drives the lifecycle.
+//! [`pod`] runs images (from the `oci-image` store) as pods: overlay root, config.json from the
+//! image config, the default bridge network, and pod records for list/status/stop/rm/gc.
 
 pub mod bundle;
 pub mod cgroup;
@@ -17,5 +19,6 @@ pub mod error;
 pub mod hooks;
 pub mod linux;
 pub mod mounts;
+pub mod pod;
 pub mod seccomp;
 pub mod state;

@@ -1081,6 +1081,58 @@ fn exec_helper(args: &ExecArgs, out: &mut std::fs::File) -> Result<()> {
     }
 }
 
+/// Mounts an overlay of `lowers` (top first) with `upper` and `work` on `target`: a pod's root.
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let join = |p: &Path| -> Result<String> {
+        let s = p.display().to_string();
+        if s.contains([',', ':']) {
+            return Err(RuntimeError::Unsupported(format!(
+                "overlay path with ',' or ':': {s}"
+            )));
+        }
+        Ok(s)
+    };
+    let lower = lowers
+        .iter()
+        .map(|p| join(p))
+        .collect::<Result<Vec<_>>>()?
+        .join(":");
+    let data = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        join(upper)?,
+        join(work)?
+    );
+    // The kernel takes one page of mount data.
+    if data.len() >= 4000 {
+        return Err(RuntimeError::Unsupported(format!(
+            "an image of {} layers is more than overlayfs's mount options can name",
+            lowers.len()
+        )));
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(sys(format!(
+        "mounting the pod's overlay on {}",
+        target.display()
+    )))
+}
+
+/// Lazily unmounts `target` (nothing mounted there is not an error).
+pub fn unmount(target: &Path) -> Result<()> {
+    match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(e) => Err(RuntimeError::sys(
+            format!("unmounting {}", target.display()),
+            e,
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

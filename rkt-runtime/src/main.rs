@@ -5,14 +5,27 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rkt_runtime::container::{self, CreateOptions};
+use rkt_runtime::pod::{Pods, DEFAULT_DATA_DIR};
 use rkt_runtime::state::{Root, DEFAULT_ROOT};
+
+mod cli {
+    pub mod pods;
+}
+use cli::pods::{ImageCmd, PullArgs, RunArgs};
 
 #[derive(Parser)]
 #[command(
     name = "rkt",
     version,
-    about = "An OCI runtime with a runc-compatible command line",
-    after_help = "EXAMPLES:
+    about = "Runs container images as pods, and OCI bundles with a runc-compatible command line",
+    after_help = "EXAMPLES (images and pods):
+    rkt fetch docker://localhost:5000/busybox:latest   # or oci:DIR[:TAG], a docker-archive tar
+    rkt image list; rkt image cat-manifest busybox
+    rkt run --name web --port 8080:80 busybox -- httpd -f -p 80 -h /srv
+    rkt list; rkt status web; rkt enter web -- ps
+    rkt stop web && rkt rm web; rkt gc --grace-period 0s
+
+EXAMPLES (OCI bundles, as runc):
     mkdir -p bundle/rootfs && cp /bin/busybox bundle/rootfs/ && cd bundle
     rkt spec                                  # writes config.json
     rkt run demo                              # create + start + wait, exit code forwarded
@@ -27,6 +40,9 @@ struct Cli {
     /// Directory for container state.
     #[arg(long, global = true, default_value = DEFAULT_ROOT)]
     root: PathBuf,
+    /// Directory for images, pods and the pod network's addresses.
+    #[arg(long, global = true, env = "RKT_DIR", default_value = DEFAULT_DATA_DIR)]
+    dir: PathBuf,
     /// Write logs to this file instead of stderr.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
@@ -139,13 +155,57 @@ enum Cmd {
     Create(CreateArgs),
     /// Start the process of a created container.
     Start { id: String },
-    /// Create, start and wait for a container (foreground unless --detach).
-    Run {
+    /// Run an image as a pod in the foreground (or, with --bundle, create + start + wait for
+    /// a bundle as runc does); the exit code is forwarded.
+    Run(Box<RunArgs>),
+    /// Fetch images into the store: docker://REF or REF (a registry), oci:DIR[:TAG],
+    /// oci-archive:FILE, docker-archive:FILE, or a path. Prints each image's ID.
+    Fetch {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Also name the image this (e.g. localhost/web:1).
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
-        create: CreateArgs,
-        /// Return after starting instead of waiting.
-        #[arg(long, short = 'd')]
-        detach: bool,
+        pull: PullArgs,
+    },
+    /// Manage the image store.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Show a pod's state (key=value lines, or --format json).
+    Status {
+        pod: String,
+        #[arg(long, short = 'f', default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Stop pods: SIGTERM, then SIGKILL after --timeout.
+    Stop {
+        #[arg(required = true)]
+        pods: Vec<String>,
+        /// SIGKILL at once.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "10s")]
+        timeout: String,
+    },
+    /// Remove exited pods (running ones too with --force).
+    Rm {
+        #[arg(required = true)]
+        pods: Vec<String>,
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Run a command (default /bin/sh) inside a running pod.
+    Enter {
+        pod: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Remove pods exited longer than the grace period, then images without names that no pod
+    /// uses and blobs and layers no image references.
+    Gc {
+        #[arg(long, default_value = "30m")]
+        grace_period: String,
     },
     /// Print a container's state as JSON.
     State { id: String },
@@ -267,14 +327,36 @@ fn listen_fds() -> u32 {
 
 fn real_main(cli: &Cli) -> Result<i32> {
     let root = Root::new(&cli.root);
+    let pods = Pods::new(&cli.dir, Root::new(&cli.root));
     match &cli.cmd {
         Cmd::Create(c) => {
             container::create(&root, &c.id, &opts(c))?;
         }
         Cmd::Start { id } => container::start(&root, id)?,
-        Cmd::Run { create, detach } => {
-            return Ok(container::run(&root, &create.id, &opts(create), *detach)?)
+        Cmd::Run(r) => {
+            if cli::pods::is_bundle_run(&pods, r) {
+                return Ok(container::run(
+                    &root,
+                    &r.target,
+                    &cli::pods::bundle_options(r, listen_fds()),
+                    r.detach,
+                )?);
+            }
+            return cli::pods::run(&pods, r);
         }
+        Cmd::Fetch { images, name, pull } => {
+            cli::pods::fetch(&pods, images, name.as_deref(), pull)?
+        }
+        Cmd::Image(c) => cli::pods::image(&pods, c)?,
+        Cmd::Status { pod, format } => cli::pods::status(&pods, &root, pod, format == "json")?,
+        Cmd::Stop {
+            pods: which,
+            force,
+            timeout,
+        } => cli::pods::stop(&pods, which, *force, cli::pods::parse_duration(timeout)?)?,
+        Cmd::Rm { pods: which, force } => cli::pods::rm(&pods, which, *force)?,
+        Cmd::Enter { pod, command } => return cli::pods::enter(&pods, &root, pod, command),
+        Cmd::Gc { grace_period } => cli::pods::gc(&pods, cli::pods::parse_duration(grace_period)?)?,
         Cmd::State { id } => println!("{}", container::state_json(&root, id)?),
         Cmd::Kill { id, signal, all } => {
             container::kill_container(&root, id, container::parse_signal(signal)?, *all)?
@@ -305,20 +387,7 @@ fn real_main(cli: &Cli) -> Result<i32> {
                     .collect();
                 println!("{}", serde_json::to_string(&v)?);
             } else {
-                println!(
-                    "{:<20} {:<8} {:<10} {:<40} CREATED",
-                    "ID", "PID", "STATUS", "BUNDLE"
-                );
-                for (id, pid, st, b, c) in rows {
-                    println!(
-                        "{:<20} {:<8} {:<10} {:<40} {}",
-                        id,
-                        pid,
-                        st.to_string(),
-                        b.display(),
-                        c
-                    );
-                }
+                cli::pods::list_table(&pods, &root);
             }
         }
         Cmd::Spec { bundle } => {
@@ -441,20 +510,8 @@ fn events(root: &Root, id: &str, once: bool, interval: &str) -> Result<()> {
     }
 }
 
-/// Bytes with an optional k/m/g suffix (powers of 1024), or -1.
 fn parse_bytes(s: &str) -> Result<i64> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches('b');
-    let (num, mul) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("{s:?} is not a size (bytes, or with k, m, g)"))?;
-    Ok(if n < 0 { -1 } else { n * mul })
+    Ok(rkt_runtime::pod::config::parse_bytes(s)?)
 }
 
 fn update_resources(u: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources> {

@@ -106,8 +106,13 @@ impl Registry {
                     return Err(self
                         .err("unauthorized: the credentials were refused (--creds USER:PASSWORD)"))
                 }
-                Err(ureq::Error::Status(404, _)) => {
-                    return Err(ImageError::NotFound(self.reference.to_string()))
+                Err(ureq::Error::Status(404, r)) => {
+                    let body = r.into_string().unwrap_or_default();
+                    return Err(self.err(format!(
+                        "{} not found ({})",
+                        self.reference,
+                        api_error(&body)
+                    )));
                 }
                 Err(ureq::Error::Status(code, r)) => {
                     let body = r.into_string().unwrap_or_default();
