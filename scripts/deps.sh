@@ -5,7 +5,8 @@ set -eu
 
 PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static
     systemd-container mmdebstrap iproute2 util-linux
-    libseccomp-dev pkg-config podman runc crun"
+    libseccomp-dev pkg-config podman runc crun
+    skopeo umoci docker-registry iptables"
 
 missing=""
 for p in $PACKAGES; do

@@ -3,9 +3,11 @@
 #   OUT:latest  three layers: busybox and /etc; a web root and a file; that file deleted (a
 #               whiteout) and another added. Entrypoint none, Cmd ["sh"], Env, WorkingDir /srv,
 #               ExposedPorts 80/tcp.
+#   With BIG_MB=N, a fourth layer adds /big.bin, N MiB of random bytes (for download tests).
 # Usage: busybox-image.sh OUT_LAYOUT_DIR
 set -eu
 OUT=$1
+BIG_MB=${BIG_MB:-0}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 command -v umoci >/dev/null || { echo "umoci is missing: run make deps" >&2; exit 1; }
 [ -x "$BUSYBOX" ] || { echo "$BUSYBOX is missing: run make deps (busybox-static)" >&2; exit 1; }
@@ -35,6 +37,11 @@ R="$WORK/d/rootfs"
 rm "$R/srv/gone.txt"
 echo "kept" >"$R/srv/kept.txt"
 umoci repack --image "$OUT:latest" "$WORK/d" >/dev/null
+if [ "$BIG_MB" -gt 0 ]; then
+    umoci unpack --rootless --image "$OUT:latest" "$WORK/e" >/dev/null
+    head -c "$((BIG_MB * 1024 * 1024))" /dev/urandom >"$WORK/e/rootfs/big.bin"
+    umoci repack --image "$OUT:latest" "$WORK/e" >/dev/null
+fi
 umoci config --image "$OUT:latest" --config.cmd sh --config.env "GREETING=hello" \
     --config.workingdir /srv --config.exposedports 80/tcp --architecture amd64 --os linux >/dev/null
 umoci gc --layout "$OUT"

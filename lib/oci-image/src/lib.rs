@@ -76,10 +76,7 @@ impl Source {
             });
         }
         if s.starts_with('/') || s.starts_with("./") || s.starts_with("../") {
-            return Err(ImageError::io(
-                p,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            ));
+            return Err(ImageError::bad(s, "no such file or directory"));
         }
         Ok(Source::Registry(Reference::parse(s)?))
     }
@@ -130,6 +127,8 @@ pub fn export(store: &Store, rec: &ImageRecord, out: &mut dyn Write) -> Result<(
         let mut h = tar::Header::new_ustar();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(0);
         h.set_cksum();
         b.append_data(&mut h, path, data)
@@ -184,7 +183,8 @@ pub fn extract(store: &Store, rec: &ImageRecord, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(|e| ImageError::io(dest, e))?;
     for l in &rec.layers {
         let mut blob = store.open_blob(&l.digest)?;
-        unpack::unpack_layer(&mut blob, dest, unpack::Whiteouts::Apply, &l.digest)?;
+        unpack::unpack_layer(&mut blob, dest, unpack::Whiteouts::Apply, &l.digest)
+            .map_err(|e| store.explain(&l.digest, e))?;
         digest::drain_and_check(blob, &l.digest)?;
     }
     Ok(())

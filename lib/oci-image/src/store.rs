@@ -190,6 +190,15 @@ impl Store {
         digest::drain_and_check(self.open_blob(digest)?, digest)
     }
 
+    /// An error met while reading blob `digest` as a tar: "corrupt" when the blob no longer
+    /// hashes to its digest (a flipped byte breaks the gzip stream before the end is reached).
+    pub fn explain(&self, digest: &str, e: ImageError) -> ImageError {
+        match self.verify_blob(digest) {
+            Err(c @ ImageError::Corrupt { .. }) => c,
+            _ => e,
+        }
+    }
+
     /// Stores `data`; its digest is returned and, if `expected` is given, must match it.
     pub fn put_blob(&self, data: &[u8], expected: Option<&str>) -> Result<String> {
         let d = digest::of(data);
@@ -355,7 +364,8 @@ impl Store {
         {
             let r = unpack::decompressed(BufReader::new(&mut blob), &l.digest)?;
             let mut tar_hash = Hashing::new(r);
-            unpack::unpack(&mut tar_hash, work.path(), Whiteouts::Overlay, &l.digest)?;
+            unpack::unpack(&mut tar_hash, work.path(), Whiteouts::Overlay, &l.digest)
+                .map_err(|e| self.explain(&l.digest, e))?;
             std::io::copy(&mut tar_hash, &mut std::io::sink())
                 .map_err(|e| ImageError::io(format!("layer {}", l.digest), e))?;
             let (actual, _, _) = tar_hash.finish();

@@ -127,7 +127,12 @@ pub enum ImageCmd {
     /// Write an image as an OCI archive (a tar; - for stdout).
     Export { image: String, file: PathBuf },
     /// Write an image's root filesystem into a directory.
-    Extract { image: String, dir: PathBuf },
+    Extract {
+        image: String,
+        /// An empty (or new) directory. (Not `dir`: that is the global --dir.)
+        #[arg(value_name = "DIR")]
+        dest: PathBuf,
+    },
     /// Print an image's manifest.
     CatManifest { image: String },
     /// Check every blob of every image against its digest.
@@ -226,7 +231,7 @@ pub fn image(pods: &Pods, cmd: &ImageCmd) -> Result<()> {
                     .with_context(|| format!("writing {}", file.display()))?;
             }
         }
-        ImageCmd::Extract { image, dir } => {
+        ImageCmd::Extract { image, dest: dir } => {
             let rec = s.find(image)?;
             if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
                 bail!("{} is not empty", dir.display());
@@ -312,17 +317,6 @@ pub fn run(pods: &Pods, r: &RunArgs) -> Result<i32> {
     if r.detach {
         bail!("--detach is for bundles; run a pod in the background with systemd (or &)");
     }
-    let s = store(pods)?;
-    let rec = match s.find(&r.target) {
-        Ok(rec) => rec,
-        Err(oci_image::ImageError::NotFound(_)) => {
-            let src = Source::parse(&r.target)?;
-            eprintln!("rkt: {} is not in the store; fetching it", r.target);
-            oci_image::fetch(&s, &src, None, r.pull.options()?)
-                .with_context(|| format!("fetching {}", r.target))?
-        }
-        Err(e) => return Err(e.into()),
-    };
     let net: NetMode = r.net.parse()?;
     let mut volumes = r
         .volume
@@ -344,6 +338,18 @@ pub fn run(pods: &Pods, r: &RunArgs) -> Result<i32> {
         .iter()
         .map(|p| PortForward::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let memory = r.memory.as_deref().map(config::parse_bytes).transpose()?;
+    let s = store(pods)?;
+    let rec = match s.find(&r.target) {
+        Ok(rec) => rec,
+        Err(oci_image::ImageError::NotFound(_)) => {
+            let src = Source::parse(&r.target)?;
+            eprintln!("rkt: {} is not in the store; fetching it", r.target);
+            oci_image::fetch(&s, &src, None, r.pull.options()?)
+                .with_context(|| format!("fetching {}", r.target))?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let name = match &r.name {
         Some(n) => {
             rkt_runtime::state::check_id(n)?;
@@ -363,7 +369,7 @@ pub fn run(pods: &Pods, r: &RunArgs) -> Result<i32> {
         workdir: r.workdir.clone(),
         volumes,
         net,
-        memory: r.memory.as_deref().map(config::parse_bytes).transpose()?,
+        memory,
         cpu: r.cpu,
         interactive: r.interactive,
     };
