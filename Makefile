@@ -24,6 +24,7 @@ bench: build dist
 	./target/release/etcd-bench compare
 	./target/release/etcd-bench compare-cluster
 	./target/release/rkt-bench --rkt target/$(DIST_TARGET)/dist/rkt
+	./target/release/pod-bench --rkt target/$(DIST_TARGET)/dist/rkt
 	./target/release/fleet-bench --etcd-lite target/release/etcd-lite --machines 100 --units 10000
 
 demo: build
