@@ -1,5 +1,5 @@
 # corelite: one-line targets; logic lives in scripts/ and Rust.
-.PHONY: deps build dist test lint bench demo demo-down clean
+.PHONY: deps build dist image test lint bench demo demo-down clean
 
 deps:
 	./scripts/deps.sh
@@ -7,7 +7,8 @@ deps:
 build: deps
 	cargo build --release --workspace
 
-test: deps
+# The image tests boot target/image, so the image is built (or refreshed) first.
+test: deps image
 	cargo test --workspace --release -- --test-threads=4
 
 lint:
@@ -19,6 +20,10 @@ dist: deps
 	RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
 	LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 	cargo build --profile dist --target $(DIST_TARGET) -p rkt-runtime --bin rkt
+
+# The bootable image (kernel + initrd, raw and qcow2 disks) in target/image.
+image: build dist
+	./image/build.sh target/image
 
 bench: build dist
 	./target/release/etcd-bench compare

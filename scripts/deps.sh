@@ -6,7 +6,8 @@ set -eu
 PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static
     systemd-container mmdebstrap iproute2 util-linux
     libseccomp-dev pkg-config podman runc crun
-    skopeo umoci docker-registry iptables"
+    skopeo umoci docker-registry iptables
+    qemu-system-x86 qemu-utils syslinux syslinux-common mtools dosfstools fdisk"
 
 missing=""
 for p in $PACKAGES; do

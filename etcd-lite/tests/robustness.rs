@@ -63,15 +63,25 @@ fn kill9_during_writes_loses_no_acknowledged_write() {
             let mut c = KvClient::connect(format!("http://{}", m.endpoint()))
                 .await
                 .expect("connect after restart");
-            let r = c
-                .range(RangeRequest {
-                    key: vec![0],
-                    range_end: vec![0],
-                    ..Default::default()
-                })
-                .await
-                .expect("range after restart")
-                .into_inner();
+            // A restarted member replays its log and elects itself first; like etcd's clients,
+            // retry while it says it is unavailable (bounded).
+            let mut attempts = 0;
+            let r = loop {
+                let res = c
+                    .range(RangeRequest {
+                        key: vec![0],
+                        range_end: vec![0],
+                        ..Default::default()
+                    })
+                    .await;
+                match res {
+                    Err(e) if e.code() == tonic::Code::Unavailable && attempts < 10 => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    other => break other.expect("range after restart").into_inner(),
+                }
+            };
             (r.kvs, r.header.map_or(0, |h| h.revision))
         });
         let stored: BTreeMap<Vec<u8>, i64> = kvs

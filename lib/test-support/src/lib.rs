@@ -7,6 +7,7 @@
 //! skip.
 
 pub mod linearizability;
+pub mod vm;
 
 use std::io::Read;
 use std::net::TcpListener;

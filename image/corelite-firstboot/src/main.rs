@@ -1,0 +1,189 @@
+//! `corelite-firstboot`: applies a node's first-boot config once, before networking, etcd-lite
+//! and fleetd start (like Container Linux's Ignition / cloud-config, in JSON).
+//!
+//! The config comes from `--config FILE`, else the kernel command line
+//! (`corelite.config=base64:<JSON in base64>`), else a config drive: a filesystem labelled
+//! CORELITE with `config.json` at its root. Without any, the node keeps the image's defaults
+//! (a single-member etcd-lite, fleetd against it). A bad config fails the unit with a message on
+//! the console; etcd-lite and fleetd then do not start, and the serial console's root shell
+//! stays available for debugging.
+
+mod config;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use clap::Parser;
+use config::Config;
+
+const MARKER: &str = "var/lib/corelite/firstboot.done";
+const DRIVE_LABEL: &str = "CORELITE";
+
+#[derive(Parser)]
+#[command(
+    name = "corelite-firstboot",
+    version,
+    about = "Apply a corelite node's first-boot config once (hostname, network, etcd-lite, fleet, units)",
+    after_help = "CONFIG (JSON; unknown keys are errors):
+    {\"hostname\": \"node1\",
+     \"network\": {\"address\": \"10.0.0.11/24\", \"gateway\": \"10.0.0.1\", \"dns\": [\"10.0.0.1\"]},
+     \"etcd\": {\"initial_cluster\": \"node1=http://10.0.0.11:2380,node2=http://10.0.0.12:2380,node3=http://10.0.0.13:2380\",
+              \"initial_cluster_token\": \"demo\"},
+     \"fleet\": {\"metadata\": {\"role\": \"web\"}, \"agent_ttl\": 30},
+     \"units\": [{\"name\": \"hello.service\", \"contents\": \"[Service]\\nExecStart=/bin/echo hi\\n\"}]}
+
+EXAMPLES:
+    corelite-firstboot --check node1.json          # validate a config before booting with it
+    qemu ... -append \"... corelite.config=base64:$(base64 -w0 node1.json)\"
+    mkfs.vfat -C drive.img 1440 -n CORELITE && mcopy -i drive.img node1.json ::config.json"
+)]
+struct Cli {
+    /// Read the config from this file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Only validate FILE and exit.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+    /// Apply even if this node was configured before.
+    #[arg(long)]
+    force: bool,
+    /// The root to write into (for building images and tests).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    #[arg(long, default_value = "/proc/cmdline", hide = true)]
+    cmdline: PathBuf,
+}
+
+/// The config text and where it came from.
+fn find_config(cli: &Cli) -> Result<Option<(String, String)>> {
+    if let Some(p) = &cli.config {
+        let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(Some((t, p.display().to_string())));
+    }
+    let cmdline = std::fs::read_to_string(&cli.cmdline).unwrap_or_default();
+    for word in cmdline.split_whitespace() {
+        if let Some(v) = word.strip_prefix("corelite.config=") {
+            let b64 = v.strip_prefix("base64:").unwrap_or(v);
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .context("corelite.config= on the kernel command line is not base64")?;
+            let text = String::from_utf8(bytes).context("corelite.config= is not UTF-8")?;
+            return Ok(Some((text, "the kernel command line".into())));
+        }
+    }
+    let dev = Path::new("/dev/disk/by-label").join(DRIVE_LABEL);
+    if dev.exists() {
+        let mnt = Path::new("/run/corelite/config-drive");
+        std::fs::create_dir_all(mnt)?;
+        let st = Command::new("mount")
+            .args(["-o", "ro"])
+            .arg(&dev)
+            .arg(mnt)
+            .status()
+            .context("running mount")?;
+        if !st.success() {
+            bail!("could not mount the config drive {}", dev.display());
+        }
+        let text = std::fs::read_to_string(mnt.join("config.json"));
+        let _ = Command::new("umount").arg(mnt).status();
+        let text = text.context("the config drive has no readable config.json")?;
+        return Ok(Some((
+            text,
+            format!("the config drive ({})", dev.display()),
+        )));
+    }
+    Ok(None)
+}
+
+fn write(root: &Path, path: &str, contents: &str) -> Result<()> {
+    let p = root.join(path.trim_start_matches('/'));
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let tmp = p.with_extension("firstboot-tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+}
+
+fn systemctl(args: &[&str]) -> Result<()> {
+    let st = Command::new("systemctl")
+        .args(args)
+        .status()
+        .context("running systemctl")?;
+    if !st.success() {
+        bail!("systemctl {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn apply(cli: &Cli, c: &Config) -> Result<()> {
+    for (path, contents) in config::render(c) {
+        write(&cli.root, &path, &contents)?;
+    }
+    if cli.root == Path::new("/") {
+        nix::unistd::sethostname(&c.hostname).context("setting the hostname")?;
+        if !c.units.is_empty() {
+            systemctl(&["daemon-reload"])?;
+            for u in c.units.iter().filter(|u| u.enable) {
+                // Enabled for later boots; started now without waiting (we run early in boot).
+                systemctl(&["enable", &u.name])?;
+                systemctl(&["start", "--no-block", &u.name])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(p) = &cli.check {
+        let res = std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))
+            .and_then(|t| Config::parse(&t).map_err(anyhow::Error::from));
+        match res {
+            Ok(_) => println!("{}: ok", p.display()),
+            Err(e) => {
+                eprintln!("corelite-firstboot: {}: {e:#}", p.display());
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let marker = cli.root.join(MARKER);
+    if marker.exists() && !cli.force {
+        println!(
+            "corelite-firstboot: already configured ({} exists)",
+            marker.display()
+        );
+        return;
+    }
+    let res = (|| -> Result<()> {
+        let Some((text, source)) = find_config(&cli)? else {
+            println!("corelite-firstboot: no first-boot config; keeping the image's defaults");
+            return Ok(());
+        };
+        let c = Config::parse(&text)
+            .map_err(|e| anyhow::anyhow!("bad first-boot config from {source}: {e}"))?;
+        apply(&cli, &c)?;
+        println!(
+            "corelite-firstboot: applied the config from {source} (hostname {})",
+            c.hostname
+        );
+        Ok(())
+    })();
+    match res {
+        Ok(()) => {
+            if let Err(e) = write(&cli.root, MARKER, "") {
+                eprintln!("corelite-firstboot: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("corelite-firstboot: {e:#}");
+            eprintln!("corelite-firstboot: etcd-lite and fleetd will not start; fix the config (the serial console has a root shell) and run corelite-firstboot --config FILE");
+            std::process::exit(1);
+        }
+    }
+}
