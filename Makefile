@@ -32,7 +32,7 @@ bench: build dist
 	./target/release/pod-bench --rkt target/$(DIST_TARGET)/dist/rkt
 	./target/release/fleet-bench --etcd-lite target/release/etcd-lite --machines 100 --units 10000
 
-demo: build
+demo: image
 	./scripts/demo.sh
 
 demo-down:

@@ -1081,6 +1081,85 @@ fn exec_helper(args: &ExecArgs, out: &mut std::fs::File) -> Result<()> {
     }
 }
 
+/// Routes this process's stdout and stderr through pipes that a forked child copies to the
+/// original ones. The child stays in the caller's cgroup while the container runs in its own:
+/// journald files a systemd service's output by where the writer sits, so a pod's output
+/// written through the relay is the service's (conmon does the same for podman). The relay
+/// ignores termination signals and leaves when both pipes are closed, so nothing written
+/// before the container exits is lost. Called before any thread exists (it forks).
+pub fn relay_output() -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsFd, AsRawFd};
+    let (r_out, w_out) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
+    let (r_err, w_err) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("creating a pipe"))?;
+    // SAFETY: rkt is single-threaded here; the child only reads, writes and exits.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(w_out);
+            drop(w_err);
+            for sig in [
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::Signal::SIGINT,
+                nix::sys::signal::Signal::SIGHUP,
+            ] {
+                // SAFETY: SIG_IGN installs no handler code.
+                let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
+            }
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            let mut open = [Some((r_out, 1)), Some((r_err, 2))];
+            let mut buf = [0u8; 16 * 1024];
+            while open.iter().any(Option::is_some) {
+                let mut fds: Vec<PollFd> = open
+                    .iter()
+                    .flatten()
+                    .map(|(fd, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                    .collect();
+                if poll(&mut fds, PollTimeout::NONE).is_err() {
+                    continue;
+                }
+                let ready: Vec<bool> = fds
+                    .iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect();
+                drop(fds);
+                let mut k = 0;
+                for slot in open.iter_mut() {
+                    let Some((fd, target)) = slot.as_ref() else { continue };
+                    let is_ready = ready[k];
+                    k += 1;
+                    if !is_ready {
+                        continue;
+                    }
+                    match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                        Ok(0) | Err(_) => *slot = None,
+                        Ok(n) => {
+                            let mut data = &buf[..n];
+                            while !data.is_empty() {
+                                // SAFETY: writing to the inherited descriptor 1 or 2.
+                                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*target) };
+                                match nix::unistd::write(fd, data) {
+                                    Ok(w) => data = &data[w..],
+                                    Err(nix::Error::EINTR) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // SAFETY: a forked child leaves with _exit.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { .. } => {
+            drop(r_out);
+            drop(r_err);
+            nix::unistd::dup2(w_out.as_raw_fd(), 1).map_err(sys("redirecting stdout"))?;
+            nix::unistd::dup2(w_err.as_raw_fd(), 2).map_err(sys("redirecting stderr"))?;
+            Ok(())
+        }
+    }
+}
+
 /// Mounts an overlay of `lowers` (top first) with `upper` and `work` on `target`: a pod's root.
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
     let join = |p: &Path| -> Result<String> {

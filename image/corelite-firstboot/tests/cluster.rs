@@ -117,9 +117,11 @@ impl Cluster {
     }
 
     fn etcdctl(&self, endpoints: &[usize], args: &[&str]) -> Result<String, String> {
+        // host:port, not http://host:port: etcdctl 3.4 sends a scheme-prefixed endpoint as the
+        // HTTP/2 :authority of Status calls, which the h2 crate rejects as malformed.
         let eps: Vec<String> = endpoints
             .iter()
-            .map(|i| format!("http://{}:2379", node_ip(*i)))
+            .map(|i| format!("{}:2379", node_ip(*i)))
             .collect();
         let mut a = vec![
             "--endpoints".to_string(),
@@ -186,7 +188,8 @@ Description=hello: a busybox pod run by rkt, placed by fleet
 
 [Service]
 ExecStartPre=/usr/bin/rkt fetch oci:/usr/share/corelite/images/busybox:latest
-ExecStart=/usr/bin/rkt run --net=host --name hello localhost/busybox -- sh -c 'while true; do echo hello from $(hostname); sleep 2; done'
+# %H is the node's host name (the pod has its own); $$ is a literal $ for systemd.
+ExecStart=/usr/bin/rkt run --net=host --name hello --set-env NODE=%H localhost/busybox -- sh -c 'while true; do echo hello from $$NODE; sleep 2; done'
 ExecStopPost=/usr/bin/rkt gc --grace-period=0s
 ";
 

@@ -2,7 +2,7 @@
 //! namespace of the test's own; the host's network is never touched) and VMs booted under TCG
 //! with their serial console captured (and writable, for the root shell).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -156,19 +156,19 @@ impl Vm {
                 .append(true)
                 .open(log_path)
                 .ok();
-            let mut r = BufReader::new(out);
-            let mut line = Vec::new();
-            while r
-                .read_until(b'\n', &mut line)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {
-                let text = String::from_utf8_lossy(&line).into_owned();
-                if let Some(l) = log.as_mut() {
-                    let _ = l.write_all(text.as_bytes());
+            let mut r = out;
+            // Chunks, not lines: a shell prompt does not end with a newline.
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
                 }
-                c2.lock().expect("the console buffer").push_str(&text);
-                line.clear();
+                if let Some(l) = log.as_mut() {
+                    let _ = l.write_all(&buf[..n]);
+                }
+                c2.lock()
+                    .expect("the console buffer")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         Vm {

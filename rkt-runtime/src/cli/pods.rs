@@ -373,6 +373,9 @@ pub fn run(pods: &Pods, r: &RunArgs) -> Result<i32> {
         cpu: r.cpu,
         interactive: r.interactive,
     };
+    if !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
+        rkt_runtime::linux::relay_output()?;
+    }
     if !r.interactive {
         let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
         nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)
