@@ -25,12 +25,13 @@ dist: deps
 image: build dist
 	./image/build.sh target/image
 
-bench: build dist
+bench: build dist image
 	./target/release/etcd-bench compare
 	./target/release/etcd-bench compare-cluster
 	./target/release/rkt-bench --rkt target/$(DIST_TARGET)/dist/rkt
 	./target/release/pod-bench --rkt target/$(DIST_TARGET)/dist/rkt
 	./target/release/fleet-bench --etcd-lite target/release/etcd-lite --machines 100 --units 10000
+	BENCH=1 ./scripts/demo.sh
 
 demo: image
 	./scripts/demo.sh

@@ -16,7 +16,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=$REPO/target/image-cache
 BIN=${BIN:-$REPO/target/release}
 RKT=${RKT:-$REPO/target/x86_64-unknown-linux-gnu/dist/rkt}
-PACKAGES="systemd,systemd-sysv,dbus,udev,kmod,iproute2,iptables,util-linux,linux-image-cloud-amd64,initramfs-tools"
+PACKAGES="systemd,systemd-sysv,dbus,udev,kmod,iproute2,iptables,util-linux,e2fsprogs,linux-image-cloud-amd64,initramfs-tools"
 ROOT_FREE_MB=${ROOT_FREE_MB:-384}
 BOOT_KB=98304
 

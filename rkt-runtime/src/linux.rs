@@ -1103,7 +1103,8 @@ pub fn relay_output() -> Result<()> {
                 nix::sys::signal::Signal::SIGHUP,
             ] {
                 // SAFETY: SIG_IGN installs no handler code.
-                let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
+                let _ =
+                    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
             }
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
             let mut open = [Some((r_out, 1)), Some((r_err, 2))];
@@ -1124,7 +1125,9 @@ pub fn relay_output() -> Result<()> {
                 drop(fds);
                 let mut k = 0;
                 for slot in open.iter_mut() {
-                    let Some((fd, target)) = slot.as_ref() else { continue };
+                    let Some((fd, target)) = slot.as_ref() else {
+                        continue;
+                    };
                     let is_ready = ready[k];
                     k += 1;
                     if !is_ready {

@@ -37,15 +37,22 @@ fn log_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-logs/image")
 }
 
-fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if f() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    false
+}
+
+fn wait_for(timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        wait_until(timeout, f),
+        "timed out after {timeout:?} waiting for {what}"
+    );
 }
 
 fn node_ip(i: usize) -> String {
@@ -170,7 +177,7 @@ impl Cluster {
                 let tail: String = c
                     .lines()
                     .rev()
-                    .take(25)
+                    .take(60)
                     .collect::<Vec<_>>()
                     .into_iter()
                     .rev()
@@ -290,21 +297,24 @@ fn three_nodes_form_a_cluster_run_a_container_survive_a_node_and_rejoin() {
         .contains("v2"));
 
     c.boot(victim);
-    wait_for(
-        BOOT_TIMEOUT,
-        "the node to rejoin etcd-lite and fleet",
-        || {
-            let etcd_ok = c
-                .etcdctl(&[victim], &["get", "/image-test/k"])
-                .map(|s| s.contains("v2"))
-                .unwrap_or(false);
-            let fleet_ok = c
-                .fleetctl(via, &["list-machines", "--no-legend"])
-                .map(|s| s.lines().count() == 3)
-                .unwrap_or(false);
-            etcd_ok && fleet_ok
-        },
-    );
+    let rejoined = wait_until(BOOT_TIMEOUT, || {
+        let etcd_ok = c
+            .etcdctl(&[victim], &["get", "/image-test/k"])
+            .map(|s| s.contains("v2"))
+            .unwrap_or(false);
+        let fleet_ok = c
+            .fleetctl(via, &["list-machines", "--no-legend"])
+            .map(|s| s.lines().count() == 3)
+            .unwrap_or(false);
+        etcd_ok && fleet_ok
+    });
+    if !rejoined {
+        // Ask the node itself, on its serial console's root shell, what its services say.
+        let vm = c.vms[victim].as_mut().expect("the rebooted VM");
+        vm.type_line("journalctl -b -u etcd-lite -u fleetd --no-pager -n 40 | cat");
+        std::thread::sleep(Duration::from_secs(10));
+        panic!("node{victim} did not rejoin:\n{}", c.consoles());
+    }
     let health = c.etcdctl(&[1, 2, 3], &["endpoint", "health"]);
     assert!(health.is_ok(), "{health:?}");
 }
