@@ -120,15 +120,19 @@ ExecStart=/bin/sh -c 'sleep 20; grep -E "^(MemTotal|MemAvailable):" /proc/meminf
 Global=true
 UNIT
     $FLEETCTL start --no-block "$STATE/meminfo.service" >/dev/null
-    sleep 30
     echo
     echo "image benchmark (3 nodes, qemu TCG, 1 vCPU and 512 MiB each, on this machine):"
     echo "  boot to cluster ready (etcd leader + 3 fleet machines): ${READY} s (target < 60 s)"
     sed 's/^/  /' "$IMAGE/SIZES"
-    for m in $($FLEETCTL list-machines --no-legend --fields machine -l 2>/dev/null | awk '{print $1}'); do
-        $FLEETCTL journal --machine "$m" -n 5 meminfo.service 2>/dev/null | awk -v m="${m%%????????????????????????}" '
+    for m in $($FLEETCTL list-machines --no-legend -l 2>/dev/null | awk '{print $1}'); do
+        n=0
+        until $FLEETCTL journal --machine "$m" -n 5 meminfo.service 2>/dev/null | grep -q MemAvailable; do
+            n=$((n + 1)); [ $n -lt 60 ] || break
+            sleep 2
+        done
+        $FLEETCTL journal --machine "$m" -n 5 meminfo.service 2>/dev/null | awk -v m="$(echo "$m" | cut -c1-8)" '
             /MemTotal:/ {t=$(NF-1)} /MemAvailable:/ {a=$(NF-1)}
-            END {if (t) printf "  node %s: base system memory in use %d MiB of %d MiB (target < 150 MiB)\n", m, (t-a)/1024, t/1024}'
+            END {if (t) printf "  machine %s: base system memory in use %d MiB of %d MiB (target < 150 MiB)\n", m, (t-a)/1024, t/1024}'
     done
     trap - EXIT
     down
