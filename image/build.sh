@@ -74,6 +74,7 @@ mkdir -p "$W/multi-user.target.wants" "$W/sysinit.target.wants" "$W/timers.targe
     "$W/sockets.target.wants" "$W/network-online.target.wants"
 ln -sf /usr/lib/systemd/system/etcd-lite.service "$W/multi-user.target.wants/etcd-lite.service"
 ln -sf /usr/lib/systemd/system/fleetd.service "$W/multi-user.target.wants/fleetd.service"
+ln -sf /usr/lib/systemd/system/fleetd.socket "$W/sockets.target.wants/fleetd.socket"
 ln -sf /usr/lib/systemd/system/corelite-firstboot.service "$W/sysinit.target.wants/corelite-firstboot.service"
 ln -sf /usr/lib/systemd/system/rkt-gc.timer "$W/timers.target.wants/rkt-gc.timer"
 ln -sf /lib/systemd/system/systemd-networkd.service "$W/multi-user.target.wants/systemd-networkd.service"

@@ -155,22 +155,54 @@ async fn shutdown_signal() {
     }
 }
 
+/// The API socket systemd passed in (fleetd.socket): LISTEN_PID is this process and LISTEN_FDS
+/// counts descriptors from 3. None when fleetd was not socket-activated.
+fn activated_listener() -> Option<std::os::unix::net::UnixListener> {
+    let ours = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
+    let n: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if !ours || n < 1 {
+        return None;
+    }
+    // SAFETY: systemd's protocol: descriptor 3 is a socket handed to this process (LISTEN_PID
+    // checked above) and nothing else in fleetd owns it.
+    #[allow(unsafe_code)]
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    Some(std::os::unix::net::UnixListener::from(fd))
+}
+
 async fn serve_unix(
     path: PathBuf,
     app: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
-    }
-    let listener = tokio::net::UnixListener::bind(&path)
-        .with_context(|| format!("listening on {}", path.display()))?;
-    tracing::info!(socket = %path.display(), "fleet API listening");
+    let (listener, owned) = match activated_listener() {
+        Some(l) => {
+            l.set_nonblocking(true)
+                .context("the socket systemd passed")?;
+            tracing::info!("fleet API listening on the socket systemd passed (fleetd.socket)");
+            (
+                tokio::net::UnixListener::from_std(l).context("the socket systemd passed")?,
+                false,
+            )
+        }
+        None => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing stale {}", path.display()))
+                }
+            }
+            let l = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            tracing::info!(socket = %path.display(), "fleet API listening");
+            (l, true)
+        }
+    };
     let svc = hyper_util::service::TowerToHyperService::new(app);
     tokio::spawn(async move {
         loop {
@@ -191,7 +223,10 @@ async fn serve_unix(
                     .await;
             });
         }
-        let _ = std::fs::remove_file(&path);
+        // A socket systemd made stays for the next start (and keeps queueing clients).
+        if owned {
+            let _ = std::fs::remove_file(&path);
+        }
     });
     Ok(())
 }
@@ -327,7 +362,9 @@ async fn run<S: Systemd>(
     // Units keep running under systemd; the machine's lease lapses after --agent-ttl unless
     // fleetd comes back first.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = std::fs::remove_file(&args.listen);
+    if std::env::var_os("LISTEN_FDS").is_none() {
+        let _ = std::fs::remove_file(&args.listen);
+    }
     tracing::info!("fleetd stopped");
     Ok(())
 }
