@@ -4,7 +4,8 @@
 //! fails.
 //!
 //! Tools the tests need are installed by `make deps`; a missing tool is a loud failure, never a
-//! skip.
+//! skip. [`vm`] boots qemu nodes (the image tests) on a private network; [`linearizability`]
+//! checks key-value histories.
 
 pub mod linearizability;
 pub mod vm;
