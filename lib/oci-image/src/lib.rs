@@ -90,6 +90,7 @@ pub fn fetch(
     opts: registry::PullOptions,
 ) -> Result<ImageRecord> {
     let platform = spec::host_platform();
+    let _fetching = store.lock_fetches(false)?;
     match source {
         Source::Layout { dir, tag } => {
             import::from_layout(store, dir, tag.as_deref(), name, &platform)

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! DIR/lock                      flock: shared to read the index, exclusive to change it
+//! DIR/fetch.lock                flock: shared by each fetch, exclusive by gc
 //! DIR/blobs/sha256/<hex>        manifests, configs, layers; verified on every write and read
 //! DIR/index.json                the images (written whole to a temp file, then renamed)
 //! DIR/layers/<hex>/             a layer unpacked for overlayfs (renamed in when complete)
@@ -121,6 +122,17 @@ impl Store {
             FlockArg::LockShared
         };
         self.lock_file(&self.dir.join("lock"), how)
+    }
+
+    /// Held shared by every fetch from start to listing, exclusive by gc: gc never deletes the
+    /// blobs of a fetch that has stored them but not yet listed its image.
+    pub fn lock_fetches(&self, exclusive: bool) -> Result<Lock> {
+        let how = if exclusive {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockShared
+        };
+        self.lock_file(&self.dir.join("fetch.lock"), how)
     }
 
     /// A lock on one blob's download or one layer's unpacking, so that concurrent `rkt`
@@ -387,6 +399,7 @@ impl Store {
     /// Removes images without names that no pod uses, then blobs and unpacked layers no
     /// listed image references, and leftovers in tmp/ older than `tmp_age`.
     pub fn gc(&self, used_ids: &HashSet<String>, tmp_age: std::time::Duration) -> Result<GcReport> {
+        let _fetches = self.lock_fetches(true)?;
         let _l = self.lock(true)?;
         let mut idx = self.read_index()?;
         let mut report = GcReport::default();
@@ -566,6 +579,29 @@ mod tests {
         assert!(s.has_blob(&b.layers[0].digest));
         s.remove("busybox", &|_| None).expect("removing b");
         assert!(s.images().expect("listing").is_empty());
+    }
+
+    #[test]
+    fn gc_waits_for_fetches_in_progress() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let s = Store::open(dir.path()).expect("opening the store");
+        // A fetch has stored a blob but not listed its image yet.
+        let fetching = s.lock_fetches(false).expect("the fetch lock");
+        let blob = s.put_blob(b"a layer being fetched", None).expect("storing");
+        let s2 = s.clone();
+        let gc = std::thread::spawn(move || {
+            s2.gc(&HashSet::new(), std::time::Duration::ZERO)
+                .expect("gc")
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!gc.is_finished(), "gc ran while a fetch was in progress");
+        assert!(s.has_blob(&blob));
+        drop(fetching);
+        let report = gc.join().expect("the gc thread");
+        assert_eq!(
+            report.blobs, 1,
+            "an unlisted blob is collected once no fetch runs"
+        );
     }
 
     #[test]
