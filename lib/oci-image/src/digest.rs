@@ -12,6 +12,11 @@ pub fn of(data: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(data)))
 }
 
+/// `sha256:<hex>` of what `h` was fed.
+pub fn finish(h: Sha256) -> String {
+    format!("sha256:{}", hex(&h.finalize()))
+}
+
 /// The hex part of a digest (the name its blob is stored under).
 pub fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
@@ -48,11 +53,7 @@ impl<T> Hashing<T> {
 
     /// The digest and byte count of everything so far.
     pub fn finish(self) -> (String, u64, T) {
-        (
-            format!("sha256:{}", hex(&self.hasher.finalize())),
-            self.count,
-            self.inner,
-        )
+        (finish(self.hasher), self.count, self.inner)
     }
 
     pub fn count(&self) -> u64 {

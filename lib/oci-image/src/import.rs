@@ -281,24 +281,8 @@ fn from_docker_dir(
     let mut layers = Vec::new();
     for l in &e.layers {
         let p = inside(l)?;
-        let f = std::fs::File::open(&p).map_err(|err| ImageError::io(&p, err))?;
-        let (d, n) = digest::state_of(f)
-            .map(|(h, n)| {
-                use sha2::Digest as _;
-                (
-                    format!(
-                        "sha256:{}",
-                        h.finalize()
-                            .iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<String>()
-                    ),
-                    n,
-                )
-            })
-            .map_err(|err| ImageError::io(&p, err))?;
         let mut f = std::fs::File::open(&p).map_err(|err| ImageError::io(&p, err))?;
-        store.put_blob_from(&mut f, &d)?;
+        let (d, n) = store.put_blob_hashed(&mut f, l)?;
         layers.push(Descriptor {
             media_type: spec::OCI_LAYER_TAR.into(),
             digest: d,

@@ -293,15 +293,7 @@ impl BlobSource for Registry {
                 });
             }
         } else {
-            use sha2::Digest as _;
-            let actual = format!(
-                "sha256:{}",
-                state
-                    .finalize()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            );
+            let actual = digest::finish(state);
             if actual != d.digest {
                 let _ = std::fs::remove_file(&partial);
                 return Err(ImageError::Corrupt {

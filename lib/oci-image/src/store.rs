@@ -229,22 +229,40 @@ impl Store {
     /// Copies `r` into the store under `expected`, refusing content that does not hash to it.
     pub fn put_blob_from(&self, r: &mut dyn Read, expected: &str) -> Result<u64> {
         crate::reference::check_digest(expected).map_err(|r| ImageError::bad("digest", r))?;
-        let tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())
-            .map_err(|e| ImageError::io(self.tmp_dir(), e))?;
-        let mut w = Hashing::new(std::io::BufWriter::new(tmp));
-        std::io::copy(r, &mut w).map_err(|e| ImageError::io(format!("blob {expected}"), e))?;
-        let (actual, n, buf) = w.finish();
+        let (actual, n, tmp) = self.write_tmp(r, expected)?;
         if actual != expected {
             return Err(ImageError::Corrupt {
                 digest: expected.to_string(),
                 actual,
             });
         }
+        self.commit_blob(tmp, expected)?;
+        Ok(n)
+    }
+
+    /// Copies `r` into the store under the digest it hashes to: (digest, size). For content
+    /// no manifest names yet (a docker-archive's layer files).
+    pub fn put_blob_hashed(&self, r: &mut dyn Read, what: &str) -> Result<(String, u64)> {
+        let (actual, n, tmp) = self.write_tmp(r, what)?;
+        self.commit_blob(tmp, &actual)?;
+        Ok((actual, n))
+    }
+
+    /// `r` into a temp file in tmp/, hashed on the way.
+    fn write_tmp(
+        &self,
+        r: &mut dyn Read,
+        what: &str,
+    ) -> Result<(String, u64, tempfile::NamedTempFile)> {
+        let tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())
+            .map_err(|e| ImageError::io(self.tmp_dir(), e))?;
+        let mut w = Hashing::new(std::io::BufWriter::new(tmp));
+        std::io::copy(r, &mut w).map_err(|e| ImageError::io(format!("blob {what}"), e))?;
+        let (actual, n, buf) = w.finish();
         let tmp = buf
             .into_inner()
             .map_err(|e| ImageError::io(self.tmp_dir(), e.into_error()))?;
-        self.commit_blob(tmp, expected)?;
-        Ok(n)
+        Ok((actual, n, tmp))
     }
 
     /// Moves a fully written and verified temp file into place.
