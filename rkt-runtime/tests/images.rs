@@ -295,6 +295,8 @@ fn pull_run_serve_http_stop_rm_gc() {
     // A second pod under the same name is refused while the first runs.
     let err = r.fails(&["run", "--name", "web", &image, "--", "true"]);
     assert!(err.contains("already exists"), "{err}");
+    let err = r.fails(&["rm", "web"]);
+    assert!(err.contains("stop it first"), "{err}");
     // httpd as pid 1 ignores SIGTERM: stop kills it after the timeout.
     r.ok(&["stop", "--timeout", "2s", "web"]);
     let st = pod.wait().expect("rkt run exits");
@@ -677,6 +679,19 @@ fn bad_input_is_refused_clearly() {
     assert!(err.contains("device node"), "{err}");
     let bad_ports = r.fails(&["run", "--port", "80:99999", "busybox"]);
     assert!(bad_ports.contains("--port"), "{bad_ports}");
+    let err = r.fails(&["run", "--volume", "/no/such/dir:/data", "busybox"]);
+    assert!(
+        err.contains("volume source /no/such/dir does not exist"),
+        "{err}"
+    );
+    let err = r.fails(&["run", "--volume", "relative:/data", "busybox"]);
+    assert!(err.contains("absolute"), "{err}");
+    let err = r.fails(&["run", "--name", "bad/name", "busybox"]);
+    assert!(err.contains("invalid container id"), "{err}");
+    let err = r.fails(&["run", "--detach", "busybox"]);
+    assert!(err.contains("--detach is for bundles"), "{err}");
+    let err = r.fails(&["run", "--net=host", "--port", "80:80", "busybox"]);
+    assert!(err.contains("--port needs --net=default"), "{err}");
     assert_eq!(r.ok(&["image", "list", "-q"]).trim(), "");
 }
 

@@ -339,6 +339,11 @@ pub fn run(pods: &Pods, r: &RunArgs) -> Result<i32> {
         .map(|p| PortForward::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
     let memory = r.memory.as_deref().map(config::parse_bytes).transpose()?;
+    // Every option is checked before an image is fetched (which may go to a registry).
+    pod::check_ports(net, &ports)?;
+    if let Some(n) = &r.name {
+        rkt_runtime::state::check_id(n)?;
+    }
     let s = store(pods)?;
     let rec = match s.find(&r.target) {
         Ok(rec) => rec,
@@ -351,10 +356,7 @@ pub fn run(pods: &Pods, r: &RunArgs) -> Result<i32> {
         Err(e) => return Err(e.into()),
     };
     let name = match &r.name {
-        Some(n) => {
-            rkt_runtime::state::check_id(n)?;
-            n.clone()
-        }
+        Some(n) => n.clone(),
         None => pod::default_name(
             rec.names.first().map(String::as_str).unwrap_or("pod"),
             &format!("{:x}", rand_u32()),

@@ -209,11 +209,7 @@ impl Pods {
         ports: &[PortForward],
         ready: &mut dyn FnMut(&PodRecord),
     ) -> Result<i32> {
-        if opts.net != NetMode::Default && !ports.is_empty() {
-            return Err(RuntimeError::Unsupported(
-                "--port needs --net=default (with --net=host the pod uses the host's ports)".into(),
-            ));
-        }
+        check_ports(opts.net, ports)?;
         if let Some((other, st)) = self
             .list()
             .into_iter()
@@ -529,6 +525,16 @@ fn write_etc(dir: &Path, pod: &PodRecord) -> Result<Vec<(String, PathBuf)>> {
 
 pub fn image_err(e: oci_image::ImageError) -> RuntimeError {
     RuntimeError::Image(e.to_string())
+}
+
+/// Port forwards exist only on the default network.
+pub fn check_ports(net: NetMode, ports: &[PortForward]) -> Result<()> {
+    if net != NetMode::Default && !ports.is_empty() {
+        return Err(RuntimeError::Unsupported(
+            "--port needs --net=default (with --net=host the pod uses the host's ports)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A default pod name from the image name: `busybox-1a2b3c4d`.
