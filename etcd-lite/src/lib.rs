@@ -13,6 +13,7 @@
 //! [`watch`] reads the committed revisions the machine publishes and the store's history.
 
 pub mod applier;
+pub mod authority;
 pub mod config;
 pub mod consensus;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod lease;
 pub mod machine;
 pub mod metrics;
 pub mod mvcc;
+pub mod serve;
 pub mod server;
 pub mod v2store;
 pub mod watch;

@@ -154,16 +154,11 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {addr}"))?;
         tracing::info!(%addr, "ready to serve client requests");
-        let app = app.clone();
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .tcp_nodelay(true)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-        }));
+        tasks.push(tokio::spawn(etcd_lite::serve::serve(
+            listener,
+            app.clone(),
+            stop_rx.clone(),
+        )));
     }
     shutdown_signal().await;
     let _ = stop_tx.send(true);

@@ -323,6 +323,28 @@ fn endpoint_member_and_snapshot() {
     let status = &st[0]["Status"];
     assert_eq!(status["header"]["revision"], 2);
     assert_eq!(status["leader"], status["header"]["member_id"]);
+    // Endpoints written as URLs, as etcd's documentation writes them: etcdctl 3.4 then sends
+    // the URL as the HTTP/2 :authority of `endpoint status`/`hashkv` (etcd accepts it).
+    let url = format!("http://{}", m.endpoint());
+    for cmd in [
+        &["endpoint", "status"][..],
+        &["endpoint", "hashkv"],
+        &["get", "s"],
+    ] {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &url, "-w", "json"])
+            .args(cmd)
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {cmd:?} with --endpoints {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = json(&String::from_utf8_lossy(&out.stdout));
+        assert!(!v.is_null(), "{v}");
+    }
     let members = m.ok(&["member", "list"]);
     assert!(members.contains(", started, default, "), "{members}");
     let snap = m.dir.path().join("snap.db");
