@@ -105,6 +105,28 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Certificate (PEM, chain first) served on https:// client URLs.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Require clients on https:// URLs to present a certificate signed by --trusted-ca-file.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, default_value_t = false)]
+    pub client_cert_auth: bool,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+}
+
+/// The TLS settings of the client listeners (etcd's flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Client certificates are required and must chain to these CAs.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// A configuration error a user can act on.
@@ -118,6 +140,8 @@ pub enum ConfigError {
     },
     #[error("--initial-cluster: {0}")]
     BadCluster(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -128,19 +152,32 @@ fn split(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// Resolves a client URL to an address to bind.
+/// Resolves a peer URL to an address to bind.
 pub fn listen_addr(flag: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    let (addr, tls) = listen_url(flag, raw)?;
+    if tls {
+        return Err(ConfigError::BadUrl {
+            flag,
+            url: raw.to_string(),
+            reason: "TLS between peers is not supported yet; use http".into(),
+        });
+    }
+    Ok(addr)
+}
+
+/// Resolves a URL to an address to bind and whether it is https.
+fn listen_url(flag: &'static str, raw: &str) -> Result<(SocketAddr, bool), ConfigError> {
     let bad = |reason: String| ConfigError::BadUrl {
         flag,
         url: raw.to_string(),
         reason,
     };
     let u = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
-    match u.scheme() {
-        "http" => {}
-        "https" => return Err(bad("TLS listeners are not supported yet; use http".into())),
+    let tls = match u.scheme() {
+        "http" => false,
+        "https" => true,
         s => return Err(bad(format!("unsupported scheme {s:?}"))),
-    }
+    };
     let host = match u.host_str() {
         Some("localhost") | None => "127.0.0.1".to_string(),
         Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
@@ -149,7 +186,7 @@ pub fn listen_addr(flag: &'static str, raw: &str) -> Result<SocketAddr, ConfigEr
     let ip: std::net::IpAddr = host
         .parse()
         .map_err(|_| bad(format!("{host:?} is not an IP address")))?;
-    Ok(SocketAddr::new(ip, port))
+    Ok((SocketAddr::new(ip, port), tls))
 }
 
 fn hash_id(parts: &[&str]) -> u64 {
@@ -169,11 +206,40 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
     }
 
-    pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+    /// The client listeners: address, and whether it speaks TLS.
+    pub fn listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
         split(&self.listen_client_urls)
             .iter()
-            .map(|u| listen_addr("listen-client-urls", u))
+            .map(|u| listen_url("listen-client-urls", u))
             .collect()
+    }
+
+    /// TLS for https:// client URLs: both files are needed when one such URL is given.
+    pub fn client_tls(&self) -> Result<Option<ClientTls>, ConfigError> {
+        let any_https = self.listen_addrs()?.iter().any(|(_, tls)| *tls);
+        if !any_https {
+            return Ok(None);
+        }
+        let (Some(cert_file), Some(key_file)) = (&self.cert_file, &self.key_file) else {
+            return Err(ConfigError::Tls(
+                "--listen-client-urls has an https URL: --cert-file and --key-file are required"
+                    .into(),
+            ));
+        };
+        let client_ca_file = match (self.client_cert_auth, &self.trusted_ca_file) {
+            (true, Some(ca)) => Some(ca.clone()),
+            (true, None) => {
+                return Err(ConfigError::Tls(
+                    "--client-cert-auth needs --trusted-ca-file".into(),
+                ))
+            }
+            (false, _) => None,
+        };
+        Ok(Some(ClientTls {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file,
+        }))
     }
 
     /// The initial cluster as (name, peer URLs), in flag order; a name may repeat for several
@@ -306,8 +372,9 @@ mod tests {
         assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
         assert_eq!(
             c.listen_addrs().ok(),
-            Some(vec!["127.0.0.1:2379".parse().expect("addr")])
+            Some(vec![("127.0.0.1:2379".parse().expect("addr"), false)])
         );
+        assert_eq!(c.client_tls().ok(), Some(None));
         assert!(c.member().is_ok());
     }
 
@@ -316,8 +383,42 @@ mod tests {
         let c = cfg(&["--listen-client-urls", "http://nohost:2379"]);
         assert!(c.listen_addrs().is_err());
         let c = cfg(&["--listen-client-urls", "https://127.0.0.1:2379"]);
-        let e = c.listen_addrs().expect_err("https is refused");
-        assert!(e.to_string().contains("TLS"));
+        let e = c.client_tls().expect_err("https needs a certificate");
+        assert!(e.to_string().contains("--cert-file and --key-file"), "{e}");
+        let tls = ["--cert-file", "c.pem", "--key-file", "k.pem"];
+        let mut args = vec!["--listen-client-urls", "https://127.0.0.1:2379"];
+        args.extend(tls);
+        assert_eq!(
+            cfg(&args)
+                .client_tls()
+                .ok()
+                .flatten()
+                .map(|t| t.client_ca_file),
+            Some(None)
+        );
+        args.push("--client-cert-auth");
+        let e = cfg(&args).client_tls().expect_err("no CA");
+        assert!(e.to_string().contains("--trusted-ca-file"), "{e}");
+        args.extend(["--trusted-ca-file", "ca.pem"]);
+        assert_eq!(
+            cfg(&args)
+                .client_tls()
+                .ok()
+                .flatten()
+                .map(|t| t.client_ca_file),
+            Some(Some(PathBuf::from("ca.pem")))
+        );
+        let mut args = vec!["--client-cert-auth=false", "--trusted-ca-file", "ca.pem"];
+        args.extend(["--listen-client-urls", "https://127.0.0.1:2379"]);
+        args.extend(tls);
+        assert_eq!(
+            cfg(&args)
+                .client_tls()
+                .ok()
+                .flatten()
+                .map(|t| t.client_ca_file),
+            Some(None)
+        );
         let c = cfg(&["--initial-cluster", "other=http://127.0.0.1:2380"]);
         assert!(c.member().is_err());
         let c = cfg(&["--initial-cluster", "default=https://127.0.0.1:2380"]);

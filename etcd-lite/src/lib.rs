@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod mvcc;
 pub mod serve;
 pub mod server;
+pub mod tls;
 pub mod v2store;
 pub mod watch;

@@ -47,6 +47,12 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     init_logs(&cfg);
     let addrs = cfg.listen_addrs()?;
+    let tls = match cfg.client_tls()? {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            etcd_lite::tls::server_config(&t).context("loading the client TLS certificate")?,
+        )),
+        None => None,
+    };
     let member = cfg.member()?;
     let data_dir = cfg.data_dir();
     std::fs::create_dir_all(&data_dir)
@@ -149,14 +155,15 @@ async fn main() -> anyhow::Result<()> {
             }));
         }
     }
-    for addr in addrs {
+    for (addr, https) in addrs {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
-        tracing::info!(%addr, "ready to serve client requests");
+        tracing::info!(%addr, tls = https, "ready to serve client requests");
         tasks.push(tokio::spawn(etcd_lite::serve::serve(
             listener,
             app.clone(),
+            tls.clone().filter(|_| https),
             stop_rx.clone(),
         )));
     }

@@ -1,25 +1,34 @@
-//! The client listener: HTTP/1.1 and HTTP/2 (gRPC, the JSON gateway, /v2, health, metrics) on
-//! one port, each connection through [`FixAuthority`](crate::authority::FixAuthority).
+//! The client listeners: HTTP/1.1 and HTTP/2 (gRPC, the JSON gateway, /v2, health, metrics) on
+//! one port, plain or TLS, each connection through
+//! [`FixAuthority`](crate::authority::FixAuthority).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::authority::FixAuthority;
 
-/// Serves `app` on `listener` until `stop` changes, then lets open connections finish.
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` (through `tls` when given) until `stop` changes, then lets open
+/// connections finish their requests.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let builder = Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -33,19 +42,47 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(FixAuthority::new(stream));
-        let conn = builder
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()))
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended");
-            }
-        });
+        let (app, builder, stop) = (app.clone(), builder.clone(), stop.clone());
+        match tls.clone() {
+            None => conns.spawn(connection(stream, app, builder, stop, peer)),
+            Some(acceptor) => conns.spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => connection(s, app, builder, stop, peer).await,
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            }),
+        };
     }
     drop(listener);
-    graceful.shutdown().await;
+    while conns.join_next().await.is_some() {}
     Ok(())
+}
+
+async fn connection<I>(
+    io: I,
+    app: axum::Router,
+    builder: Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(
+        TokioIo::new(FixAuthority::new(io)),
+        TowerToHyperService::new(app),
+    );
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "client connection ended");
+    }
 }

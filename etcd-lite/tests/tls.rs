@@ -1,0 +1,326 @@
+//! TLS on the client port, with etcd's flags, driven by the real etcdctl and curl. Certificates
+//! come from openssl: a CA, a server certificate for 127.0.0.1, a client certificate, and a
+//! client certificate from another CA.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::{free_port, require_tool};
+
+const BIN: &str = env!("CARGO_BIN_EXE_etcd-lite");
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new(require_tool("openssl"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME-ca.pem`) and, signed by it, `NAME-server.pem` (for 127.0.0.1) and
+/// `NAME-client.pem`, each with its `-key.pem`.
+fn pki(dir: &Path, name: &str) {
+    let ca = format!("{name}-ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-keyout",
+            &format!("{ca}-key.pem"),
+            "-out",
+            &format!("{ca}.pem"),
+        ],
+    );
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let base = format!("{name}-{who}");
+        std::fs::write(dir.join(format!("{base}.ext")), ext).expect("writing an extension file");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &format!("/CN={base}"),
+                "-keyout",
+                &format!("{base}-key.pem"),
+                "-out",
+                &format!("{base}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{base}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}-key.pem"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{base}.ext"),
+                "-out",
+                &format!("{base}.pem"),
+            ],
+        );
+    }
+}
+
+struct Member {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(pki_dir: &Path, extra: &[&str]) -> Member {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .current_dir(pki_dir)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting etcd-lite");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("etcd-lite exited with {st}");
+        }
+        assert!(Instant::now() < deadline, "etcd-lite did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Member { child, dir, port }
+}
+
+fn run(program: &str, dir: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .current_dir(dir)
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .output()
+        .expect("running a client")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const SERVER: [&str; 4] = [
+    "--cert-file",
+    "a-server.pem",
+    "--key-file",
+    "a-server-key.pem",
+];
+
+#[test]
+fn client_certificates_are_required_and_checked() {
+    let pki_dir = tempfile::tempdir().expect("a temp dir");
+    let d = pki_dir.path();
+    pki(d, "a");
+    pki(d, "b");
+    let mut args = SERVER.to_vec();
+    args.extend(["--client-cert-auth", "--trusted-ca-file", "a-ca.pem"]);
+    let m = start(d, &args);
+    let ep = format!("https://127.0.0.1:{}", m.port);
+    let tls = [
+        "--cacert",
+        "a-ca.pem",
+        "--cert",
+        "a-client.pem",
+        "--key",
+        "a-client-key.pem",
+    ];
+    let etcdctl = |extra: &[&str], cmd: &[&str]| {
+        let mut a = vec!["--endpoints", &ep, "--dial-timeout", "3s"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(cmd);
+        run("etcdctl", d, &a)
+    };
+    let put = etcdctl(&tls, &["put", "k", "over tls"]);
+    assert!(put.status.success(), "{}", text(&put));
+    let get = etcdctl(&tls, &["get", "k", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "over tls");
+    let st = etcdctl(&tls, &["endpoint", "status", "-w", "json"]);
+    assert!(st.status.success(), "{}", text(&st));
+    // Without a client certificate, or with one from another CA: refused.
+    let no_cert = etcdctl(&["--cacert", "a-ca.pem"], &["get", "k"]);
+    assert!(!no_cert.status.success(), "{}", text(&no_cert));
+    let other = etcdctl(
+        &[
+            "--cacert",
+            "a-ca.pem",
+            "--cert",
+            "b-client.pem",
+            "--key",
+            "b-client-key.pem",
+        ],
+        &["get", "k"],
+    );
+    assert!(!other.status.success(), "{}", text(&other));
+    // curl: HTTP/1.1 and HTTP/2 by ALPN, the JSON gateway and health.
+    let curl = |extra: &[&str], path: &str| {
+        let url = format!("{ep}{path}");
+        let mut a = vec!["-s", "-S", "--cacert", "a-ca.pem", "-m", "5"];
+        a.extend_from_slice(extra);
+        a.push(&url);
+        run("curl", d, &a)
+    };
+    let client = ["--cert", "a-client.pem", "--key", "a-client-key.pem"];
+    for version in ["--http1.1", "--http2"] {
+        let mut a = client.to_vec();
+        a.push(version);
+        let h = curl(&a, "/health");
+        assert!(text(&h).contains("\"health\":\"true\""), "{}", text(&h));
+    }
+    let mut a = client.to_vec();
+    a.extend(["-X", "POST", "-d", r#"{"key":"aw=="}"#]);
+    let r = curl(&a, "/v3/kv/range");
+    assert!(text(&r).contains("b3ZlciB0bHM="), "{}", text(&r)); // "over tls"
+    assert!(!curl(&[], "/health").status.success());
+    // Plain HTTP to the TLS port gets nothing useful, and the member keeps serving.
+    let plain = run(
+        "curl",
+        d,
+        &[
+            "-s",
+            "-m",
+            "5",
+            &format!("http://127.0.0.1:{}/health", m.port),
+        ],
+    );
+    assert!(!text(&plain).contains("\"health\":\"true\""));
+    let again = etcdctl(&tls, &["get", "k", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "over tls");
+    drop(m);
+}
+
+#[test]
+fn server_tls_without_client_certificates() {
+    let pki_dir = tempfile::tempdir().expect("a temp dir");
+    let d = pki_dir.path();
+    pki(d, "a");
+    let m = start(d, &SERVER);
+    let ep = format!("https://127.0.0.1:{}", m.port);
+    let put = run(
+        "etcdctl",
+        d,
+        &["--endpoints", &ep, "--cacert", "a-ca.pem", "put", "x", "1"],
+    );
+    assert!(put.status.success(), "{}", text(&put));
+    // A client that does not trust the server's CA refuses it.
+    let untrusted = run(
+        "etcdctl",
+        d,
+        &["--endpoints", &ep, "--dial-timeout", "3s", "get", "x"],
+    );
+    assert!(!untrusted.status.success());
+    let _ = m.dir.path();
+}
+
+#[test]
+fn bad_tls_settings_are_refused_at_start() {
+    let pki_dir = tempfile::tempdir().expect("a temp dir");
+    let d = pki_dir.path();
+    pki(d, "a");
+    pki(d, "b");
+    let start_err = |args: &[&str]| {
+        let data = tempfile::tempdir().expect("a temp dir");
+        let url = format!("https://127.0.0.1:{}", free_port());
+        let o = Command::new(BIN)
+            .current_dir(d)
+            .arg("--data-dir")
+            .arg(data.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running etcd-lite");
+        assert!(!o.status.success(), "etcd-lite started with {args:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = start_err(&[]);
+    assert!(e.contains("--cert-file and --key-file are required"), "{e}");
+    let e = start_err(&[
+        "--cert-file",
+        "missing.pem",
+        "--key-file",
+        "a-server-key.pem",
+    ]);
+    assert!(e.contains("missing.pem"), "{e}");
+    // A key that is not the certificate's.
+    let e = start_err(&[
+        "--cert-file",
+        "a-server.pem",
+        "--key-file",
+        "b-server-key.pem",
+    ]);
+    assert!(e.contains("a-server.pem and b-server-key.pem"), "{e}");
+    let e = start_err(&[&SERVER[..], &["--client-cert-auth"]].concat());
+    assert!(e.contains("--trusted-ca-file"), "{e}");
+    let not_pem = PathBuf::from(d).join("a-server.csr.txt");
+    std::fs::write(&not_pem, "not a certificate").expect("writing");
+    let e = start_err(&[
+        "--cert-file",
+        "a-server.csr.txt",
+        "--key-file",
+        "a-server-key.pem",
+    ]);
+    assert!(e.contains("no PEM certificate"), "{e}");
+}
