@@ -21,6 +21,11 @@ use crate::server::{ClusterSpec, Limits, MemberInfo};
     etcd-lite --name node1 --data-dir /var/lib/etcd-lite \\
         --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls http://10.0.0.1:2379
 
+    # TLS for clients, with client certificates signed by ca.pem
+    etcd-lite --listen-client-urls https://0.0.0.0:2379 --advertise-client-urls https://10.0.0.1:2379 \\
+        --cert-file server.pem --key-file server-key.pem --client-cert-auth --trusted-ca-file ca.pem
+    etcdctl --endpoints https://10.0.0.1:2379 --cacert ca.pem --cert client.pem --key client-key.pem get foo
+
     # then, from another shell
     ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2379 put foo bar
     curl -s http://127.0.0.1:2379/v2/keys/foo

@@ -446,13 +446,24 @@ fn mount_one(rootfs: &Path, m: &Mount, has_netns: bool, cgroup: Option<&Cgroup>)
                 plan.flags,
                 None::<&str>,
             ),
-            "sysfs" if !has_netns => mount(
-                Some(Path::new("/sys")),
+            // sysfs shows the mounter's network namespace. Root may mount it from the host's
+            // namespace too; where that is refused (a user namespace), the host's /sys is bound.
+            "sysfs" => match mount(
+                Some("sysfs"),
                 &dest,
+                Some("sysfs"),
+                plan.flags,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            ),
+            ) {
+                Err(nix::errno::Errno::EPERM) if !has_netns => mount(
+                    Some(Path::new("/sys")),
+                    &dest,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                ),
+                r => r,
+            },
             _ => mount(
                 source.as_deref().or(Some(Path::new(&typ))),
                 &dest,

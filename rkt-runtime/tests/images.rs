@@ -725,6 +725,26 @@ fn archives_export_and_extract() {
         "cat /srv/kept.txt; echo $GREETING",
     ]);
     assert_eq!(out.lines().collect::<Vec<_>>(), vec!["kept", "hello"]);
+    // --net=host: the host's interfaces (the test's netns has a loopback), a sysfs of its own
+    // with a cgroup filesystem under it, and no warnings.
+    let o = r.run(&[
+        "run",
+        "--net=host",
+        "team/bb:v1",
+        "--",
+        "sh",
+        "-c",
+        "ls /sys/class/net; grep -c ' /sys/fs/cgroup' /proc/self/mountinfo",
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.lines().any(|l| l == "lo"), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+    let cgroup_mounts: u32 = out.lines().last().unwrap_or("").parse().unwrap_or(0);
+    assert!(cgroup_mounts >= 1, "no cgroup mount in the pod: {out}");
     // Export as an OCI archive, fetch it into another store: the same image.
     let exported = work.path().join("exported.tar");
     r.ok(&[

@@ -73,8 +73,7 @@ fn find_config(cli: &Cli) -> Result<Option<(String, String)>> {
             return Ok(Some((text, "the kernel command line".into())));
         }
     }
-    let dev = Path::new("/dev/disk/by-label").join(DRIVE_LABEL);
-    if dev.exists() {
+    if let Some(dev) = find_drive() {
         let mnt = Path::new("/run/corelite/config-drive");
         std::fs::create_dir_all(mnt)?;
         let st = Command::new("mount")
@@ -95,6 +94,53 @@ fn find_config(cli: &Cli) -> Result<Option<(String, String)>> {
         )));
     }
     Ok(None)
+}
+
+/// The volume label in a FAT boot sector (FAT12/16 or FAT32), if it has one.
+fn fat_label(sector: &[u8]) -> Option<String> {
+    if sector.len() < 512 || sector[510..512] != [0x55, 0xAA] {
+        return None;
+    }
+    // FAT32 leaves the 16-bit sectors-per-FAT (offset 22) zero; its extended boot record is
+    // further in (signature 0x29, then serial and label).
+    let (signature, label) = if u16::from_le_bytes([sector[22], sector[23]]) == 0 {
+        (66, 71)
+    } else {
+        (38, 43)
+    };
+    if sector[signature] != 0x29 {
+        return None;
+    }
+    let l = std::str::from_utf8(&sector[label..label + 11])
+        .ok()?
+        .trim_end();
+    (!l.is_empty() && l != "NO NAME").then(|| l.to_string())
+}
+
+/// The config drive: each block device's first sector is read, so nothing waits for udev
+/// (the unit runs early and boot does not wait for udev to settle); /dev/disk/by-label
+/// covers filesystems other than FAT once udev has seen them.
+fn find_drive() -> Option<PathBuf> {
+    let mut names: Vec<_> = std::fs::read_dir("/sys/class/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let dev = Path::new("/dev").join(&name);
+        let mut sector = [0u8; 512];
+        let read = std::fs::File::open(&dev).and_then(|mut f| {
+            use std::io::Read as _;
+            f.read_exact(&mut sector)
+        });
+        if read.is_ok() && fat_label(&sector).as_deref() == Some(DRIVE_LABEL) {
+            return Some(dev);
+        }
+    }
+    let by_label = Path::new("/dev/disk/by-label").join(DRIVE_LABEL);
+    by_label.exists().then_some(by_label)
 }
 
 fn write(root: &Path, path: &str, contents: &str) -> Result<()> {
@@ -185,5 +231,45 @@ fn main() {
             eprintln!("corelite-firstboot: etcd-lite and fleetd will not start; fix the config (the serial console has a root shell) and run corelite-firstboot --config FILE");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fat_label;
+
+    fn sector(fat32: bool, label: &[u8; 11]) -> Vec<u8> {
+        let mut s = vec![0u8; 512];
+        s[510] = 0x55;
+        s[511] = 0xAA;
+        let (sig, at) = if fat32 {
+            (66, 71)
+        } else {
+            s[22] = 9; // sectors per FAT
+            (38, 43)
+        };
+        s[sig] = 0x29;
+        s[at..at + 11].copy_from_slice(label);
+        s
+    }
+
+    #[test]
+    fn fat_labels_are_read_from_both_layouts() {
+        assert_eq!(
+            fat_label(&sector(false, b"CORELITE   ")).as_deref(),
+            Some("CORELITE")
+        );
+        assert_eq!(
+            fat_label(&sector(true, b"CORELITE   ")).as_deref(),
+            Some("CORELITE")
+        );
+        assert_eq!(fat_label(&sector(false, b"NO NAME    ")), None);
+        let mut not_fat = sector(false, b"CORELITE   ");
+        not_fat[511] = 0;
+        assert_eq!(fat_label(&not_fat), None);
+        let mut no_ebr = sector(false, b"CORELITE   ");
+        no_ebr[38] = 0;
+        assert_eq!(fat_label(&no_ebr), None);
+        assert_eq!(fat_label(&[0u8; 100]), None);
     }
 }

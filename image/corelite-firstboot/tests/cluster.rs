@@ -16,7 +16,7 @@ const MEMORY_MB: u32 = 512;
 
 fn image_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/image");
-    for f in ["corelite.qcow2", "vmlinuz", "initrd.img"] {
+    for f in ["corelite.qcow2", "corelite.raw", "vmlinuz", "initrd.img"] {
         assert!(
             d.join(f).is_file(),
             "{} is missing: `make image` builds it (`make test` does)",
@@ -83,7 +83,14 @@ impl Cluster {
     fn boot(&mut self, i: usize) {
         let disk = self.dir.path().join(format!("node{i}.qcow2"));
         if !disk.exists() {
-            overlay(&self.image.join("corelite.qcow2"), &disk);
+            // Both disks the build makes: node 1 boots the compressed qcow2, the others the raw
+            // disk (node 3 through direct kernel boot).
+            let base = if i == 1 {
+                "corelite.qcow2"
+            } else {
+                "corelite.raw"
+            };
+            overlay(&self.image.join(base), &disk);
         }
         let tap = format!("tap{i}");
         if self.net.output("ip", &["link", "show", &tap]).status.code() != Some(0) {
@@ -349,7 +356,7 @@ fn a_bad_config_fails_clearly_and_leaves_a_root_shell() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `colour`"));
     let net = VmNet::new("bad");
     let disk = dir.path().join("bad.qcow2");
-    overlay(&image.join("corelite.qcow2"), &disk);
+    overlay(&image.join("corelite.raw"), &disk);
     let cfg = r#"{"hostname": "bad", "network": {"address": "10.219.0.300/24"}}"#;
     let b64 = base64::engine::general_purpose::STANDARD.encode(cfg);
     let mut vm = Vm::boot(

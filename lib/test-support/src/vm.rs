@@ -219,9 +219,16 @@ impl Drop for Vm {
 }
 
 /// A qcow2 overlay of `base` for one node.
+/// The backing file may be the raw disk (cheaper to read under emulation: nothing to
+/// decompress) or the compressed qcow2.
 pub fn overlay(base: &Path, path: &Path) {
+    let format = if base.extension().is_some_and(|e| e == "raw") {
+        "raw"
+    } else {
+        "qcow2"
+    };
     let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(base)
         .arg(path)
         .status()

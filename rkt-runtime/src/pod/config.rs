@@ -306,12 +306,6 @@ pub fn spec(
         if let Some(ns) = s["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "network");
         }
-        // The host's /sys belongs to its network namespace; a bind of it replaces sysfs.
-        if let Some(ms) = s["mounts"].as_array_mut() {
-            for m in ms.iter_mut().filter(|m| m["destination"] == "/sys") {
-                *m = json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
-            }
-        }
     }
     let mut res = json!({});
     if let Some(m) = o.memory {
