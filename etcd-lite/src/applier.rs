@@ -40,6 +40,13 @@ pub enum Command {
         member: u64,
         alarm: i32,
     },
+    /// A member's attributes, published by the member itself once it runs (as etcd's members
+    /// publish theirs): its name and client URLs.
+    Publish {
+        member: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
 }
 
 impl Command {
@@ -78,6 +85,16 @@ impl Command {
                 out.extend_from_slice(&member.to_be_bytes());
                 out.extend_from_slice(&alarm.to_be_bytes());
             }
+            Command::Publish {
+                member,
+                name,
+                client_urls,
+            } => {
+                out.push(7);
+                let body = serde_json::to_vec(&(member, name, client_urls))
+                    .expect("strings and numbers serialize");
+                out.extend_from_slice(&body);
+            }
             Command::V2(c) => {
                 out.push(4);
                 out.extend_from_slice(&serde_json::to_vec(c).expect("v2 commands serialize"));
@@ -107,6 +124,15 @@ impl Command {
             }),
             Some(3) => Ok(Command::LeaseRevoke { id: i64_at(1)? }),
             Some(5) => Ok(Command::LeaseRenew { id: i64_at(1)? }),
+            Some(7) => {
+                let (member, name, client_urls) =
+                    serde_json::from_slice(&b[1..]).map_err(|_| bad())?;
+                Ok(Command::Publish {
+                    member,
+                    name,
+                    client_urls,
+                })
+            }
             Some(6) => Ok(Command::Alarm {
                 activate: *b.get(1).ok_or_else(bad)? == 1,
                 member: i64_at(2)? as u64,
@@ -141,6 +167,8 @@ pub enum Outcome {
     V2(Box<v2store::V2Outcome>),
     /// The alarms raised after an alarm command.
     Alarms(Vec<(u64, i32)>),
+    /// A member's attributes were recorded.
+    Published,
 }
 
 /// An outcome and the store revision right after it.
@@ -164,9 +192,9 @@ pub fn apply(
     cmd: Command,
     committed: &mut Vec<RevEvents>,
 ) -> Result<Applied> {
-    if let Command::Alarm { .. } = cmd {
+    if let Command::Alarm { .. } | Command::Publish { .. } = cmd {
         return Err(EtcdError::Storage(
-            "alarms are applied by the state machine".into(),
+            "alarms and member attributes are applied by the state machine".into(),
         ));
     }
     if let Command::Compact(rev) = cmd {
@@ -231,8 +259,10 @@ fn apply_in(w: &mut WriteTxn<'_>, leases: &Mutex<LeaseTable>, cmd: Command) -> R
             let resp = txn::txn(w, &req, &exists)?;
             Ok(Outcome::Txn(Box::new(resp)))
         }
-        Command::Compact(_) | Command::Alarm { .. } => {
-            unreachable!("compaction and alarms are handled before a write transaction opens")
+        Command::Compact(_) | Command::Alarm { .. } | Command::Publish { .. } => {
+            unreachable!(
+                "compaction, alarms and attributes are handled before a write transaction opens"
+            )
         }
         Command::LeaseGrant { id, ttl } => {
             let mut table = leases.lock();
@@ -308,6 +338,11 @@ mod tests {
                 member: u64::MAX - 1,
                 alarm: 1,
             },
+            Command::Publish {
+                member: u64::MAX,
+                name: "node1".into(),
+                client_urls: vec!["http://10.0.0.1:2379".into()],
+            },
             Command::V2(v2store::V2Command::CreateInOrder {
                 dir: "/q".into(),
                 value: "x".into(),
@@ -319,5 +354,6 @@ mod tests {
         assert!(Command::decode(&[]).is_err());
         assert!(Command::decode(&[9, 1, 2]).is_err());
         assert!(Command::decode(&[2, 1, 2]).is_err(), "truncated");
+        assert!(Command::decode(&[7, b'{']).is_err(), "malformed attributes");
     }
 }

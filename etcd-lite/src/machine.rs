@@ -22,6 +22,22 @@ pub const APPLIED_META: &str = "raft_applied";
 /// Metadata key of the member registry (id -> name, peer URLs), as JSON.
 pub const MEMBERS_META: &str = "members";
 
+/// Metadata key of the client URLs the members published: (id, URLs) pairs, as JSON.
+pub const CLIENTS_META: &str = "member_clients";
+
+/// Every member's client URLs, as the members published them through the log.
+pub type ClientUrls = Arc<parking_lot::RwLock<std::collections::BTreeMap<u64, Vec<String>>>>;
+
+/// The published client URLs as stored in the store's metadata.
+pub fn load_clients(store: &MvccStore) -> Result<std::collections::BTreeMap<u64, Vec<String>>> {
+    match store.get_meta(CLIENTS_META)? {
+        Some(b) => serde_json::from_slice::<Vec<(u64, Vec<String>)>>(&b)
+            .map(|v| v.into_iter().collect())
+            .map_err(|e| EtcdError::Storage(format!("malformed member client URLs: {e}"))),
+        None => Ok(Default::default()),
+    }
+}
+
 /// Metadata key of the raised alarms: (member id, alarm type) pairs, as JSON.
 pub const ALARMS_META: &str = "alarms";
 
@@ -58,6 +74,7 @@ pub struct EtcdMachine {
     committed: Vec<RevEvents>,
     registry: Registry,
     alarms: Alarms,
+    clients: ClientUrls,
     on_peer: PeerHook,
     /// `applied`, readable by the snapshot source.
     applied_shared: Arc<std::sync::atomic::AtomicU64>,
@@ -71,6 +88,7 @@ impl EtcdMachine {
         events: broadcast::Sender<Arc<RevEvents>>,
         registry: Registry,
         alarms: Alarms,
+        clients: ClientUrls,
         on_peer: PeerHook,
     ) -> Result<Self> {
         let applied = match store.get_meta(APPLIED_META)? {
@@ -85,6 +103,7 @@ impl EtcdMachine {
         // synced at every batch (see MvccStore::set_lazy_sync for why a crash stays safe).
         store.set_lazy_sync(true);
         *alarms.write() = load_alarms(&store)?;
+        *clients.write() = load_clients(&store)?;
         Ok(EtcdMachine {
             store,
             leases,
@@ -93,9 +112,38 @@ impl EtcdMachine {
             committed: Vec::new(),
             registry,
             alarms,
+            clients,
             on_peer,
             applied_shared: Arc::new(std::sync::atomic::AtomicU64::new(applied)),
         })
+    }
+}
+
+impl EtcdMachine {
+    /// Stages the registry for the next flush.
+    fn stage_registry(&self) {
+        let list: Vec<MemberEntry> = self
+            .registry
+            .read()
+            .iter()
+            .map(|(id, (n, u))| (*id, n.clone(), u.clone()))
+            .collect();
+        if let Ok(b) = serde_json::to_vec(&list) {
+            self.store.stage_meta(MEMBERS_META, &b);
+        }
+    }
+
+    /// Stages the published client URLs for the next flush.
+    fn stage_clients(&self) {
+        let list: Vec<(u64, Vec<String>)> = self
+            .clients
+            .read()
+            .iter()
+            .map(|(id, u)| (*id, u.clone()))
+            .collect();
+        if let Ok(b) = serde_json::to_vec(&list) {
+            self.store.stage_meta(CLIENTS_META, &b);
+        }
     }
 }
 
@@ -146,6 +194,30 @@ impl StateMachine for EtcdMachine {
                 rev: self.store.read_current(),
             });
         }
+        if let Command::Publish {
+            member,
+            name,
+            client_urls,
+        } = cmd
+        {
+            // Only members of the cluster publish; a removed member's late publication is dropped.
+            let known = self.registry.read().contains_key(&member);
+            if known {
+                if !name.is_empty() {
+                    if let Some(entry) = self.registry.write().get_mut(&member) {
+                        entry.0 = name.clone();
+                    }
+                    self.stage_registry();
+                }
+                self.clients.write().insert(member, client_urls.clone());
+                self.stage_clients();
+                tracing::info!(member = format!("{member:x}"), %name, ?client_urls, "member published its attributes");
+            }
+            return Ok(Applied {
+                outcome: applier::Outcome::Published,
+                rev: self.store.read_current(),
+            });
+        }
         applier::apply(&self.store, &self.leases, cmd, &mut self.committed)
     }
 
@@ -190,18 +262,13 @@ impl StateMachine for EtcdMachine {
             }
             ConfChangeType::RemoveNode => {
                 self.registry.write().remove(&id);
+                if self.clients.write().remove(&id).is_some() {
+                    self.stage_clients();
+                }
                 (self.on_peer)(id, None);
             }
         }
-        let list: Vec<MemberEntry> = self
-            .registry
-            .read()
-            .iter()
-            .map(|(id, (n, u))| (*id, n.clone(), u.clone()))
-            .collect();
-        if let Ok(b) = serde_json::to_vec(&list) {
-            self.store.stage_meta(MEMBERS_META, &b);
-        }
+        self.stage_registry();
     }
 
     fn snapshot_source(&self) -> Option<crate::consensus::node::SnapshotSource> {
@@ -238,6 +305,10 @@ impl StateMachine for EtcdMachine {
         match load_alarms(&self.store) {
             Ok(a) => *self.alarms.write() = a,
             Err(e) => tracing::warn!(error = %e, "alarm list in the snapshot is unreadable"),
+        }
+        match load_clients(&self.store) {
+            Ok(c) => *self.clients.write() = c,
+            Err(e) => tracing::warn!(error = %e, "client URLs in the snapshot are unreadable"),
         }
         // Members added or removed while this one was behind come with the snapshot.
         match load_registry(&self.store) {

@@ -124,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         "store opened"
     );
     server.spawn_lease_sweeper();
+    server.spawn_publisher();
     let app = etcd_lite::http::router(server.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

@@ -152,6 +152,8 @@ pub struct EtcdServer {
     pub registry: Registry,
     /// Raised alarms, kept by the state machine.
     pub alarms: crate::machine::Alarms,
+    /// The client URLs each member published, kept by the state machine.
+    pub clients: crate::machine::ClientUrls,
     /// Whether peers can reach this member (a lone member started without --initial-cluster
     /// does not open its peer port, so it cannot take new members).
     pub peer_listening: std::sync::atomic::AtomicBool,
@@ -212,12 +214,14 @@ impl EtcdServer {
             }
         }
         let alarms: crate::machine::Alarms = Arc::default();
+        let clients: crate::machine::ClientUrls = Arc::default();
         let machine = EtcdMachine::new(
             store.clone(),
             leases.clone(),
             events.clone(),
             registry.clone(),
             alarms.clone(),
+            clients.clone(),
             on_peer,
         )?;
         let log = RaftLog::open(&data_dir.join("member").join("raft"))
@@ -242,12 +246,45 @@ impl EtcdServer {
             cluster,
             registry,
             alarms,
+            clients,
             peer_listening: Default::default(),
             member,
             limits,
             metrics: Metrics::new(),
             started: Instant::now(),
         }))
+    }
+
+    /// Starts the task that publishes this member's name and client URLs through the log, as
+    /// etcd's members do once they run, so that every member lists them. Retried until it
+    /// lands; skipped when the cluster already has them.
+    pub fn spawn_publisher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let id = this.member.id;
+                let published = this.clients.read().get(&id) == Some(&this.member.client_urls)
+                    && this.registry.read().get(&id).map(|e| &e.0) == Some(&this.member.name);
+                if published {
+                    return;
+                }
+                let cmd = Command::Publish {
+                    member: id,
+                    name: this.member.name.clone(),
+                    client_urls: this.member.client_urls.clone(),
+                };
+                match this.node.propose(cmd.encode()).await {
+                    Ok(Ok(_)) => return,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "publishing this member's attributes")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "publishing this member's attributes"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
     }
 
     /// Starts the task that revokes expired leases. Only the leader revokes (through the log);
@@ -283,8 +320,9 @@ impl EtcdServer {
         })
     }
 
-    /// The cluster's members as etcd lists them: every voter, with the name and peer URLs it
-    /// was started with (client URLs are known for this member only).
+    /// The cluster's members as etcd lists them: every voter and learner, with the name and
+    /// peer URLs it was added with and the client URLs it published (none before it first ran:
+    /// etcd lists such a member as unstarted).
     pub async fn members(&self) -> Result<Vec<Member>> {
         let st = self.status().await?;
         let voters = st.voters.iter().map(|id| (*id, false));
@@ -304,7 +342,7 @@ impl EtcdServer {
                     id,
                     name: spec.map(|m| m.0.clone()).unwrap_or_default(),
                     peer_ur_ls: spec.map(|m| m.1.clone()).unwrap_or_default(),
-                    client_ur_ls: vec![],
+                    client_ur_ls: self.clients.read().get(&id).cloned().unwrap_or_default(),
                     is_learner,
                 }
             })

@@ -122,9 +122,23 @@ fn three_members_replicate_and_any_member_serves() {
         .filter_map(|s| s["Status"]["raftTerm"].as_u64())
         .collect();
     assert_eq!(terms.len(), 1, "{out}");
-    let list = c.members[1].ok(&["member", "list"]);
-    for name in ["m0", "m1", "m2"] {
-        assert!(list.contains(name), "{list}");
+    // Every member lists every member with its name and the client URL it published.
+    for m in &c.members {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = m.ok(&["member", "list"]);
+            let complete = c.members.iter().enumerate().all(|(i, other)| {
+                list.lines().any(|l| {
+                    l.contains(&format!(", m{i}, "))
+                        && l.contains(&format!("http://{}", other.endpoint()))
+                })
+            });
+            if complete {
+                break;
+            }
+            assert!(Instant::now() < deadline, "incomplete member list:\n{list}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -276,6 +290,21 @@ fn members_are_added_by_etcdctl_and_removed_while_serving() {
     let list = c.members[0].ok(&["member", "list"]);
     assert_eq!(list.lines().count(), 4, "{list}");
     assert!(list.contains(&url), "{list}");
+    // The new member published its name and client URL; every member lists them.
+    let fourth_client = format!("http://{}", fourth.endpoint());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.members[2]
+        .ok(&["member", "list"])
+        .lines()
+        .any(|l| l.contains(", m3, ") && l.contains(&fourth_client))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            c.members[2].ok(&["member", "list"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Remove the leader itself, while serving: leadership moves first, the rest keep serving.
     let leader = c.leader();
