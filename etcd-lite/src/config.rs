@@ -26,6 +26,12 @@ use crate::server::{ClusterSpec, Limits, MemberInfo};
         --cert-file server.pem --key-file server-key.pem --client-cert-auth --trusted-ca-file ca.pem
     etcdctl --endpoints https://10.0.0.1:2379 --cacert ca.pem --cert client.pem --key client-key.pem get foo
 
+    # TLS between members (each member's certificate serves as server and client)
+    etcd-lite --name node1 --initial-cluster node1=https://10.0.0.1:2380,node2=https://10.0.0.2:2380 \\
+        --listen-peer-urls https://10.0.0.1:2380 --initial-advertise-peer-urls https://10.0.0.1:2380 \\
+        --peer-cert-file node1.pem --peer-key-file node1-key.pem --peer-trusted-ca-file ca.pem \\
+        --peer-client-cert-auth
+
     # then, from another shell
     ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2379 put foo bar
     curl -s http://127.0.0.1:2379/v2/keys/foo
@@ -123,6 +129,32 @@ pub struct Config {
     /// CA certificates (PEM) that client certificates must chain to.
     #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
+    /// Certificate (PEM) this member presents to peers, as server and as client, on https://
+    /// peer URLs.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Require peers connecting to this member to present a certificate signed by
+    /// --peer-trusted-ca-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, default_value_t = false)]
+    pub peer_client_cert_auth: bool,
+    /// CA certificates (PEM) that peers' certificates must chain to.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+}
+
+/// The TLS settings between members (etcd's --peer-* flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CAs peers' certificates must chain to.
+    pub ca_file: PathBuf,
+    /// Whether connecting peers must present a certificate.
+    pub client_cert_auth: bool,
 }
 
 /// The TLS settings of the client listeners (etcd's flags).
@@ -155,19 +187,6 @@ fn split(s: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect()
-}
-
-/// Resolves a peer URL to an address to bind.
-pub fn listen_addr(flag: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
-    let (addr, tls) = listen_url(flag, raw)?;
-    if tls {
-        return Err(ConfigError::BadUrl {
-            flag,
-            url: raw.to_string(),
-            reason: "TLS between peers is not supported yet; use http".into(),
-        });
-    }
-    Ok(addr)
 }
 
 /// Resolves a URL to an address to bind and whether it is https.
@@ -262,9 +281,9 @@ impl Config {
                 .ok_or_else(|| ConfigError::BadCluster(format!("{entry:?} is not name=url")))?;
             let parsed = url::Url::parse(url)
                 .map_err(|e| ConfigError::BadCluster(format!("{url:?}: {e}")))?;
-            if parsed.scheme() != "http" {
+            if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(ConfigError::BadCluster(format!(
-                    "{url:?}: only http:// peer URLs are supported"
+                    "{url:?}: peer URLs are http:// or https://"
                 )));
             }
             match members.iter_mut().find(|(n, _)| n == name) {
@@ -339,11 +358,46 @@ impl Config {
     }
 
     /// The addresses to serve peers on: only when the cluster has other members.
-    pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+    /// The peer listeners: address, and whether it speaks TLS.
+    pub fn peer_listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
         split(&self.listen_peer_urls)
             .iter()
-            .map(|u| listen_addr("listen-peer-urls", u))
+            .map(|u| listen_url("listen-peer-urls", u))
             .collect()
+    }
+
+    /// TLS between members: needed as soon as one peer URL (listened on, advertised or in
+    /// --initial-cluster) is https. Members present --peer-cert-file to each other and check
+    /// each other's certificates against --peer-trusted-ca-file.
+    pub fn peer_tls(&self) -> Result<Option<PeerTls>, ConfigError> {
+        let urls = [
+            self.listen_peer_urls.as_str(),
+            self.initial_advertise_peer_urls.as_str(),
+            self.initial_cluster.as_deref().unwrap_or(""),
+        ];
+        let any_https = urls
+            .iter()
+            .flat_map(|u| split(u))
+            .any(|u| u.contains("https://"));
+        if !any_https {
+            return Ok(None);
+        }
+        let (Some(cert_file), Some(key_file), Some(ca_file)) = (
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ) else {
+            return Err(ConfigError::Tls(
+                "https:// peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"
+                    .into(),
+            ));
+        };
+        Ok(Some(PeerTls {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            ca_file: ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+        }))
     }
 
     pub fn limits(&self) -> Limits {
@@ -427,7 +481,25 @@ mod tests {
         let c = cfg(&["--initial-cluster", "other=http://127.0.0.1:2380"]);
         assert!(c.member().is_err());
         let c = cfg(&["--initial-cluster", "default=https://127.0.0.1:2380"]);
-        assert!(c.cluster().is_err(), "TLS peers are not supported yet");
+        let e = c.peer_tls().expect_err("https peers need certificates");
+        assert!(e.to_string().contains("--peer-trusted-ca-file"), "{e}");
+        let c = cfg(&[
+            "--initial-cluster",
+            "default=https://127.0.0.1:2380",
+            "--peer-cert-file",
+            "p.pem",
+            "--peer-key-file",
+            "p-key.pem",
+            "--peer-trusted-ca-file",
+            "ca.pem",
+            "--peer-client-cert-auth",
+        ]);
+        assert!(c
+            .peer_tls()
+            .is_ok_and(|t| t.is_some_and(|t| t.client_cert_auth)));
+        assert_eq!(cfg(&[]).peer_tls().ok(), Some(None));
+        let c = cfg(&["--initial-cluster", "default=ftp://127.0.0.1:2380"]);
+        assert!(c.cluster().is_err());
     }
 
     #[test]

@@ -57,6 +57,10 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = cfg.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let peer_tls = match cfg.peer_tls()? {
+        Some(t) => Some(etcd_lite::tls::peer_configs(&t).context("loading the peer TLS files")?),
+        None => None,
+    };
     let mut cluster = cfg.cluster()?;
     let clustered = cfg.initial_cluster.is_some() || !cluster.new_cluster;
     let mut member = member;
@@ -69,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
             .filter(|m| m.0 != member.id)
             .flat_map(|m| m.2.clone())
             .collect();
-        let hello = etcd_lite::consensus::transport::hello(&urls)
+        let hello = etcd_lite::consensus::transport::hello(&urls, peer_tls.as_ref().map(|t| &t.1))
             .await
             .context("--initial-cluster-state existing: no existing member answered")?;
         member.cluster_id = hello.cluster_id;
@@ -99,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
             .collect();
     }
     // Peers are added by the server from its member registry (and as membership changes).
-    let transport = PeerTransport::start(member.cluster_id, member.id, &HashMap::new());
+    let transport = PeerTransport::start(
+        member.cluster_id,
+        member.id,
+        &HashMap::new(),
+        peer_tls.as_ref().map(|t| t.1.clone()),
+    );
     let hook = transport.clone();
     let on_peer: etcd_lite::machine::PeerHook = Box::new(move |id, url| match url {
         Some(u) => hook.add_peer(id, u),
@@ -132,11 +141,20 @@ async fn main() -> anyhow::Result<()> {
         server
             .peer_listening
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        for addr in cfg.peer_listen_addrs()? {
+        for (addr, https) in cfg.peer_listen_addrs()? {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening for peers on {addr}"))?;
-            tracing::info!(%addr, "ready to serve peer traffic");
+            tracing::info!(%addr, tls = https, "ready to serve peer traffic");
+            let mut builder = tonic::transport::Server::builder();
+            if https {
+                let tls = peer_tls.as_ref().map(|t| t.0.clone()).context(
+                    "https:// peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file",
+                )?;
+                builder = builder
+                    .tls_config(tls)
+                    .context("setting up TLS for the peer listener")?;
+            }
             let svc = PeerService::server(
                 server.member.cluster_id,
                 server.member.id,
@@ -146,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
             let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                tonic::transport::Server::builder()
+                builder
                     .add_service(svc)
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stop.changed().await;

@@ -365,10 +365,11 @@ impl EtcdServer {
             return Err(EtcdError::InvalidArgument("member needs peer URLs".into()));
         }
         for u in &peer_urls {
-            let ok = url::Url::parse(u).is_ok_and(|p| p.scheme() == "http" && p.port().is_some());
+            let ok = url::Url::parse(u)
+                .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.port().is_some());
             if !ok {
                 return Err(EtcdError::InvalidArgument(format!(
-                    "peer URL {u:?} must be http://host:port"
+                    "peer URL {u:?} must be http://host:port or https://host:port"
                 )));
             }
             if self

@@ -1,5 +1,6 @@
-//! TLS for the client listeners (rustls with ring), from etcd's flags: `--cert-file`,
-//! `--key-file`, and `--client-cert-auth` with `--trusted-ca-file`.
+//! TLS from etcd's flags (rustls with ring): for the client listeners (`--cert-file`,
+//! `--key-file`, `--client-cert-auth` with `--trusted-ca-file`) and between members
+//! (`--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`, `--peer-client-cert-auth`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::ClientTls;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use crate::config::{ClientTls, PeerTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -68,4 +71,22 @@ pub fn server_config(t: &ClientTls) -> Result<Arc<ServerConfig>, TlsError> {
         })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// The peer listener's and the peer connections' TLS: this member's certificate on both sides,
+/// peers checked against the trusted CAs. The files are checked here, so that a bad one is
+/// named at start-up.
+pub fn peer_configs(t: &PeerTls) -> Result<(ServerTlsConfig, ClientTlsConfig), TlsError> {
+    certificates(&t.cert_file)?;
+    certificates(&t.ca_file)?;
+    PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| file_error(&t.key_file, e))?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| file_error(p, e));
+    let identity = Identity::from_pem(read(&t.cert_file)?, read(&t.key_file)?);
+    let ca = Certificate::from_pem(read(&t.ca_file)?);
+    let mut server = ServerTlsConfig::new().identity(identity.clone());
+    if t.client_cert_auth {
+        server = server.client_ca_root(ca.clone());
+    }
+    let client = ClientTlsConfig::new().ca_certificate(ca).identity(identity);
+    Ok((server, client))
 }

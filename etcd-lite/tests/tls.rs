@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::{free_port, require_tool};
+use test_support::{free_port, require_tool, EtcdLite};
 
 const BIN: &str = env!("CARGO_BIN_EXE_etcd-lite");
 
@@ -23,8 +23,9 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA (`NAME-ca.pem`) and, signed by it, `NAME-server.pem` (for 127.0.0.1) and
-/// `NAME-client.pem`, each with its `-key.pem`.
+/// A CA (`NAME-ca.pem`) and, signed by it, `NAME-server.pem` (for 127.0.0.1),
+/// `NAME-client.pem` and `NAME-peer.pem` (server and client, for 127.0.0.1), each with its
+/// `-key.pem`.
 fn pki(dir: &Path, name: &str) {
     let ca = format!("{name}-ca");
     openssl(
@@ -53,6 +54,10 @@ fn pki(dir: &Path, name: &str) {
             "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         ),
         ("client", "extendedKeyUsage=clientAuth\n"),
+        (
+            "peer",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
     ] {
         let base = format!("{name}-{who}");
         std::fs::write(dir.join(format!("{base}.ext")), ext).expect("writing an extension file");
@@ -314,6 +319,24 @@ fn bad_tls_settings_are_refused_at_start() {
     assert!(e.contains("a-server.pem and b-server-key.pem"), "{e}");
     let e = start_err(&[&SERVER[..], &["--client-cert-auth"]].concat());
     assert!(e.contains("--trusted-ca-file"), "{e}");
+    // https:// peer URLs without the peer files.
+    let peer = format!("https://127.0.0.1:{}", free_port());
+    let cluster = format!("default={peer}");
+    let e = start_err(
+        &[
+            &SERVER[..],
+            &[
+                "--initial-cluster",
+                &cluster,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("--peer-trusted-ca-file"), "{e}");
     let not_pem = PathBuf::from(d).join("a-server.csr.txt");
     std::fs::write(&not_pem, "not a certificate").expect("writing");
     let e = start_err(&[
@@ -323,4 +346,100 @@ fn bad_tls_settings_are_refused_at_start() {
         "a-server-key.pem",
     ]);
     assert!(e.contains("no PEM certificate"), "{e}");
+}
+
+#[test]
+fn members_replicate_over_tls_and_refuse_peers_without_a_certificate() {
+    let pki_dir = tempfile::tempdir().expect("a temp dir");
+    let d = pki_dir.path();
+    pki(d, "a");
+    pki(d, "b");
+    let file = |f: &str| d.join(f).display().to_string();
+    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let cluster = peer_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("t{i}=https://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (cert, key, ca) = (file("a-peer.pem"), file("a-peer-key.pem"), file("a-ca.pem"));
+    let members: Vec<EtcdLite> = peer_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let url = format!("https://127.0.0.1:{p}");
+            let name = format!("t{i}");
+            EtcdLite::start(
+                BIN,
+                &[
+                    "--name",
+                    &name,
+                    "--initial-cluster",
+                    &cluster,
+                    "--initial-cluster-token",
+                    "tls-test",
+                    "--listen-peer-urls",
+                    &url,
+                    "--initial-advertise-peer-urls",
+                    &url,
+                    "--peer-cert-file",
+                    &cert,
+                    "--peer-key-file",
+                    &key,
+                    "--peer-trusted-ca-file",
+                    &ca,
+                    "--peer-client-cert-auth",
+                ],
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while members[0]
+        .try_etcdctl(&["put", "over", "peer-tls"])
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no leader over TLS:\n{}",
+            members[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for m in &members {
+        assert_eq!(m.ok(&["get", "over", "--print-value-only"]), "peer-tls\n");
+    }
+    let list = members[1].ok(&["member", "list"]);
+    assert_eq!(list.matches("https://127.0.0.1:").count(), 3, "{list}");
+    // The peer port speaks TLS and wants a certificate from the cluster's CA.
+    let peer = format!("https://127.0.0.1:{}/", peer_ports[0]);
+    let curl = |extra: &[&str]| {
+        let mut a = vec!["-s", "-o", "/dev/null", "-m", "5", "--cacert", "a-ca.pem"];
+        a.extend_from_slice(extra);
+        a.push(&peer);
+        run("curl", d, &a).status.success()
+    };
+    assert!(curl(&["--cert", "a-peer.pem", "--key", "a-peer-key.pem"]));
+    assert!(!curl(&[]), "a peer without a certificate was accepted");
+    assert!(
+        !curl(&["--cert", "b-peer.pem", "--key", "b-peer-key.pem"]),
+        "a certificate from another CA was accepted"
+    );
+    let plain = run(
+        "curl",
+        d,
+        &[
+            "-s",
+            "-m",
+            "5",
+            "--http2-prior-knowledge",
+            &peer.replace("https", "http"),
+        ],
+    );
+    assert!(!plain.status.success());
+    // And the cluster still serves.
+    members[2].ok(&["put", "after", "1"]);
+    assert_eq!(
+        members[0].ok(&["get", "after", "--print-value-only"]),
+        "1\n"
+    );
 }

@@ -17,6 +17,7 @@ use protobuf::Message as _;
 use raft::prelude::Message;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::node::{Node, Transport};
 
@@ -34,16 +35,36 @@ pub struct PeerTransport {
     cluster_id: u64,
     me: u64,
     runtime: tokio::runtime::Handle,
+    tls: Option<ClientTlsConfig>,
+}
+
+/// A channel to a peer URL: TLS (with `tls`) for https://, plain for http://.
+fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
+    let ep = Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
+    if !url.starts_with("https://") {
+        return Ok(ep);
+    }
+    let tls = tls.ok_or(
+        "an https:// peer URL needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file",
+    )?;
+    ep.tls_config(tls.clone()).map_err(|e| e.to_string())
 }
 
 impl PeerTransport {
-    /// Starts a sending task per peer on the current tokio runtime.
-    pub fn start(cluster_id: u64, me: u64, peers: &HashMap<u64, String>) -> Self {
+    /// Starts a sending task per peer on the current tokio runtime; `tls` is used for
+    /// https:// peers.
+    pub fn start(
+        cluster_id: u64,
+        me: u64,
+        peers: &HashMap<u64, String>,
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let t = PeerTransport {
             queues: Arc::default(),
             cluster_id,
             me,
             runtime: tokio::runtime::Handle::current(),
+            tls,
         };
         for (id, url) in peers {
             t.add_peer(*id, url);
@@ -59,8 +80,14 @@ impl PeerTransport {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         // The old queue's task ends when its sender is dropped here.
         self.queues.lock().insert(id, tx);
-        self.runtime
-            .spawn(send_loop(self.cluster_id, self.me, id, url.to_string(), rx));
+        self.runtime.spawn(send_loop(
+            self.cluster_id,
+            self.me,
+            id,
+            url.to_string(),
+            self.tls.clone(),
+            rx,
+        ));
     }
 
     /// Stops sending to a removed member.
@@ -70,10 +97,14 @@ impl PeerTransport {
 }
 
 /// Asks the members at `urls` which cluster they form (for a member joining it).
-pub async fn hello(urls: &[String]) -> Option<HelloResponse> {
+pub async fn hello(urls: &[String], tls: Option<&ClientTlsConfig>) -> Option<HelloResponse> {
     for url in urls {
-        let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else {
-            continue;
+        let ep = match endpoint(url, tls) {
+            Ok(ep) => ep,
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "cannot ask this member");
+                continue;
+            }
         };
         let Ok(ch) = ep.connect_timeout(Duration::from_secs(2)).connect().await else {
             continue;
@@ -90,9 +121,10 @@ async fn send_loop(
     me: u64,
     to: u64,
     url: String,
+    tls: Option<ClientTlsConfig>,
     mut rx: mpsc::Receiver<Message>,
 ) {
-    let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
+    let channel = match endpoint(&url, tls.as_ref()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
