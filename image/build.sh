@@ -76,13 +76,14 @@ install -m 0755 "$RKT" "$ROOT/usr/bin/rkt"
 for u in "$REPO"/systemd-units/*; do install -m 0644 "$u" "$ROOT/usr/lib/systemd/system/"; done
 cp -a "$REPO/image/files/." "$ROOT/"
 W=$ROOT/etc/systemd/system
-mkdir -p "$W/multi-user.target.wants" "$W/sysinit.target.wants" "$W/timers.target.wants" \
+mkdir -p "$W/multi-user.target.wants" "$W/sysinit.target.wants" "$W/timers.target.wants" "$W/local-fs.target.wants" \
     "$W/sockets.target.wants" "$W/network-online.target.wants"
 ln -sf /usr/lib/systemd/system/etcd-lite.service "$W/multi-user.target.wants/etcd-lite.service"
 ln -sf /usr/lib/systemd/system/fleetd.service "$W/multi-user.target.wants/fleetd.service"
 ln -sf /usr/lib/systemd/system/fleetd.socket "$W/sockets.target.wants/fleetd.socket"
 ln -sf /usr/lib/systemd/system/corelite-firstboot.service "$W/sysinit.target.wants/corelite-firstboot.service"
 ln -sf /usr/lib/systemd/system/rkt-gc.timer "$W/timers.target.wants/rkt-gc.timer"
+ln -sf ../usr.mount "$W/local-fs.target.wants/usr.mount"
 ln -sf /lib/systemd/system/systemd-networkd.service "$W/multi-user.target.wants/systemd-networkd.service"
 ln -sf /lib/systemd/system/systemd-networkd.socket "$W/sockets.target.wants/systemd-networkd.socket"
 ln -sf /lib/systemd/system/systemd-networkd-wait-online.service "$W/network-online.target.wants/systemd-networkd-wait-online.service"

@@ -21,6 +21,10 @@ impl Drop for Fleetd {
 }
 
 fn fleetd(dir: &Path, n: usize, endpoint: &str, metadata: &str) -> Fleetd {
+    fleetd_with(dir, n, endpoint, metadata, &[])
+}
+
+fn fleetd_with(dir: &Path, n: usize, endpoint: &str, metadata: &str, extra: &[&str]) -> Fleetd {
     let id_file = dir.join(format!("machine-id-{n}"));
     std::fs::write(&id_file, format!("{n:032x}\n")).expect("machine id");
     let sock = dir.join(format!("fleet-{n}.sock"));
@@ -41,6 +45,7 @@ fn fleetd(dir: &Path, n: usize, endpoint: &str, metadata: &str) -> Fleetd {
         .arg(&sock)
         .arg("--unit-dir")
         .arg(dir.join(format!("units-{n}")))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -78,7 +83,7 @@ fn machines(sock: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn etcd_lite() -> EtcdLite {
+fn etcd_lite_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary");
     let bin = exe
         .parent()
@@ -90,7 +95,89 @@ fn etcd_lite() -> EtcdLite {
         "{} missing: build the workspace",
         bin.display()
     );
-    EtcdLite::start(bin.to_str().expect("utf-8 path"), &[])
+    bin
+}
+
+fn etcd_lite() -> EtcdLite {
+    EtcdLite::start(etcd_lite_bin().to_str().expect("utf-8 path"), &[])
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn fleetd_uses_a_tls_store_with_client_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    test_support::pki::pki(d, "a");
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let _store = Killed(
+        Command::new(etcd_lite_bin())
+            .current_dir(d)
+            .args(["--data-dir", "store", "--listen-client-urls", &url])
+            .args(["--advertise-client-urls", &url])
+            .args([
+                "--cert-file",
+                "a-server.pem",
+                "--key-file",
+                "a-server-key.pem",
+            ])
+            .args(["--client-cert-auth", "--trusted-ca-file", "a-ca.pem"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting etcd-lite"),
+    );
+    let file = |f: &str| d.join(f).display().to_string();
+    let (ca, cert, key) = (
+        file("a-ca.pem"),
+        file("a-client.pem"),
+        file("a-client-key.pem"),
+    );
+    let f = fleetd_with(
+        d,
+        1,
+        &url,
+        "tls=yes",
+        &[
+            "--etcd-cafile",
+            &ca,
+            "--etcd-certfile",
+            &cert,
+            "--etcd-keyfile",
+            &key,
+        ],
+    );
+    eventually(
+        Duration::from_secs(20),
+        "machine registered over TLS",
+        || machines(&f.sock) == 1,
+    );
+    let list = fleetctl(d, &f.sock, &["list-machines", "--no-legend"]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("tls=yes"),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    // Without the CA, fleetd says what is missing instead of starting.
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--simulate-systemd")
+        .args(["--etcd-servers", &url, "--machine-id-file"])
+        .arg(d.join("machine-id-1"))
+        .arg("--listen")
+        .arg(d.join("second.sock"))
+        .output()
+        .expect("running fleetd");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--etcd-cafile"), "{err}");
 }
 
 #[test]

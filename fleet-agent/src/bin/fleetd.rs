@@ -31,6 +31,7 @@ use tracing_subscriber::EnvFilter;
     fleetd                                   # etcd-lite on 127.0.0.1:2379, API on /var/run/fleet.sock\n  \
     fleetd --etcd-servers http://10.0.0.1:2379,http://10.0.0.2:2379 --metadata region=eu,disk=ssd\n  \
     fleetd --listen-tcp 0.0.0.0:49153        # also serve the API (and status/journal) over TCP\n  \
+    fleetd --etcd-servers https://10.0.0.1:2379 --etcd-cafile ca.pem --etcd-certfile fleet.pem --etcd-keyfile fleet-key.pem\n  \
     curl --unix-socket /var/run/fleet.sock http://localhost/fleet/v1/machines"
 )]
 struct Args {
@@ -42,6 +43,15 @@ struct Args {
         value_delimiter = ','
     )]
     etcd_servers: Vec<String>,
+    /// CA certificate (PEM) of https:// etcd servers.
+    #[arg(long, env = "FLEET_ETCD_CAFILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd servers that require one.
+    #[arg(long, env = "FLEET_ETCD_CERTFILE")]
+    etcd_certfile: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-certfile.
+    #[arg(long, env = "FLEET_ETCD_KEYFILE")]
+    etcd_keyfile: Option<PathBuf>,
     /// Where fleet keeps its keys in the store.
     #[arg(
         long,
@@ -283,7 +293,12 @@ async fn main() -> anyhow::Result<()> {
         api_url,
     };
     let timeout = Duration::from_secs_f64(args.etcd_request_timeout.max(0.1));
-    let client = kv_client::Client::new(&args.etcd_servers, timeout)?;
+    let tls = kv_client::Tls {
+        ca_file: args.etcd_cafile.clone(),
+        cert_file: args.etcd_certfile.clone(),
+        key_file: args.etcd_keyfile.clone(),
+    };
+    let client = kv_client::Client::with_tls(&args.etcd_servers, timeout, &tls)?;
     let keys = Keys::new(&args.etcd_key_prefix);
     tracing::info!(machine = %me.id, ip = %me.primary_ip, servers = ?args.etcd_servers, "fleetd starting");
 

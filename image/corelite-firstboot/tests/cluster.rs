@@ -399,4 +399,18 @@ fn a_bad_config_fails_clearly_and_leaves_a_root_shell() {
         "the root shell did not answer:\n{}",
         vm.console()
     );
+    // /usr is read-only at run time; /etc and /var are writable.
+    let end = Instant::now() + Duration::from_secs(60);
+    let answered = |c: &str| c.contains("USR-RO-0-") || c.contains("USR-RO-1-");
+    while Instant::now() < end && !answered(&vm.console()) {
+        vm.type_line(
+            "touch /usr/probe 2>/dev/null; u=$?; touch /etc/probe /var/probe; echo USR-RO-$u-$?",
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    assert!(
+        vm.console().contains("USR-RO-1-0"),
+        "/usr should be read-only, /etc and /var writable:\n{}",
+        vm.console()
+    );
 }

@@ -4,6 +4,7 @@
 //! Several endpoints may be given; requests are balanced over them and a failed member is
 //! skipped by the channel.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_api::etcdserverpb::{
@@ -14,7 +15,7 @@ use etcd_api::etcdserverpb::{
 };
 use etcd_api::mvccpb;
 use futures::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// What can go wrong talking to the store.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,39 @@ pub enum Error {
     /// A watch ended (the store went away or compacted past the watch's revision).
     #[error("watch ended: {0}")]
     WatchEnded(String),
+    /// TLS files that cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// TLS for https:// endpoints: the CA the store's certificate must chain to, and the client
+/// certificate to present (for stores started with --client-cert-auth).
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Tls {
+    fn config(&self) -> Result<ClientTlsConfig> {
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(|e| Error::Tls(format!("{}: {e}", p.display())));
+        let ca = self.ca_file.as_ref().ok_or_else(|| {
+            Error::Tls("an https:// endpoint needs a CA file (fleetd --etcd-cafile)".into())
+        })?;
+        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => cfg = cfg.identity(Identity::from_pem(read(c)?, read(k)?)),
+            (None, None) => {}
+            _ => {
+                return Err(Error::Tls(
+                    "a client certificate needs both its certificate and key files".into(),
+                ))
+            }
+        }
+        Ok(cfg)
+    }
 }
 
 impl From<tonic::Status> for Error {
@@ -105,6 +139,11 @@ impl Client {
     /// A client for `endpoints` (`http://host:port` or `host:port`). Connects lazily: a store that
     /// is not up yet only fails the requests made while it is down.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self> {
+        Self::with_tls(endpoints, timeout, &Tls::default())
+    }
+
+    /// A client whose https:// endpoints use `tls`.
+    pub fn with_tls(endpoints: &[String], timeout: Duration, tls: &Tls) -> Result<Self> {
         if endpoints.is_empty() {
             return Err(Error::NoEndpoints);
         }
@@ -115,10 +154,15 @@ impl Client {
             } else {
                 format!("http://{e}")
             };
-            let ep = Endpoint::from_shared(url.clone())
+            let mut ep = Endpoint::from_shared(url.clone())
                 .map_err(|err| Error::Endpoint(e.clone(), err.to_string()))?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true);
+            if url.starts_with("https://") {
+                ep = ep
+                    .tls_config(tls.config()?)
+                    .map_err(|err| Error::Tls(format!("{e}: {err}")))?;
+            }
             eps.push(ep);
         }
         let channel = if eps.len() == 1 {

@@ -8,6 +8,7 @@
 //! checks key-value histories.
 
 pub mod linearizability;
+pub mod pki;
 pub mod vm;
 
 use std::io::Read;

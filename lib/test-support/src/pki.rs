@@ -1,0 +1,97 @@
+//! Test certificates made with openssl: a CA and certificates signed by it, for TLS tests.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::require_tool;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new(require_tool("openssl"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME-ca.pem`) and, signed by it, `NAME-server.pem` (for 127.0.0.1),
+/// `NAME-client.pem` and `NAME-peer.pem` (server and client, for 127.0.0.1), each with its
+/// `-key.pem`.
+pub fn pki(dir: &Path, name: &str) {
+    let ca = format!("{name}-ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-keyout",
+            &format!("{ca}-key.pem"),
+            "-out",
+            &format!("{ca}.pem"),
+        ],
+    );
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+        (
+            "peer",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+    ] {
+        let base = format!("{name}-{who}");
+        std::fs::write(dir.join(format!("{base}.ext")), ext).expect("writing an extension file");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &format!("/CN={base}"),
+                "-keyout",
+                &format!("{base}-key.pem"),
+                "-out",
+                &format!("{base}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{base}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}-key.pem"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{base}.ext"),
+                "-out",
+                &format!("{base}.pem"),
+            ],
+        );
+    }
+}
