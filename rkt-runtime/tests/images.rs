@@ -37,6 +37,26 @@ fn layout(big_mb: u32) -> PathBuf {
     .clone()
 }
 
+/// Whether a distribution registry answers `GET /v2/` on this loopback port.
+fn registry_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    if c.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.")
+        && reply
+            .to_ascii_lowercase()
+            .contains("docker-distribution-api-version: registry/2.0")
+}
+
 /// A docker-registry on a loopback port, stopped on drop.
 struct Registry {
     child: Child,
@@ -45,7 +65,18 @@ struct Registry {
 }
 
 impl Registry {
+    /// Starts a registry; a port taken between choosing it and the registry binding it (tests
+    /// run in parallel) means another try on another port, never a test talking to a stranger.
     fn start() -> Registry {
+        for _ in 0..5 {
+            if let Some(r) = Registry::try_start() {
+                return r;
+            }
+        }
+        panic!("docker-registry did not start on any of 5 ports");
+    }
+
+    fn try_start() -> Option<Registry> {
         let bin = require_tool("docker-registry");
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
@@ -58,21 +89,31 @@ impl Registry {
             ),
         )
         .expect("writing the registry config");
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .arg("serve")
             .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting docker-registry");
-        eventually(Duration::from_secs(10), "the registry answers", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Registry {
-            child,
-            port,
-            _dir: dir,
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None; // could not bind its port
+            }
+            // Ours answers the distribution API's version check.
+            if registry_answers(port) {
+                return Some(Registry {
+                    child,
+                    port,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// Pushes `layout:latest` as `name:latest`.
