@@ -8,6 +8,7 @@
 #   corelite.raw            a bootable disk: MBR + syslinux on a FAT boot partition, ext4 root
 #   corelite.qcow2          the same disk, compressed
 #   SIZES                   what each weighs
+#   PACKAGES                the Debian packages in the image, with their versions
 # The Debian part is cached in target/image-cache (keyed by the package list); the mirror is
 # read from this machine's apt sources.
 set -eu
@@ -112,6 +113,8 @@ cp -a "$CACHE/busybox-oci" "$ROOT/usr/share/corelite/images/busybox"
 # 3. Kernel and initramfs for direct boot.
 step "kernel and initramfs"
 mkdir -p "$OUT"
+# What went in, for telling two builds apart: every Debian package with its version.
+dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Package} ${Version}\n' >"$OUT/PACKAGES"
 cp "$(ls "$ROOT"/boot/vmlinuz-* | tail -1)" "$OUT/vmlinuz"
 cp "$(ls "$ROOT"/boot/initrd.img-* | tail -1)" "$OUT/initrd.img"
 
