@@ -39,6 +39,8 @@ pub enum EtcdError {
     Stopped,
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
     #[error("etcdserver: can only promote a learner member")]
@@ -74,6 +76,7 @@ impl From<crate::consensus::node::ConsensusError> for EtcdError {
         use crate::consensus::node::ConsensusError as C;
         match e {
             C::NoLeader => EtcdError::NoLeader,
+            C::LeaderChanged => EtcdError::LeaderChanged,
             // A dropped proposal (leadership moving) is retried by clients like a timeout.
             C::Timeout | C::Dropped => EtcdError::Timeout,
             C::Stopped => EtcdError::Stopped,
@@ -107,7 +110,10 @@ impl EtcdError {
             EtcdError::LeaderTransferTimeout => Code::DeadlineExceeded,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::Unsupported(_) => Code::Unimplemented,
-            EtcdError::Stopped | EtcdError::NoLeader | EtcdError::Timeout => Code::Unavailable,
+            EtcdError::Stopped
+            | EtcdError::NoLeader
+            | EtcdError::LeaderChanged
+            | EtcdError::Timeout => Code::Unavailable,
             EtcdError::Storage(_) => Code::Internal,
         }
     }

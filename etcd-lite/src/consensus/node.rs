@@ -63,6 +63,10 @@ pub trait Transport: Send + 'static {
 pub enum ConsensusError {
     #[error("no leader")]
     NoLeader,
+    /// The leader a read was confirming with lost its term: the read is answered at once
+    /// (clients retry) instead of waiting out its timeout.
+    #[error("leader changed")]
+    LeaderChanged,
     #[error("request timed out")]
     Timeout,
     #[error("proposal dropped")]
@@ -420,6 +424,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
+            self.note_term();
             if !self.read_batch.is_empty() {
                 // One heartbeat round confirms leadership for every read that is waiting.
                 let req = self.next_request;
@@ -440,9 +445,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     self.propose(data, p);
                 }
             }
-            self.shared
-                .term
-                .store(self.raw.raft.term, std::sync::atomic::Ordering::Relaxed);
+            self.note_term();
             self.shared.leader.store(
                 self.raw.raft.leader_id,
                 std::sync::atomic::Ordering::Relaxed,
@@ -463,6 +466,22 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         }
         tracing::info!(id = self.cfg.id, "raft node stopped");
+    }
+
+    /// Publishes the term; when it moved, the ReadIndex requests in flight went to a leader
+    /// of an older term and no answer will come for them: they fail now ("leader changed",
+    /// which clients retry) instead of waiting out their timeout.
+    fn note_term(&mut self) {
+        let term = self.raw.raft.term;
+        let old = self
+            .shared
+            .term
+            .swap(term, std::sync::atomic::Ordering::Relaxed);
+        if old != term && !self.reads.is_empty() {
+            for p in std::mem::take(&mut self.reads).into_values().flatten() {
+                let _ = p.reply.send(Err(ConsensusError::LeaderChanged));
+            }
+        }
     }
 
     fn handle(&mut self, input: Input<S::Output>) {

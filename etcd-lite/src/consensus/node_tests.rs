@@ -353,3 +353,28 @@ fn snapshots_bound_the_log_and_bring_lagging_and_new_members_up() {
         .expect("remove member");
     assert!(!st.voters.contains(&lagging));
 }
+
+#[test]
+fn reads_waiting_on_a_deposed_leader_fail_fast_with_leader_changed() {
+    let c = Cluster::new(&[1, 2, 3], 1_000_000);
+    let leader = c.leader(&[1, 2, 3]);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    c.put(leader, "k=1").expect("put");
+    // The follower forwards its ReadIndex to a leader that no longer hears anyone; the other
+    // two elect a new one.
+    c.router.isolate(leader, &others);
+    let started = Instant::now();
+    let res = c.rt.block_on(c.node(others[0]).read_index());
+    let took = started.elapsed();
+    match res {
+        // The new leader may already have been elected when the read was asked.
+        Ok(_) => assert!(c.node(others[0]).leader() != leader),
+        Err(e) => {
+            assert!(matches!(e, ConsensusError::LeaderChanged), "{e:?}");
+            assert!(
+                took < Duration::from_secs(2),
+                "waited out the request timeout: {took:?}"
+            );
+        }
+    }
+}
