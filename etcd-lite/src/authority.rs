@@ -9,6 +9,11 @@
 //! field to `x-endpoint` (a regular header of the same length, so both HPACK dynamic tables keep
 //! the same sizes and indices). Nothing else is changed: HTTP/1 connections, other frames and
 //! well-formed authorities pass through untouched.
+//!
+//! Only the first [`EXAMINED_HEADERS`] requests of a connection are looked at; after them the
+//! stream passes straight through, so a busy connection pays nothing. That covers etcdctl: Go's
+//! HPACK encoder adds the authority to the dynamic table with the first request, and later
+//! requests refer to that (renamed) entry by index.
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +28,12 @@ const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
 /// The smallest SETTINGS_MAX_FRAME_SIZE: a rewritten frame must still fit the default.
 const MAX_FRAME: usize = 16_384;
+/// HEADERS frames examined on a connection before it passes straight through.
+pub const EXAMINED_HEADERS: u32 = 16;
+/// Bytes read from the socket at a time (hyper's own read buffer starts at 8 KiB).
+const READ_CHUNK: usize = 16_384;
+/// Payload left in a frame from which reads bypass the buffers.
+const DIRECT_READ: usize = 4096;
 /// Same length as ":authority" (HPACK counts name and value octets in the table size).
 const RENAMED: &[u8] = b"x-endpoint";
 
@@ -42,11 +53,16 @@ enum State {
 pub struct FixAuthority<S> {
     inner: S,
     state: State,
-    /// Bytes read from `inner` not yet examined.
-    pending: Vec<u8>,
-    /// Bytes examined, ready for the reader.
-    ready: Vec<u8>,
+    /// Bytes read from `inner`: `buf[start..decided]` are final (the reader gets them next),
+    /// `buf[decided..end]` are not examined yet, `buf[end..]` is room (kept initialized, so
+    /// reads need no zeroing).
+    buf: Vec<u8>,
+    start: usize,
+    decided: usize,
+    end: usize,
     eof: bool,
+    /// HEADERS frames examined so far.
+    headers_seen: u32,
 }
 
 impl<S> FixAuthority<S> {
@@ -54,9 +70,12 @@ impl<S> FixAuthority<S> {
         FixAuthority {
             inner,
             state: State::Preface,
-            pending: Vec::new(),
-            ready: Vec::new(),
+            buf: Vec::new(),
+            start: 0,
+            decided: 0,
+            end: 0,
             eof: false,
+            headers_seen: 0,
         }
     }
 
@@ -64,20 +83,22 @@ impl<S> FixAuthority<S> {
         &self.inner
     }
 
-    /// Moves what can be decided from `pending` to `ready`.
+    /// Decides as much of `buf[decided..end]` as can be: frames that pass unchanged stay where
+    /// they are; a HEADERS frame that needs its `:authority` renamed is replaced in place.
     fn process(&mut self) {
         loop {
+            let rest = &self.buf[self.decided..self.end];
             match self.state {
                 State::Passthrough => {
-                    self.ready.append(&mut self.pending);
+                    self.decided = self.end;
                     return;
                 }
                 State::Preface => {
-                    let n = self.pending.len().min(PREFACE.len());
-                    if self.pending[..n] != PREFACE[..n] {
+                    let n = rest.len().min(PREFACE.len());
+                    if rest[..n] != PREFACE[..n] {
                         self.state = State::Passthrough;
                     } else if n == PREFACE.len() {
-                        self.ready.extend(self.pending.drain(..n));
+                        self.decided += n;
                         self.state = State::Frames;
                     } else if self.eof {
                         self.state = State::Passthrough;
@@ -86,54 +107,57 @@ impl<S> FixAuthority<S> {
                     }
                 }
                 State::Skip(left) => {
-                    let n = left.min(self.pending.len());
-                    self.ready.extend(self.pending.drain(..n));
+                    let n = left.min(rest.len());
+                    self.decided += n;
                     if n == left {
                         self.state = State::Frames;
                     } else {
+                        self.state = State::Skip(left - n);
                         return;
                     }
                 }
                 State::Frames => {
-                    if self.pending.len() < 9 {
+                    if rest.len() < 9 {
                         if self.eof {
                             self.state = State::Passthrough;
                             continue;
                         }
                         return;
                     }
-                    let len = (usize::from(self.pending[0]) << 16)
-                        | (usize::from(self.pending[1]) << 8)
-                        | usize::from(self.pending[2]);
-                    let (typ, flags) = (self.pending[3], self.pending[4]);
+                    let len = (usize::from(rest[0]) << 16)
+                        | (usize::from(rest[1]) << 8)
+                        | usize::from(rest[2]);
+                    let (typ, flags) = (rest[3], rest[4]);
                     if typ != FRAME_HEADERS || len > MAX_FRAME {
-                        self.ready.extend(self.pending.drain(..9));
+                        self.decided += 9;
                         self.state = State::Skip(len);
                         continue;
                     }
-                    if self.pending.len() < 9 + len {
+                    if rest.len() < 9 + len {
                         if self.eof {
                             self.state = State::Passthrough;
                             continue;
                         }
                         return;
                     }
-                    match fix_headers(flags, &self.pending[9..9 + len]) {
+                    match fix_headers(flags, &rest[9..9 + len]) {
                         Some(payload) if payload.len() <= MAX_FRAME => {
                             let n = payload.len();
-                            self.ready.extend_from_slice(&[
-                                (n >> 16) as u8,
-                                (n >> 8) as u8,
-                                n as u8,
-                            ]);
-                            self.ready.extend_from_slice(&self.pending[3..9]);
-                            self.ready.extend_from_slice(&payload);
-                            self.pending.drain(..9 + len);
+                            let mut frame = Vec::with_capacity(9 + n);
+                            frame.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+                            frame.extend_from_slice(&rest[3..9]);
+                            frame.extend_from_slice(&payload);
+                            let at = self.decided;
+                            self.buf.splice(at..at + 9 + len, frame);
+                            self.end += n - len;
+                            self.decided += 9 + n;
                             tracing::debug!("renamed a malformed :authority to x-endpoint");
                         }
-                        _ => {
-                            self.ready.extend(self.pending.drain(..9 + len));
-                        }
+                        _ => self.decided += 9 + len,
+                    }
+                    self.headers_seen += 1;
+                    if self.headers_seen >= EXAMINED_HEADERS {
+                        self.state = State::Passthrough;
                     }
                 }
             }
@@ -145,32 +169,35 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            if !this.ready.is_empty() {
-                let n = this.ready.len().min(buf.remaining());
-                buf.put_slice(&this.ready[..n]);
-                this.ready.drain(..n);
+            if this.decided > this.start {
+                let n = (this.decided - this.start).min(out.remaining());
+                out.put_slice(&this.buf[this.start..this.start + n]);
+                this.start += n;
+                if this.start == this.end {
+                    (this.start, this.decided, this.end) = (0, 0, 0);
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            // Large payloads and non-HTTP/2 streams go straight to the reader.
-            if this.pending.is_empty() {
+            // Large payloads and non-HTTP/2 streams go straight to the reader. (Small payloads
+            // do not: a read bounded by a small frame's end would cost a system call per frame.)
+            if this.start == this.end {
                 let direct = match this.state {
-                    State::Passthrough => Some(buf.remaining()),
-                    State::Skip(left) => Some(left.min(buf.remaining())),
-                    _ => None,
+                    State::Passthrough => true,
+                    State::Skip(left) => left >= DIRECT_READ.max(out.remaining()),
+                    _ => false,
                 };
-                if let Some(max) = direct.filter(|m| *m > 0) {
-                    let dst = buf.initialize_unfilled_to(max);
-                    let mut rb = ReadBuf::new(dst);
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-                    let n = rb.filled().len();
-                    buf.advance(n);
+                if direct {
+                    // Into the reader's own buffer: no copy, no zeroing.
+                    let before = out.filled().len();
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+                    let n = out.filled().len() - before;
                     if let State::Skip(left) = this.state {
                         this.state = if n == left {
                             State::Frames
@@ -181,13 +208,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            let mut chunk = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut chunk);
+            // Room for the next read: move what is left to the front, grow if still short.
+            if this.buf.len() - this.end < READ_CHUNK / 2 {
+                if this.start > 0 {
+                    this.buf.copy_within(this.start..this.end, 0);
+                    this.decided -= this.start;
+                    this.end -= this.start;
+                    this.start = 0;
+                }
+                if this.buf.len() - this.end < READ_CHUNK / 2 {
+                    this.buf.resize(this.end + READ_CHUNK, 0);
+                }
+            }
+            let mut rb = ReadBuf::new(&mut this.buf[this.end..]);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
+            let n = rb.filled().len();
+            if n == 0 {
                 this.eof = true;
             }
-            this.pending.extend_from_slice(rb.filled());
+            this.end += n;
             this.process();
         }
     }
@@ -410,6 +449,70 @@ mod tests {
         ] {
             assert_eq!(fix_headers(FLAG_END_HEADERS, bad), None);
         }
+    }
+
+    /// Hands out its bytes a few at a time, as a socket may.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            let n = this.1.min(this.0.len()).min(buf.remaining());
+            buf.put_slice(&this.0[..n]);
+            this.0.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_reads_stay_aligned() {
+        let mut block = vec![0x83];
+        block.extend(literal(1, b"http://127.0.0.1:2379"));
+        let mut input = PREFACE.to_vec();
+        for payload_len in [3000, 5000, 1, 0, 9000] {
+            input.extend(frame(0x0, 0, &vec![9u8; payload_len])); // DATA
+            input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, &block));
+        }
+        for step in [1, 5, 9, 4000, 10_000, 100_000] {
+            let mut out = Vec::new();
+            FixAuthority::new(Trickle(input.clone(), step))
+                .read_to_end(&mut out)
+                .await
+                .expect("reading");
+            // Every HEADERS frame was found and rewritten: five times the added bytes.
+            assert_eq!(
+                out.len(),
+                input.len() + 5 * (RENAMED.len() + 1),
+                "chunks of {step}"
+            );
+            assert_eq!(
+                out.windows(RENAMED.len()).filter(|w| *w == RENAMED).count(),
+                5,
+                "chunks of {step}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_passes_through_after_its_first_requests() {
+        let mut block = vec![0x83];
+        block.extend(literal(1, b"http://127.0.0.1:2379"));
+        let mut input = PREFACE.to_vec();
+        for _ in 0..EXAMINED_HEADERS + 3 {
+            input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, &block));
+        }
+        let mut out = Vec::new();
+        FixAuthority::new(Trickle(input.clone(), 7))
+            .read_to_end(&mut out)
+            .await
+            .expect("reading");
+        let renamed = out.windows(RENAMED.len()).filter(|w| *w == RENAMED).count();
+        assert_eq!(renamed, EXAMINED_HEADERS as usize);
+        assert_eq!(out.len(), input.len() + renamed * (RENAMED.len() + 1));
     }
 
     #[tokio::test]
