@@ -242,6 +242,12 @@ impl StateMachine for EtcdMachine {
         self.applied
     }
 
+    fn make_durable(&mut self) {
+        if let Err(e) = self.store.sync() {
+            applier::fatal(e);
+        }
+    }
+
     fn conf_changed(&mut self, _index: u64, cc: &raft::prelude::ConfChange) {
         use raft::prelude::ConfChangeType;
         let id = cc.node_id;

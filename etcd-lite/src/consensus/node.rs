@@ -40,6 +40,9 @@ pub trait StateMachine: Send + 'static {
     /// Makes a batch of applied entries durable and visible; called after each batch, before
     /// any proposer of the batch is answered.
     fn flush(&mut self) {}
+    /// Makes everything applied so far durable (called before the raft log is compacted: a
+    /// state machine that syncs lazily must not lose entries the log no longer has).
+    fn make_durable(&mut self) {}
     /// A membership change was applied at `index` (before `apply(index, &[])`).
     fn conf_changed(&mut self, _index: u64, _change: &ConfChange) {}
     /// Reads the whole state at the current applied index, when a follower needs a snapshot.
@@ -753,6 +756,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             return Ok(());
         }
         self.conf_changed = false;
+        // The log is about to forget the entries up to `index`: after a crash, the state
+        // machine must not resume from before them.
+        self.sm.make_durable();
         let index = self.sm.applied();
         let data = if self.lazy_snapshots {
             Vec::new()

@@ -345,6 +345,12 @@ impl MvccStore {
         self.lazy_sync.store(lazy, Ordering::Relaxed);
     }
 
+    /// Makes every change flushed so far durable (one fdatasync of the log), lazy sync or not.
+    pub fn sync(&self) -> Result<()> {
+        self.log_staged()?;
+        self.sync_wal()
+    }
+
     fn sync_wal(&self) -> Result<()> {
         if let Some(w) = self.wal.lock().as_mut() {
             w.sync()?;
