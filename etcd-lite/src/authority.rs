@@ -179,6 +179,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
                 this.start += n;
                 if this.start == this.end {
                     (this.start, this.decided, this.end) = (0, 0, 0);
+                    if this.state == State::Passthrough {
+                        // Nothing is examined any more: the buffer is not needed again.
+                        this.buf = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }

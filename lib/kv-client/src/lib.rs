@@ -492,3 +492,31 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn https_endpoints_need_a_ca_and_whole_client_certificates() {
+        let eps = ["https://127.0.0.1:2379".to_string()];
+        let e = Client::with_tls(&eps, Duration::from_secs(1), &Tls::default()).expect_err("no CA");
+        assert!(e.to_string().contains("--etcd-cafile"), "{e}");
+        let ca = std::env::temp_dir().join(format!("kv-client-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "not checked until a handshake").expect("writing");
+        let half = Tls {
+            ca_file: Some(ca.clone()),
+            cert_file: Some(ca.clone()),
+            key_file: None,
+        };
+        let e = half.config().expect_err("a certificate without its key");
+        assert!(e.to_string().contains("both"), "{e}");
+        let missing = Tls {
+            ca_file: Some(ca.with_extension("missing")),
+            ..Tls::default()
+        };
+        let e = missing.config().expect_err("a missing CA file");
+        assert!(e.to_string().contains("missing"), "{e}");
+        let _ = std::fs::remove_file(&ca);
+    }
+}
