@@ -11,11 +11,13 @@
 //! its sled log and the peer transport) → [`machine`] (the state machine) → [`applier`] (how
 //! one command applies) → [`mvcc`] (the revisioned store) and [`lease`] (lease bookkeeping).
 //! [`watch`] reads the committed revisions the machine publishes and the store's history.
+//! [`durable`] makes sled's flushes survive power loss (both the log and the store use it).
 
 pub mod applier;
 pub mod authority;
 pub mod config;
 pub mod consensus;
+pub mod durable;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -28,4 +30,5 @@ pub mod serve;
 pub mod server;
 pub mod tls;
 pub mod v2store;
+pub mod wal;
 pub mod watch;

@@ -1,6 +1,9 @@
 //! Prometheus metrics served on /metrics (names follow etcd's where one exists).
 
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry,
+    TextEncoder,
+};
 
 /// The server's counters and gauges.
 pub struct Metrics {
@@ -17,6 +20,94 @@ pub struct Metrics {
     pub db_size: IntGauge,
     pub keys_total: IntGauge,
     pub lease_count: IntGauge,
+    /// What the raft node records (cloned into its thread).
+    pub raft: RaftMetrics,
+}
+
+/// The consensus loop's measurements, under etcd's names so that existing dashboards and
+/// alerts (fsync latency, leader changes, proposals pending) work unchanged.
+#[derive(Clone, Debug)]
+pub struct RaftMetrics {
+    /// One sync of the raft log (etcd's WAL fsync).
+    pub wal_fsync: Histogram,
+    /// Applying one batch of committed entries to the store (etcd's backend commit).
+    pub backend_commit: Histogram,
+    pub proposals_committed: IntGauge,
+    pub proposals_applied: IntGauge,
+    pub proposals_pending: IntGauge,
+    pub proposals_failed: IntCounter,
+    pub leader_changes: IntCounter,
+    pub has_leader: IntGauge,
+    pub is_leader: IntGauge,
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    // etcd's buckets for disk latencies: 1 ms doubling to about 8 s.
+    let buckets = exponential_buckets(0.001, 2.0, 14).expect("constant bucket layout");
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("metric names are valid constants");
+    r.register(Box::new(h.clone()))
+        .expect("each metric is registered once");
+    h
+}
+
+impl Default for RaftMetrics {
+    /// Metrics that nobody serves (tests, tools).
+    fn default() -> Self {
+        RaftMetrics::new(&Registry::new())
+    }
+}
+
+impl RaftMetrics {
+    fn new(r: &Registry) -> Self {
+        RaftMetrics {
+            wal_fsync: histogram(
+                r,
+                "etcd_disk_wal_fsync_duration_seconds",
+                "The latency distributions of fsync called by the raft log.",
+            ),
+            backend_commit: histogram(
+                r,
+                "etcd_disk_backend_commit_duration_seconds",
+                "The latency distributions of applying a batch of committed entries.",
+            ),
+            proposals_committed: gauge(
+                r,
+                "etcd_server_proposals_committed_total",
+                "The total number of consensus proposals committed.",
+            ),
+            proposals_applied: gauge(
+                r,
+                "etcd_server_proposals_applied_total",
+                "The total number of consensus proposals applied.",
+            ),
+            proposals_pending: gauge(
+                r,
+                "etcd_server_proposals_pending",
+                "The current number of pending proposals to commit.",
+            ),
+            proposals_failed: counter(
+                r,
+                "etcd_server_proposals_failed_total",
+                "The total number of failed proposals seen.",
+            ),
+            leader_changes: counter(
+                r,
+                "etcd_server_leader_changes_seen_total",
+                "The number of leader changes seen.",
+            ),
+            has_leader: gauge(
+                r,
+                "etcd_server_has_leader",
+                "Whether or not a leader exists. 1 is existence, 0 is not.",
+            ),
+            is_leader: gauge(
+                r,
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            ),
+        }
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -93,6 +184,7 @@ impl Metrics {
                 "Total number of keys.",
             ),
             lease_count: gauge(&r, "corelite_etcd_lease_count", "Number of live leases."),
+            raft: RaftMetrics::new(&r),
             registry: r,
         }
     }

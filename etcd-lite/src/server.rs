@@ -224,6 +224,7 @@ impl EtcdServer {
             clients.clone(),
             on_peer,
         )?;
+        let metrics = Metrics::new();
         let log = RaftLog::open(&data_dir.join("member").join("raft"))
             .map_err(|e| EtcdError::Storage(format!("opening the raft log: {e}")))?;
         let cfg = NodeConfig {
@@ -235,6 +236,7 @@ impl EtcdServer {
             },
             tick: cluster.tick,
             snapshot_every: cluster.snapshot_count,
+            metrics: metrics.raft.clone(),
             ..NodeConfig::default()
         };
         let node = Node::start(cfg, log, machine, transport)?;
@@ -250,7 +252,7 @@ impl EtcdServer {
             peer_listening: Default::default(),
             member,
             limits,
-            metrics: Metrics::new(),
+            metrics,
             started: Instant::now(),
         }))
     }

@@ -421,6 +421,29 @@ fn health_version_metrics_members() {
         body.contains("etcd_debugging_mvcc_current_revision 2"),
         "{body}"
     );
+    // The raft loop's measurements, under etcd's names: a member alone leads, its log was
+    // synced at least once and the put was applied.
+    for line in [
+        "etcd_server_is_leader 1",
+        "etcd_server_has_leader 1",
+        "etcd_server_leader_changes_seen_total 1",
+        "etcd_server_proposals_pending 0",
+        "etcd_server_proposals_failed_total 0",
+    ] {
+        assert!(body.contains(line), "{line} in {body}");
+    }
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {body}"))
+    };
+    assert!(value("etcd_disk_wal_fsync_duration_seconds_count") >= 1.0);
+    assert!(value("etcd_disk_backend_commit_duration_seconds_count") >= 1.0);
+    assert!(value("etcd_server_proposals_applied_total") >= 2.0);
+    assert_eq!(
+        value("etcd_server_proposals_applied_total"),
+        value("etcd_server_proposals_committed_total")
+    );
     let (_, body, _) = m.curl(&[], "/v2/members");
     let j = json(&body);
     assert_eq!(j["members"][0]["name"], "default");

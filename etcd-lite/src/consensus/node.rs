@@ -22,6 +22,7 @@ use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
 use super::storage::RaftLog;
+use crate::metrics::RaftMetrics;
 
 /// What the log replicates into: applies entries in order, makes and restores snapshots.
 pub trait StateMachine: Send + 'static {
@@ -94,6 +95,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Take a snapshot (and compact the log) every this many applied entries.
     pub snapshot_every: u64,
+    /// Where the loop records its syncs, applies, proposals and leadership.
+    pub metrics: RaftMetrics,
 }
 
 impl Default for NodeConfig {
@@ -106,6 +109,7 @@ impl Default for NodeConfig {
             heartbeat_ticks: 1,
             request_timeout: Duration::from_secs(7),
             snapshot_every: 10_000,
+            metrics: RaftMetrics::default(),
         }
     }
 }
@@ -137,6 +141,8 @@ enum Input<O> {
     Step(Message),
     Status(oneshot::Sender<NodeStatus>),
     TransferLeader(u64),
+    /// The syncer made the Readies up to this number durable.
+    Persisted(u64),
     Stop,
 }
 
@@ -151,6 +157,16 @@ struct Shared {
 pub struct Node<O> {
     tx: mpsc::Sender<Input<O>>,
     shared: std::sync::Arc<Shared>,
+    /// Stops the node when the last handle goes (the syncer's sender keeps the channel open).
+    _stop: std::sync::Arc<StopOnDrop<O>>,
+}
+
+struct StopOnDrop<O>(mpsc::Sender<Input<O>>);
+
+impl<O> Drop for StopOnDrop<O> {
+    fn drop(&mut self) {
+        let _ = self.0.send(Input::Stop);
+    }
 }
 
 impl<O> Clone for Node<O> {
@@ -158,6 +174,7 @@ impl<O> Clone for Node<O> {
         Node {
             tx: self.tx.clone(),
             shared: self.shared.clone(),
+            _stop: self._stop.clone(),
         }
     }
 }
@@ -261,14 +278,32 @@ impl<O: Send + 'static> Node<O> {
         }
         let (tx, rx) = mpsc::channel();
         let shared = std::sync::Arc::new(Shared::default());
+        let (jobs, job_rx) = mpsc::channel();
+        let sync_thread = {
+            let (log, done, fsync) = (
+                raw.store().syncer(),
+                tx.clone(),
+                cfg.metrics.wal_fsync.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("raft-sync-{}", cfg.id))
+                .spawn(move || sync_loop(log, job_rx, done, fsync))
+                .map_err(|e| ConsensusError::Raft(e.to_string()))?
+        };
         let mut driver = Driver::new(cfg, raw, sm, transport);
         driver.lazy_snapshots = lazy_snapshots;
         driver.shared = shared.clone();
+        driver.syncer = Some(jobs);
+        driver.sync_thread = Some(sync_thread);
         std::thread::Builder::new()
             .name(format!("raft-{}", driver.cfg.id))
             .spawn(move || driver.run(rx))
             .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-        Ok(Node { tx, shared })
+        Ok(Node {
+            tx: tx.clone(),
+            shared,
+            _stop: std::sync::Arc::new(StopOnDrop(tx)),
+        })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Input<O>) -> Result<T, ConsensusError> {
@@ -344,6 +379,40 @@ struct Pending<T> {
     deadline: Instant,
 }
 
+/// A Ready handed over but not yet known to be durable.
+struct InFlight {
+    number: u64,
+    /// It wrote entries, a snapshot or a new term or vote: the syncer must cover it.
+    needs_sync: bool,
+    /// Messages that may leave only once it is durable (a follower's acks, votes).
+    messages: Vec<Message>,
+}
+
+/// The syncer thread: makes the log durable for the newest Ready asked, while the node goes
+/// on (the next Readies' entries are written and the leader's appends sent meanwhile; raft's
+/// thesis, 10.2.1). One sync answers every request that queued up during the previous one.
+fn sync_loop<O>(
+    log: super::storage::LogSyncer,
+    jobs: mpsc::Receiver<u64>,
+    done: mpsc::Sender<Input<O>>,
+    fsync: prometheus::Histogram,
+) {
+    while let Ok(mut number) = jobs.recv() {
+        while let Ok(n) = jobs.try_recv() {
+            number = number.max(n);
+        }
+        let t = Instant::now();
+        if let Err(e) = log.sync() {
+            tracing::error!(error = %e, "syncing the raft log failed; stopping the node");
+            std::process::exit(70);
+        }
+        fsync.observe(t.elapsed().as_secs_f64());
+        if done.send(Input::Persisted(number)).is_err() {
+            break;
+        }
+    }
+}
+
 struct Driver<S: StateMachine, T> {
     cfg: NodeConfig,
     raw: RawNode<RaftLog>,
@@ -368,6 +437,13 @@ struct Driver<S: StateMachine, T> {
     /// Snapshot data comes from the state machine on demand (see `snapshot_source`).
     lazy_snapshots: bool,
     shared: std::sync::Arc<Shared>,
+    /// Ready numbers for the syncer thread to make durable.
+    syncer: Option<mpsc::Sender<u64>>,
+    sync_thread: Option<std::thread::JoinHandle<()>>,
+    /// Readies in order, until they are durable and their messages sent.
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// The newest Ready number known to be durable.
+    synced_upto: u64,
 }
 
 /// Entry context: proposer id and request number (16 bytes).
@@ -406,6 +482,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             removed: false,
             lazy_snapshots: false,
             shared: Default::default(),
+            syncer: None,
+            sync_thread: None,
+            in_flight: Default::default(),
+            synced_upto: 0,
         }
     }
 
@@ -449,10 +529,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
             }
             self.note_term();
-            self.shared.leader.store(
-                self.raw.raft.leader_id,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            self.note_leader();
             if self.raw.has_ready() {
                 if let Err(e) = self.on_ready() {
                     tracing::error!(error = %e, "raft storage failed; stopping the node");
@@ -467,6 +544,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 );
                 break;
             }
+        }
+        // The log closes when the syncer lets go of it too.
+        self.syncer = None;
+        if let Some(t) = self.sync_thread.take() {
+            let _ = t.join();
         }
         tracing::info!(id = self.cfg.id, "raft node stopped");
     }
@@ -485,6 +567,22 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 let _ = p.reply.send(Err(ConsensusError::LeaderChanged));
             }
         }
+    }
+
+    /// Publishes who leads (for the server and the metrics).
+    fn note_leader(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        let old = self
+            .shared
+            .leader
+            .swap(leader, std::sync::atomic::Ordering::Relaxed);
+        let m = &self.cfg.metrics;
+        if old != leader && leader != raft::INVALID_ID {
+            m.leader_changes.inc();
+        }
+        m.has_leader.set(i64::from(leader != raft::INVALID_ID));
+        m.is_leader
+            .set(i64::from(self.raw.raft.state == StateRole::Leader));
     }
 
     fn handle(&mut self, input: Input<S::Output>) {
@@ -529,6 +627,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 let _ = reply.send(self.status());
             }
             Input::TransferLeader(to) => self.raw.transfer_leader(to),
+            Input::Persisted(number) => {
+                self.synced_upto = self.synced_upto.max(number);
+                self.release();
+            }
             Input::Stop => {}
         }
     }
@@ -546,9 +648,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 self.proposals.insert(req, p);
             }
             Err(raft::Error::ProposalDropped) => {
+                self.cfg.metrics.proposals_failed.inc();
                 let _ = p.reply.send(Err(ConsensusError::Dropped));
             }
             Err(e) => {
+                self.cfg.metrics.proposals_failed.inc();
                 let _ = p.reply.send(Err(ConsensusError::Raft(e.to_string())));
             }
         }
@@ -597,6 +701,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
             }
         }
+        let before = self.proposals.len() + self.leaderless.len();
         sweep(&mut self.proposals, now);
         sweep(&mut self.conf_changes, now);
         let late: Vec<u64> = self
@@ -617,6 +722,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         for (_, p) in late {
             let _ = p.reply.send(Err(ConsensusError::NoLeader));
         }
+        let failed = before.saturating_sub(self.proposals.len() + self.leaderless.len());
+        self.cfg.metrics.proposals_failed.inc_by(failed as u64);
         let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
             .into_iter()
             .partition(|(_, p)| p.deadline <= now);
@@ -632,7 +739,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         if !rd.messages().is_empty() {
             self.transport.send(rd.take_messages());
         }
-        if !rd.snapshot().is_empty() {
+        let snapshot = !rd.snapshot().is_empty();
+        if snapshot {
             let snap: Snapshot = rd.snapshot().clone();
             let index = snap.get_metadata().index;
             self.raw.mut_store().apply_snapshot(snap.clone())?;
@@ -650,35 +758,74 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
             }
         }
+        // Committed entries are durable ones (raft-rs hands out no more than it was told
+        // were persisted), so they apply now, before this Ready's own sync.
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         if !rd.entries().is_empty() {
             self.raw.mut_store().append(rd.entries())?;
         }
+        // A hard state that only moved the commit index needs no sync (raft's must_sync):
+        // the commit index is learnt again after a restart.
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs.clone())?;
         }
-        if rd.must_sync() || !rd.entries().is_empty() || rd.hs().is_some() {
+        let number = rd.number();
+        let needs_sync = rd.must_sync();
+        let messages = rd.take_persisted_messages();
+        // sled already holds this Ready's writes, so raft may read them back from now on.
+        self.raw.advance_append_async(rd);
+        self.in_flight.push_back(InFlight {
+            number,
+            needs_sync,
+            messages,
+        });
+        if snapshot {
+            // A snapshot replaces the log: made durable here, with everything before it.
+            let t = Instant::now();
             self.raw.store().sync()?;
+            self.cfg
+                .metrics
+                .wal_fsync
+                .observe(t.elapsed().as_secs_f64());
+            self.synced_upto = number;
+        } else if needs_sync {
+            let sent = self.syncer.as_ref().map(|s| s.send(number).is_ok());
+            if sent != Some(true) {
+                return Err(raft::Error::Store(raft::StorageError::Other(
+                    "the raft log's syncer is not running".into(),
+                )));
+            }
         }
-        if !rd.persisted_messages().is_empty() {
-            self.transport.send(rd.take_persisted_messages());
-        }
-        let mut light = self.raw.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
-        }
-        if !light.messages().is_empty() {
-            self.transport.send(light.take_messages());
-        }
-        self.apply(light.take_committed_entries())?;
+        self.release();
         self.raw.advance_apply();
+        self.note_progress();
         self.answer_reads();
         self.maybe_snapshot()?;
         Ok(())
     }
 
+    /// Tells raft which Readies are durable, in order, and sends the messages that waited for
+    /// them. A Ready that needed no sync is released as soon as every one before it is.
+    fn release(&mut self) {
+        let mut last = None;
+        while let Some(f) = self.in_flight.front() {
+            if f.needs_sync && f.number > self.synced_upto {
+                break;
+            }
+            let f = self.in_flight.pop_front().expect("front exists");
+            if !f.messages.is_empty() {
+                self.transport.send(f.messages);
+            }
+            last = Some(f.number);
+        }
+        if let Some(number) = last {
+            self.raw.on_persist_ready(number);
+        }
+    }
+
     fn apply(&mut self, entries: Vec<Entry>) -> raft::Result<()> {
+        let started = Instant::now();
         let mut answers = Vec::new();
         let mut conf_answers = Vec::new();
         let mut any = false;
@@ -728,7 +875,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
         if any {
             self.sm.flush();
+            self.cfg
+                .metrics
+                .backend_commit
+                .observe(started.elapsed().as_secs_f64());
         }
+        // Before anyone is answered, so that what they see next is at least this.
+        self.note_progress();
         for (reply, out) in answers {
             let _ = reply.send(Ok(out));
         }
@@ -736,6 +889,14 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             let _ = reply.send(Ok(self.status()));
         }
         Ok(())
+    }
+
+    fn note_progress(&self) {
+        let m = &self.cfg.metrics;
+        m.proposals_committed
+            .set(self.raw.raft.raft_log.committed as i64);
+        m.proposals_applied.set(self.sm.applied() as i64);
+        m.proposals_pending.set(self.proposals.len() as i64);
     }
 
     fn answer_reads(&mut self) {

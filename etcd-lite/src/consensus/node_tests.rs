@@ -103,6 +103,7 @@ impl Cluster {
             heartbeat_ticks: 1,
             request_timeout: Duration::from_secs(2),
             snapshot_every,
+            metrics: Default::default(),
         };
         let mut c = Cluster {
             router: Router::default(),
@@ -127,7 +128,7 @@ impl Cluster {
             .dirs
             .entry(id)
             .or_insert_with(|| tempfile::tempdir().expect("tempdir"));
-        let log = RaftLog::open(dir.path()).expect("open log");
+        let log = RaftLog::open(&dir.path().join("raft")).expect("open log");
         let kv = SharedKv::default();
         let cfg = NodeConfig {
             id,

@@ -3,14 +3,29 @@
 //! Keys in the tree: `e` + index (big-endian u64) -> Entry, `hs` -> HardState, `cs` ->
 //! ConfState, `snap` -> Snapshot (metadata and the state machine's data). Entries below the
 //! snapshot's index are deleted by compaction. The first and last indexes and the
-//! states are cached in memory; every change goes to sled first, and [`RaftLog::sync`] makes the
-//! batch durable before raft may act on it (messages sent, entries applied).
+//! states are cached in memory.
+//!
+//! Durability comes from a write-ahead log beside sled (`<dir>.wal`, [`SharedWal`]), not from
+//! flushing sled: every change goes to sled and, as the same record, to the log; a sync is one
+//! write and one fdatasync of the log (sled's flush wakes its whole I/O thread pool and is not
+//! power-loss safe by itself, see [`crate::durable`]). Past [`CHECKPOINT_BYTES`] sled is made
+//! durable and the log restarts; opening replays the log into sled first. A sync covers
+//! everything written before it began, so it can run on another thread ([`LogSyncer`]) while
+//! the node goes on writing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use protobuf::Message as _;
-
-use super::node::SnapshotSource;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+
+use super::node::SnapshotSource;
+use crate::durable::SledFiles;
+use crate::wal::{Change, SharedWal, Wal};
+
+/// Log size past which sled is made durable and the log restarts.
+pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Errors of the log's own storage (sled or a record that does not decode).
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -27,7 +42,6 @@ fn entry_key(index: u64) -> [u8; 9] {
 /// A member's raft log and state.
 pub struct RaftLog {
     tree: sled::Tree,
-    db: sled::Db,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot: Snapshot,
@@ -37,17 +51,81 @@ pub struct RaftLog {
     last: u64,
     /// Makes snapshot data on demand (then stored snapshots hold metadata only).
     source: Option<SnapshotSource>,
+    durability: Arc<Durability>,
+}
+
+/// What makes the log's writes durable: its write-ahead log, and sled's files for checkpoints.
+struct Durability {
+    db: sled::Db,
+    files: SledFiles,
+    wal: SharedWal,
+}
+
+impl Durability {
+    fn sync(&self) -> raft::Result<()> {
+        self.wal
+            .sync(CHECKPOINT_BYTES, || {
+                self.files
+                    .sync(&self.db)
+                    .map_err(|e| crate::error::EtcdError::Storage(e.to_string()))
+            })
+            .map_err(store_err)
+    }
+}
+
+/// Makes a [`RaftLog`]'s writes durable from another thread (the node's syncer), while the
+/// log's owner goes on writing: a sync covers at least everything written before it began.
+pub struct LogSyncer(Arc<Durability>);
+
+impl LogSyncer {
+    pub fn sync(&self) -> raft::Result<()> {
+        self.0.sync()
+    }
+}
+
+/// Where the write-ahead log of the sled database in `dir` lives.
+fn wal_path(dir: &Path) -> PathBuf {
+    let mut p = dir.as_os_str().to_owned();
+    p.push(".wal");
+    PathBuf::from(p)
 }
 
 impl RaftLog {
-    /// Opens (or creates) the log in `dir`.
-    pub fn open(dir: &std::path::Path) -> raft::Result<Self> {
-        let db = sled::Config::new()
+    /// Opens (or creates) the log in `dir` (sled) and `<dir>.wal`, replaying the latter.
+    pub fn open(dir: &Path) -> raft::Result<Self> {
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(4 << 20)
-            .open()
-            .map_err(store_err)?;
+            // Durability comes from the write-ahead log; sled is flushed at checkpoints.
+            .flush_every_ms(None);
+        // A log closed a moment ago (a restarted node) may still be finishing sled's last
+        // writes on its I/O threads, which hold the file lock until they are done.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.map_err(store_err)?,
+            }
+        };
         let tree = db.open_tree("raft").map_err(store_err)?;
+        let files = SledFiles::open(dir).map_err(store_err)?;
+        let (mut wal, records) = Wal::open(&wal_path(dir)).map_err(store_err)?;
+        if !records.is_empty() {
+            tracing::info!(
+                records = records.len(),
+                "replaying the raft log's write-ahead log"
+            );
+            for rec in &records {
+                tree.apply_batch(to_batch(rec)).map_err(store_err)?;
+            }
+            files.sync(&db).map_err(store_err)?;
+            wal.reset().map_err(store_err)?;
+        }
         let decode_hs = |b: &[u8]| HardState::parse_from_bytes(b).map_err(store_err);
         let hard_state = match tree.get("hs").map_err(store_err)? {
             Some(b) => decode_hs(&b)?,
@@ -62,23 +140,50 @@ impl RaftLog {
             None => Snapshot::default(),
         };
         let snap_index = snapshot.get_metadata().index;
-        let last = match tree.scan_prefix(b"e").next_back() {
-            Some(kv) => {
-                let (k, _) = kv.map_err(store_err)?;
-                u64::from_be_bytes(k[1..9].try_into().map_err(store_err)?)
-            }
-            None => snap_index,
-        };
+        let last = contiguous_tail(&tree, snap_index)?;
         Ok(RaftLog {
             tree,
-            db,
             hard_state,
             conf_state,
             snapshot,
             first: snap_index + 1,
             last,
             source: None,
+            durability: Arc::new(Durability {
+                db,
+                files,
+                wal: SharedWal::new(wal),
+            }),
         })
+    }
+
+    /// A handle that syncs this log from another thread.
+    pub fn syncer(&self) -> LogSyncer {
+        LogSyncer(self.durability.clone())
+    }
+
+    /// Writes `changes` to sled and, as one record, to the write-ahead log (durable at the
+    /// next sync). `atomic`: as one sled batch, for changes whose every prefix would not be a
+    /// valid log (truncating a conflict, compacting, installing a snapshot); otherwise key by
+    /// key, because a sled batch costs two writes by sled's I/O threads, each waking all of
+    /// them. Key by key, a crash may leave a prefix of unsynced changes in sled, which the
+    /// write-ahead log's replay and [`RaftLog::open`]'s contiguity check make harmless.
+    fn write(&self, changes: Vec<Change>, atomic: bool) -> raft::Result<()> {
+        if atomic {
+            self.tree
+                .apply_batch(to_batch(&changes))
+                .map_err(store_err)?;
+        } else {
+            for (k, v) in &changes {
+                match v {
+                    Some(v) => self.tree.insert(k.as_slice(), v.as_slice()),
+                    None => self.tree.remove(k.as_slice()),
+                }
+                .map_err(store_err)?;
+            }
+        }
+        self.durability.wal.append(&changes);
+        Ok(())
     }
 
     /// From now on snapshots sent to followers are made on demand by `source`.
@@ -100,9 +205,13 @@ impl RaftLog {
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) -> raft::Result<()> {
-        self.tree
-            .insert("hs", hs.write_to_bytes().map_err(store_err)?)
-            .map_err(store_err)?;
+        self.write(
+            vec![(
+                b"hs".to_vec(),
+                Some(hs.write_to_bytes().map_err(store_err)?),
+            )],
+            false,
+        )?;
         self.hard_state = hs;
         Ok(())
     }
@@ -115,9 +224,13 @@ impl RaftLog {
     }
 
     pub fn set_conf_state(&mut self, cs: ConfState) -> raft::Result<()> {
-        self.tree
-            .insert("cs", cs.write_to_bytes().map_err(store_err)?)
-            .map_err(store_err)?;
+        self.write(
+            vec![(
+                b"cs".to_vec(),
+                Some(cs.write_to_bytes().map_err(store_err)?),
+            )],
+            false,
+        )?;
         self.conf_state = cs;
         Ok(())
     }
@@ -139,22 +252,25 @@ impl RaftLog {
                 self.last
             )));
         }
-        let mut batch = sled::Batch::default();
+        let mut changes = Vec::with_capacity(entries.len());
         // A leader's log wins: drop our entries from the first new index on.
+        let conflict = first_new <= self.last;
         for i in first_new..=self.last {
-            batch.remove(&entry_key(i));
+            changes.push((entry_key(i).to_vec(), None));
         }
         for e in entries {
-            batch.insert(&entry_key(e.index), e.write_to_bytes().map_err(store_err)?);
+            let value = e.write_to_bytes().map_err(store_err)?;
+            changes.push((entry_key(e.index).to_vec(), Some(value)));
         }
-        self.tree.apply_batch(batch).map_err(store_err)?;
+        // Plain appends in index order: every prefix of them is a valid log.
+        self.write(changes, conflict)?;
         self.last = entries.last().map_or(self.last, |e| e.index);
         Ok(())
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable, power loss included.
     pub fn sync(&self) -> raft::Result<()> {
-        self.db.flush().map(|_| ()).map_err(store_err)
+        self.durability.sync()
     }
 
     /// Records a snapshot of the state machine at `index` (already applied) and drops the log
@@ -179,20 +295,23 @@ impl RaftLog {
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snap.data = data.into();
-        self.tree
-            .insert("snap", snap.write_to_bytes().map_err(store_err)?)
-            .map_err(store_err)?;
+        self.write(
+            vec![(
+                b"snap".to_vec(),
+                Some(snap.write_to_bytes().map_err(store_err)?),
+            )],
+            true,
+        )?;
         self.snapshot = snap;
         self.compact(index)
     }
 
     /// Drops entries up to and including `index` (it must be covered by the snapshot).
     fn compact(&mut self, index: u64) -> raft::Result<()> {
-        let mut batch = sled::Batch::default();
-        for i in self.first..=index.min(self.last) {
-            batch.remove(&entry_key(i));
-        }
-        self.tree.apply_batch(batch).map_err(store_err)?;
+        let changes = (self.first..=index.min(self.last))
+            .map(|i| (entry_key(i).to_vec(), None))
+            .collect();
+        self.write(changes, true)?;
         self.first = index + 1;
         self.last = self.last.max(index);
         Ok(())
@@ -204,17 +323,19 @@ impl RaftLog {
         if meta.index <= self.snapshot.get_metadata().index {
             return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
         }
-        let mut batch = sled::Batch::default();
-        for i in self.first..=self.last {
-            batch.remove(&entry_key(i));
-        }
+        let mut changes: Vec<Change> = (self.first..=self.last)
+            .map(|i| (entry_key(i).to_vec(), None))
+            .collect();
         // With an on-demand source the state machine holds the state itself: keep metadata.
         let mut stored = snap.clone();
         if self.source.is_some() {
             stored.data = Default::default();
         }
-        batch.insert("snap", stored.write_to_bytes().map_err(store_err)?);
-        self.tree.apply_batch(batch).map_err(store_err)?;
+        changes.push((
+            b"snap".to_vec(),
+            Some(stored.write_to_bytes().map_err(store_err)?),
+        ));
+        self.write(changes, true)?;
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
@@ -249,8 +370,58 @@ impl RaftLog {
 
     /// Disk space the log takes (for metrics and the quota).
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.durability.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Makes the entries in `tree` a contiguous run after the snapshot at `snap_index` and returns
+/// the last index. Entries the snapshot covers are leftovers of an interrupted compaction;
+/// entries after a gap were never synced (everything synced is in sled or was just replayed
+/// from the write-ahead log, contiguously): a crash left them, and they go.
+fn contiguous_tail(tree: &sled::Tree, snap_index: u64) -> raft::Result<u64> {
+    let index_of = |k: &[u8]| -> raft::Result<u64> {
+        Ok(u64::from_be_bytes(
+            k.get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| store_err("malformed entry key"))?,
+        ))
+    };
+    let mut stale = Vec::new();
+    let mut last = snap_index;
+    for kv in tree.scan_prefix(b"e") {
+        let (k, _) = kv.map_err(store_err)?;
+        let i = index_of(&k)?;
+        if i <= snap_index || i != last + 1 {
+            stale.push(k);
+        } else {
+            last = i;
+        }
+    }
+    if !stale.is_empty() {
+        tracing::warn!(
+            entries = stale.len(),
+            last,
+            "dropping raft log entries left by a crash (compacted or never synced)"
+        );
+        let mut batch = sled::Batch::default();
+        for k in stale {
+            batch.remove(k);
+        }
+        tree.apply_batch(batch).map_err(store_err)?;
+    }
+    Ok(last)
+}
+
+/// The sled batch that makes `changes`.
+fn to_batch(changes: &[Change]) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (k, v) in changes {
+        match v {
+            Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+            None => batch.remove(k.as_slice()),
+        }
+    }
+    batch
 }
 
 impl raft::Storage for RaftLog {
@@ -360,7 +531,7 @@ mod tests {
     fn appends_truncate_conflicts_and_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let mut log = RaftLog::open(dir.path()).expect("open");
+            let mut log = RaftLog::open(&dir.path().join("raft")).expect("open");
             assert!(log.is_empty());
             log.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
                 .expect("append");
@@ -382,7 +553,7 @@ mod tests {
             log.set_conf_state(cs).expect("cs");
             log.sync().expect("sync");
         }
-        let log = RaftLog::open(dir.path()).expect("reopen");
+        let log = RaftLog::open(&dir.path().join("raft")).expect("reopen");
         assert_eq!(all(&log), vec![(1, 1), (2, 2)]);
         let st = log.initial_state().expect("state");
         assert_eq!(
@@ -397,10 +568,80 @@ mod tests {
         ));
     }
 
+    /// Copies a directory tree as it is now: what a crash would leave of it.
+    fn crash_copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read_dir") {
+            let e = e.expect("entry");
+            let target = to.join(e.file_name());
+            if e.file_type().expect("type").is_dir() {
+                crash_copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).expect("copy");
+            }
+        }
+    }
+
+    #[test]
+    fn a_crash_keeps_what_was_synced_though_sled_was_not_flushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(&dir.path().join("raft")).expect("open");
+        let entries: Vec<Entry> = (1..=500).map(|i| entry(i, 1, &[7; 200])).collect();
+        log.append(&entries).expect("append");
+        log.set_hard_state(HardState {
+            term: 1,
+            vote: 1,
+            commit: 400,
+            ..Default::default()
+        })
+        .expect("hs");
+        log.syncer().sync().expect("sync");
+        // Written after the sync: a crash may lose it, and must not corrupt anything.
+        log.append(&[entry(501, 1, b"late")]).expect("append");
+        let copy = tempfile::tempdir().expect("tempdir");
+        crash_copy(dir.path(), copy.path());
+        drop(log);
+        let log = RaftLog::open(&copy.path().join("raft")).expect("open the crash copy");
+        let last = log.last_index().expect("last");
+        assert!(last == 500 || last == 501, "{last}");
+        assert_eq!(log.term(500).expect("term"), 1);
+        assert_eq!(log.initial_state().expect("state").hard_state.commit, 400);
+        // Replayed into sled and checkpointed: the log starts over empty.
+        assert_eq!(
+            std::fs::metadata(copy.path().join("raft.wal"))
+                .expect("wal")
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn entries_after_a_gap_or_under_the_snapshot_are_dropped_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = RaftLog::open(&dir.path().join("raft")).expect("open");
+            let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
+            log.append(&entries).expect("append");
+            log.sync().expect("sync");
+            // What a crash could leave: an unsynced entry past a gap, and one the snapshot
+            // (at 0 here) covers.
+            for i in [0, 9] {
+                let e = entry(i, 1, b"stale").write_to_bytes().expect("encode");
+                log.tree.insert(entry_key(i), e).expect("insert");
+            }
+        }
+        let log = RaftLog::open(&dir.path().join("raft")).expect("reopen");
+        assert_eq!(log.last_index().expect("last"), 5);
+        assert_eq!(all(&log), (1..=5).map(|i| (i, 1)).collect::<Vec<_>>());
+        for i in [0, 9] {
+            assert!(log.tree.get(entry_key(i)).expect("get").is_none(), "{i}");
+        }
+    }
+
     #[test]
     fn snapshots_compact_the_log_and_install_from_a_leader() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut log = RaftLog::open(dir.path()).expect("open");
+        let mut log = RaftLog::open(&dir.path().join("raft")).expect("open");
         let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"v")).collect();
         log.append(&ents).expect("append");
         log.create_snapshot(6, b"state@6".to_vec())
@@ -419,12 +660,12 @@ mod tests {
         assert_eq!(&snap.data[..], b"state@6");
         assert!(log.snapshot(8, 2).is_err(), "a newer one is not there yet");
         drop(log);
-        let log = RaftLog::open(dir.path()).expect("reopen");
+        let log = RaftLog::open(&dir.path().join("raft")).expect("reopen");
         assert_eq!(all(&log).len(), 4);
 
         // A follower far behind installs the leader's snapshot; its log restarts after it.
         let dir2 = tempfile::tempdir().expect("tempdir");
-        let mut f = RaftLog::open(dir2.path()).expect("open");
+        let mut f = RaftLog::open(&dir2.path().join("raft")).expect("open");
         f.append(&[entry(1, 1, b"old")]).expect("append");
         f.apply_snapshot(snap.clone()).expect("install");
         assert_eq!(
@@ -444,7 +685,7 @@ mod tests {
     #[test]
     fn entries_respect_max_size_but_return_at_least_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut log = RaftLog::open(dir.path()).expect("open");
+        let mut log = RaftLog::open(&dir.path().join("raft")).expect("open");
         let big = vec![7u8; 1000];
         let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &big)).collect();
         log.append(&ents).expect("append");

@@ -8,7 +8,6 @@ pub mod index;
 pub mod revision;
 pub mod store;
 pub mod txn;
-pub mod wal;
 
 pub use index::KeyRange;
 pub use revision::Revision;

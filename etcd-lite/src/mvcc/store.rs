@@ -21,8 +21,9 @@ use prost::Message;
 
 use super::index::{KeyIndex, KeyRange};
 use super::revision::{Revision, LEASE_PREFIX, META_PREFIX};
-use super::wal::{Change, Wal, CHECKPOINT_BYTES};
+use crate::durable::SledFiles;
 use crate::error::{EtcdError, Result};
+use crate::wal::{Change, Wal, CHECKPOINT_BYTES};
 
 const META_COMPACTED: &[u8] = b"mcompacted";
 /// Synced changes held in the overlay before they are written to sled in one batch.
@@ -51,6 +52,9 @@ pub struct State {
 /// The store. Cheap to share behind an `Arc`.
 pub struct MvccStore {
     db: sled::Db,
+    /// sled's files, synced after its flush before the log lets go of anything (`None` for a
+    /// temporary store).
+    files: Option<SledFiles>,
     /// `None` for a temporary (test) store.
     wal: parking_lot::Mutex<Option<Wal>>,
     /// Committed transactions of the current group, not yet in the log (writer only).
@@ -124,6 +128,18 @@ fn decode(bytes: &[u8]) -> Result<KeyValue> {
     Ok(KeyValue::decode(bytes)?)
 }
 
+/// Flushes sled and makes it durable (power loss included: see [`crate::durable`]); values
+/// may be blob-sized, so the whole filesystem is synced. Only on rare paths: replay,
+/// checkpoints, compactions and metadata.
+fn sync_sled(db: &sled::Db, files: Option<&SledFiles>) -> Result<()> {
+    match files {
+        Some(f) => f
+            .sync(db)
+            .map_err(|e| EtcdError::Storage(format!("syncing the store: {e}"))),
+        None => Ok(db.flush().map(drop)?),
+    }
+}
+
 impl MvccStore {
     /// Opens (or creates) the store in directory `dir` (sled in `dir/kv`, the log in `dir/wal`),
     /// replays the log and rebuilds the index from the records.
@@ -138,22 +154,24 @@ impl MvccStore {
             // the disk a second stream of syncs.
             .flush_every_ms(None)
             .open()?;
+        let files = SledFiles::open(&dir.join("kv"))
+            .map_err(|e| EtcdError::Storage(format!("opening the store's files: {e}")))?;
         let (mut wal, records) = Wal::open(&dir.join("wal"))?;
         if !records.is_empty() {
             tracing::info!(records = records.len(), "replaying the write-ahead log");
             for rec in records {
                 db.apply_batch(to_batch(&rec))?;
             }
-            db.flush()?;
+            sync_sled(&db, Some(&files))?;
             wal.reset()?;
         }
-        Self::from_db(db, Some(wal))
+        Self::from_db(db, Some(files), Some(wal))
     }
 
     /// A store in memory only (tests).
     pub fn temporary() -> Result<Self> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(Self::from_db(db, None)?.0)
+        Ok(Self::from_db(db, None, None)?.0)
     }
 
     /// Builds the in-memory state (key index, revisions) and the lease records from sled.
@@ -222,7 +240,7 @@ impl MvccStore {
             batch.insert(k, v);
         }
         self.db.apply_batch(batch)?;
-        self.db.flush()?;
+        sync_sled(&self.db, self.files.as_ref())?;
         if let Some(w) = self.wal.lock().as_mut() {
             w.reset()?;
         }
@@ -233,7 +251,11 @@ impl MvccStore {
         Ok(recovered)
     }
 
-    fn from_db(db: sled::Db, wal: Option<Wal>) -> Result<(Self, Recovered)> {
+    fn from_db(
+        db: sled::Db,
+        files: Option<SledFiles>,
+        wal: Option<Wal>,
+    ) -> Result<(Self, Recovered)> {
         let (state, recovered) = Self::load(&db)?;
         let current = state.current;
         let applying: Arc<RwLock<Option<Arc<Overlay>>>> = Arc::default();
@@ -255,6 +277,7 @@ impl MvccStore {
         };
         let store = MvccStore {
             db,
+            files,
             wal: parking_lot::Mutex::new(wal),
             staged: parking_lot::Mutex::new(Staged::default()),
             overlay: RwLock::new(Overlay::default()),
@@ -394,7 +417,7 @@ impl MvccStore {
             .is_none_or(|w| w.size() > self.checkpoint_bytes.load(Ordering::Relaxed));
         if checkpoint {
             self.apply_overlay()?;
-            self.db.flush()?;
+            sync_sled(&self.db, self.files.as_ref())?;
             if let Some(w) = self.wal.lock().as_mut() {
                 w.reset()?;
             }
@@ -510,7 +533,7 @@ impl MvccStore {
     /// Stores a metadata value (outside the key space, not versioned) durably.
     pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
         self.db.insert(meta_key(name), value)?;
-        self.db.flush()?;
+        sync_sled(&self.db, self.files.as_ref())?;
         Ok(())
     }
 

@@ -318,7 +318,8 @@ fn three_nodes_form_a_cluster_run_a_container_survive_a_node_and_rejoin() {
     if !rejoined {
         // Ask the node itself, on its serial console's root shell, what its services say.
         let vm = c.vms[victim].as_mut().expect("the rebooted VM");
-        vm.type_line("journalctl -b -u etcd-lite -u fleetd --no-pager -n 40 | cat");
+        vm.type_line("journalctl -b -u etcd-lite --no-pager -n 30 | cat");
+        vm.type_line("journalctl -b -u fleetd --no-pager -n 8 | cat");
         std::thread::sleep(Duration::from_secs(10));
         panic!("node{victim} did not rejoin:\n{}", c.consoles());
     }

@@ -145,10 +145,21 @@ impl Wal {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&self.pending).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
-        self.size += self.pending.len() as u64;
+        let pending = std::mem::take(&mut self.pending);
+        self.write_synced(&pending)?;
+        self.pending = pending;
         self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes already encoded records and waits for the disk (fdatasync).
+    fn write_synced(&mut self, records: &[u8]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(records).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.size += records.len() as u64;
         Ok(())
     }
 
@@ -165,6 +176,45 @@ impl Wal {
         self.file.sync_data().map_err(io)?;
         self.size = 0;
         tracing::debug!(path = %self.path.display(), "write-ahead log checkpointed");
+        Ok(())
+    }
+}
+
+/// A log that one thread appends to while another writes and syncs it: appends never wait
+/// for the disk, and a sync covers every record appended before it began.
+pub struct SharedWal {
+    /// Encoded records not yet written.
+    pending: parking_lot::Mutex<Vec<u8>>,
+    /// The file; held by a sync (and a checkpoint) for its whole length.
+    wal: parking_lot::Mutex<Wal>,
+}
+
+impl SharedWal {
+    pub fn new(wal: Wal) -> Self {
+        SharedWal {
+            pending: Default::default(),
+            wal: parking_lot::Mutex::new(wal),
+        }
+    }
+
+    /// Queues a record; it becomes durable at the next [`SharedWal::sync`].
+    pub fn append(&self, changes: &[Change]) {
+        if !changes.is_empty() {
+            encode(changes, &mut self.pending.lock());
+        }
+    }
+
+    /// Writes and syncs what is queued. Then, when the log has grown past `limit`, calls
+    /// `checkpoint`, which must make durable elsewhere everything the log holds, and empties
+    /// the log.
+    pub fn sync(&self, limit: u64, checkpoint: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut wal = self.wal.lock();
+        let records = std::mem::take(&mut *self.pending.lock());
+        wal.write_synced(&records)?;
+        if wal.size() > limit {
+            checkpoint()?;
+            wal.reset()?;
+        }
         Ok(())
     }
 }
@@ -196,6 +246,43 @@ mod tests {
         w.sync().expect("sync");
         let (_, recs) = Wal::open(&p).expect("reopen");
         assert_eq!(recs, vec![r1, r2]);
+    }
+
+    #[test]
+    fn shared_log_syncs_what_was_appended_and_checkpoints_past_its_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("wal");
+        let r: Vec<Change> = vec![(b"k".to_vec(), Some(vec![1; 100]))];
+        let (w, _) = Wal::open(&p).expect("open");
+        let shared = SharedWal::new(w);
+        shared.append(&r);
+        shared.append(&r);
+        let mut checkpoints = 0;
+        shared
+            .sync(1 << 20, || {
+                checkpoints += 1;
+                Ok(())
+            })
+            .expect("sync");
+        assert_eq!(checkpoints, 0);
+        let (_, recs) = Wal::open(&p).expect("reopen");
+        assert_eq!(recs, vec![r.clone(), r.clone()]);
+        // Past the limit: the checkpoint runs, then the log is empty.
+        shared.append(&r);
+        shared
+            .sync(100, || {
+                checkpoints += 1;
+                Ok(())
+            })
+            .expect("sync");
+        assert_eq!(checkpoints, 1);
+        assert_eq!(std::fs::metadata(&p).expect("meta").len(), 0);
+        // A failed checkpoint keeps the log.
+        shared.append(&r);
+        let e = shared.sync(10, || Err(EtcdError::Storage("disk gone".into())));
+        assert!(e.is_err());
+        let (_, recs) = Wal::open(&p).expect("reopen");
+        assert_eq!(recs, vec![r]);
     }
 
     #[test]
