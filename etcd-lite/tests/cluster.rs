@@ -391,6 +391,34 @@ fn bad_input_on_the_peer_port_is_refused_without_harm() {
             .await
             .expect_err("garbage message");
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        // The stream members use: good batches are taken, the first bad one ends the stream
+        // with the same error.
+        let good = batch(cluster, me, me, vec![]);
+        let bad = batch(cluster ^ 1, me, me, vec![]);
+        let e = c
+            .stream(tokio_stream::iter([good.clone(), good.clone(), bad, good]))
+            .await
+            .expect_err("another cluster, mid-stream");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(e.message().contains("cluster ID mismatch"), "{e}");
+        let e = c
+            .stream(tokio_stream::iter([batch(
+                cluster,
+                me,
+                me,
+                vec![b"garbage".to_vec()],
+            )]))
+            .await
+            .expect_err("garbage message, streamed");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let ack = c
+            .stream(tokio_stream::iter([
+                batch(cluster, me, me, vec![]),
+                batch(cluster, me, me, vec![]),
+            ]))
+            .await
+            .expect("empty batches from a member are fine");
+        assert_eq!(ack.into_inner().accepted, 0);
     });
     // Raw garbage on the peer port: the connection is dropped, the member carries on.
     {

@@ -1,8 +1,9 @@
 //! Raft messages between members over gRPC (`raftpeer.Peer/Send`, corelite's own protocol).
 //!
-//! Outgoing: one queue and one sending task per peer; whatever queued up while the previous
-//! batch was in flight goes in the next batch (pipelining without reordering). A full queue or
-//! an unreachable peer drops messages: raft retries on its own.
+//! Outgoing: one queue and one sending task per peer, writing batches into one long-lived
+//! `Stream` call (no request/response round per batch); whatever queued up while the stream
+//! was busy goes in the next batch (pipelining without reordering). A full queue or an
+//! unreachable peer drops messages: raft retries on its own. A broken stream is reopened.
 //! Incoming: [`PeerService`] checks the cluster id and the addressee, decodes each message and
 //! hands it to the node; anything else is refused with an error and changes nothing.
 
@@ -25,8 +26,10 @@ use super::node::{Node, Transport};
 const PEER_QUEUE: usize = 4096;
 /// Most messages in one batch.
 const MAX_BATCH: usize = 256;
-/// A batch that takes longer is abandoned (the peer is slow or gone).
-const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Batches handed to a stream before the sender waits for it (its own flow control).
+const STREAM_QUEUE: usize = 16;
+/// Pause before reopening a stream that failed (the peer is down or refused us).
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Sends to peers by member id; peers come and go with membership changes. Cheap to clone.
 #[derive(Clone)]
@@ -128,41 +131,66 @@ async fn send_loop(
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
             .connect_lazy(),
         Err(e) => {
             tracing::error!(peer = %format!("{to:x}"), %url, error = %e, "bad peer URL");
             return;
         }
     };
-    let mut client = PeerClient::new(channel)
+    let client = PeerClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        let messages: Vec<Vec<u8>> = batch
-            .drain(..)
-            .filter_map(|m| m.write_to_bytes().ok())
-            .collect();
-        let req = MessageBatch {
-            cluster_id,
-            from: me,
-            to,
-            messages,
+    let peer = format!("{to:x}");
+    loop {
+        let (batches, stream) = mpsc::channel::<MessageBatch>(STREAM_QUEUE);
+        let mut call = {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .stream(tokio_stream::wrappers::ReceiverStream::new(stream))
+                    .await
+            })
         };
-        match tokio::time::timeout(SEND_TIMEOUT, client.send(req)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(status)) => {
-                tracing::debug!(peer = %format!("{to:x}"), error = %status.message(), "peer refused messages")
+        let ended = loop {
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else {
+                        // The peer was removed (its queue dropped): end the stream cleanly.
+                        drop(batches);
+                        let _ = call.await;
+                        return;
+                    };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    let req = MessageBatch {
+                        cluster_id,
+                        from: me,
+                        to,
+                        messages: batch.iter().filter_map(|m| m.write_to_bytes().ok()).collect(),
+                    };
+                    if batches.send(req).await.is_err() {
+                        break (&mut call).await;
+                    }
+                }
+                r = &mut call => break r,
             }
-            Err(_) => tracing::debug!(peer = %format!("{to:x}"), "sending to peer timed out"),
+        };
+        match ended {
+            Ok(Ok(_)) => tracing::debug!(peer = %peer, "peer closed the stream"),
+            Ok(Err(status)) => {
+                tracing::debug!(peer = %peer, error = %status.message(), "stream to peer failed")
+            }
+            Err(e) => tracing::warn!(peer = %peer, error = %e, "stream task failed"),
         }
+        // Messages that arrive meanwhile wait in the queue (or are dropped when it is full).
+        tokio::time::sleep(RECONNECT_PAUSE).await;
     }
 }
 
@@ -212,7 +240,47 @@ impl<O: Send + 'static> Peer for PeerService<O> {
         &self,
         req: tonic::Request<MessageBatch>,
     ) -> Result<tonic::Response<SendAck>, tonic::Status> {
-        let b = req.into_inner();
+        let accepted = self.deliver(req.into_inner())?;
+        Ok(tonic::Response::new(SendAck { accepted }))
+    }
+
+    async fn stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<MessageBatch>>,
+    ) -> Result<tonic::Response<SendAck>, tonic::Status> {
+        let mut batches = req.into_inner();
+        let mut accepted = 0;
+        while let Some(b) = batches.message().await? {
+            accepted += self.deliver(b)?;
+        }
+        Ok(tonic::Response::new(SendAck { accepted }))
+    }
+
+    async fn hello(
+        &self,
+        _req: tonic::Request<HelloRequest>,
+    ) -> Result<tonic::Response<HelloResponse>, tonic::Status> {
+        let members = self
+            .registry
+            .read()
+            .iter()
+            .map(|(id, (name, urls))| PeerMember {
+                id: *id,
+                name: name.clone(),
+                peer_urls: urls.clone(),
+            })
+            .collect();
+        Ok(tonic::Response::new(HelloResponse {
+            cluster_id: self.cluster_id,
+            members,
+        }))
+    }
+}
+
+impl<O: Send + 'static> PeerService<O> {
+    /// Checks a batch (cluster, sender, addressee, every message decodes and is addressed as
+    /// the batch) and hands its messages to the node; a bad batch changes nothing.
+    fn deliver(&self, b: MessageBatch) -> Result<u64, tonic::Status> {
         if b.cluster_id != self.cluster_id {
             return Err(tonic::Status::permission_denied(format!(
                 "cluster ID mismatch: local {:x}, remote {:x}",
@@ -248,26 +316,6 @@ impl<O: Send + 'static> Peer for PeerService<O> {
         for m in msgs {
             self.node.step(m);
         }
-        Ok(tonic::Response::new(SendAck { accepted: n }))
-    }
-
-    async fn hello(
-        &self,
-        _req: tonic::Request<HelloRequest>,
-    ) -> Result<tonic::Response<HelloResponse>, tonic::Status> {
-        let members = self
-            .registry
-            .read()
-            .iter()
-            .map(|(id, (name, urls))| PeerMember {
-                id: *id,
-                name: name.clone(),
-                peer_urls: urls.clone(),
-            })
-            .collect();
-        Ok(tonic::Response::new(HelloResponse {
-            cluster_id: self.cluster_id,
-            members,
-        }))
+        Ok(n)
     }
 }
