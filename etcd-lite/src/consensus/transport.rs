@@ -280,6 +280,7 @@ impl<O: Send + 'static> Peer for PeerService<O> {
 impl<O: Send + 'static> PeerService<O> {
     /// Checks a batch (cluster, sender, addressee, every message decodes and is addressed as
     /// the batch) and hands its messages to the node; a bad batch changes nothing.
+    #[allow(clippy::result_large_err)] // the handlers' own error type, returned as is
     fn deliver(&self, b: MessageBatch) -> Result<u64, tonic::Status> {
         if b.cluster_id != self.cluster_id {
             return Err(tonic::Status::permission_denied(format!(
