@@ -47,6 +47,8 @@ pub enum EtcdError {
     NotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     #[error("etcdserver: not leader")]
     NotLeader,
     #[error("etcdserver: bad leader transferee")]
@@ -113,6 +115,7 @@ impl EtcdError {
             EtcdError::Stopped
             | EtcdError::NoLeader
             | EtcdError::LeaderChanged
+            | EtcdError::NotSupportedForLearner
             | EtcdError::Timeout => Code::Unavailable,
             EtcdError::Storage(_) => Code::Internal,
         }

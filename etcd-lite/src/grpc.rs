@@ -51,24 +51,31 @@ impl Services {
 #[tonic::async_trait]
 impl Kv for Services {
     async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        if !r.get_ref().serializable {
+            self.0.refuse_on_learner()?;
+        }
         Ok(Response::new(self.0.range(r.get_ref()).await?))
     }
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.0.refuse_on_learner()?;
         Ok(Response::new(self.0.put(r.into_inner()).await?))
     }
     async fn delete_range(
         &self,
         r: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.0.refuse_on_learner()?;
         Ok(Response::new(self.0.delete_range(r.into_inner()).await?))
     }
     async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.0.refuse_on_learner()?;
         Ok(Response::new(self.0.txn(r.into_inner()).await?))
     }
     async fn compact(
         &self,
         r: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        self.0.refuse_on_learner()?;
         let rev = self.0.compact(r.get_ref().revision).await?;
         Ok(Response::new(CompactionResponse {
             header: self.0.header(rev),
@@ -83,6 +90,7 @@ impl Watch for Services {
         &self,
         r: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.0.refuse_on_learner()?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(crate::watch::serve(self.0.clone(), r.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -95,6 +103,7 @@ impl Lease for Services {
         &self,
         r: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.0.refuse_on_learner()?;
         let (id, ttl, rev) = self.0.lease_grant(r.get_ref().ttl, r.get_ref().id).await?;
         Ok(Response::new(LeaseGrantResponse {
             header: self.0.header(rev),
@@ -107,6 +116,7 @@ impl Lease for Services {
         &self,
         r: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.0.refuse_on_learner()?;
         let rev = self.0.lease_revoke(r.get_ref().id).await?;
         Ok(Response::new(LeaseRevokeResponse {
             header: self.0.header(rev),
@@ -117,6 +127,7 @@ impl Lease for Services {
         &self,
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.0.refuse_on_learner()?;
         let server = self.0.clone();
         let out = r.into_inner().then(move |req| {
             let server = server.clone();
@@ -136,6 +147,7 @@ impl Lease for Services {
         &self,
         r: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.0.refuse_on_learner()?;
         let (ttl, granted, keys) = self.0.lease_ttl(r.get_ref().id, r.get_ref().keys)?;
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: self.0.header(self.0.store.published()),
@@ -149,6 +161,7 @@ impl Lease for Services {
         &self,
         _r: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.0.refuse_on_learner()?;
         Ok(Response::new(LeaseLeasesResponse {
             header: self.0.header(self.0.store.published()),
             leases: self
@@ -167,6 +180,7 @@ impl Cluster for Services {
         &self,
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.0.refuse_on_learner()?;
         let req = r.into_inner();
         let id = self
             .0
@@ -184,6 +198,7 @@ impl Cluster for Services {
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.0.refuse_on_learner()?;
         self.0.member_remove(r.get_ref().id).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.0.header(self.0.store.published()),
@@ -194,6 +209,7 @@ impl Cluster for Services {
         &self,
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.0.refuse_on_learner()?;
         let req = r.into_inner();
         self.0.member_update(req.id, req.peer_ur_ls).await?;
         Ok(Response::new(MemberUpdateResponse {
@@ -205,6 +221,7 @@ impl Cluster for Services {
         &self,
         _r: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        self.0.refuse_on_learner()?;
         Ok(Response::new(MemberListResponse {
             header: self.0.header(self.0.store.published()),
             members: self.0.members().await?,
@@ -214,6 +231,7 @@ impl Cluster for Services {
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.0.refuse_on_learner()?;
         self.0.member_promote(r.get_ref().id).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.0.header(self.0.store.published()),
@@ -260,6 +278,7 @@ impl Services {
 #[tonic::async_trait]
 impl Maintenance for Services {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        self.0.refuse_on_learner()?;
         use etcd_api::etcdserverpb::{alarm_request::AlarmAction, AlarmMember};
         let r = r.into_inner();
         let member = |(id, alarm): (u64, i32)| AlarmMember {
@@ -307,6 +326,7 @@ impl Maintenance for Services {
         &self,
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.0.refuse_on_learner()?;
         // sled reclaims space itself; defragmenting amounts to making everything durable.
         self.0.store.flush()?;
         Ok(Response::new(DefragmentResponse {
@@ -314,6 +334,7 @@ impl Maintenance for Services {
         }))
     }
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.0.refuse_on_learner()?;
         let view = self.0.store.read();
         let hash = view.hash(view.rev)?;
         Ok(Response::new(HashResponse {
@@ -322,6 +343,7 @@ impl Maintenance for Services {
         }))
     }
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.0.refuse_on_learner()?;
         let view = self.0.store.read();
         let at = if r.get_ref().revision <= 0 {
             view.rev
@@ -347,6 +369,7 @@ impl Maintenance for Services {
         &self,
         _r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.0.refuse_on_learner()?;
         let (blob, rev) = {
             let view = self.0.store.read();
             (view.snapshot()?, view.rev)
@@ -371,6 +394,7 @@ impl Maintenance for Services {
         &self,
         r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.0.refuse_on_learner()?;
         self.0.move_leader(r.get_ref().target_id).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: self.0.header(self.0.store.published()),

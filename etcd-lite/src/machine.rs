@@ -294,6 +294,7 @@ impl StateMachine for EtcdMachine {
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) {
+        let started = std::time::Instant::now();
         // The member's own identity stays; everything else is the leader's state at `index`.
         let recovered = match self.store.restore_snapshot(data, &["member_id"]) {
             Ok(r) => r,
@@ -340,6 +341,8 @@ impl StateMachine for EtcdMachine {
         tracing::info!(
             index,
             revision = self.store.published(),
+            bytes = data.len(),
+            took_ms = started.elapsed().as_millis() as u64,
             "installed a snapshot from the leader"
         );
     }

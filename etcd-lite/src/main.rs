@@ -12,6 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 /// How long open streams (watches, keep-alives) may keep shutdown waiting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// HTTP/2 flow-control window of each peer stream (bytes in flight before an update).
+const PEER_STREAM_WINDOW: u32 = 8 << 20;
 
 fn init_logs(cfg: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -146,7 +148,11 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listening for peers on {addr}"))?;
             tracing::info!(%addr, tls = https, "ready to serve peer traffic");
-            let mut builder = tonic::transport::Server::builder();
+            // Large windows: a snapshot for a new member arrives in one message, and a
+            // busy stream of appends should not wait for window updates.
+            let mut builder = tonic::transport::Server::builder()
+                .initial_stream_window_size(Some(PEER_STREAM_WINDOW))
+                .initial_connection_window_size(Some(2 * PEER_STREAM_WINDOW));
             if https {
                 let tls = peer_tls.as_ref().map(|t| t.0.clone()).context(
                     "https:// peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file",

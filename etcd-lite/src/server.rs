@@ -519,6 +519,15 @@ impl EtcdServer {
         Ok(self.node.status().await?)
     }
 
+    /// Like etcd, a learner answers only Status and serializable reads: it is not a voter,
+    /// so it cannot confirm what is linearizable, and clients are meant to use the voters.
+    pub fn refuse_on_learner(&self) -> Result<()> {
+        if self.node.is_learner() {
+            return Err(EtcdError::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
     /// A response header at `rev`.
     pub fn header(&self, rev: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {

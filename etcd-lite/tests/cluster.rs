@@ -677,6 +677,21 @@ fn learners_catch_up_and_are_promoted() {
     let learner_id = format!("{:x}", learner_entry["ID"].as_u64().expect("id"));
     let st = learner.ok(&["endpoint", "status", "-w", "json"]);
     assert!(st.contains("\"isLearner\":true"), "{st}");
+    // Like etcd's learners: writes, linearizable reads and the rest are refused with etcd's
+    // error (clients go to a voter); serializable reads and status are served.
+    let err = learner.fails(&["put", "on-learner", "1"]);
+    assert!(err.contains("rpc not supported for learner"), "{err}");
+    let post = |path: &str, body: &str| learner.curl(&["-XPOST", "-d", body], path);
+    let (code, body, _) = post("/v3/kv/put", r#"{"key":"bDA=","value":"eQ=="}"#);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("rpc not supported for learner"), "{body}");
+    let (code, body, _) = post("/v3/kv/range", r#"{"key":"bDA="}"#);
+    assert_eq!(code, 503, "{body}");
+    let (code, body, _) = post("/v3/kv/range", r#"{"key":"bDA=","serializable":true}"#);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"value\":\"eA==\""), "{body}");
+    let (code, body, _) = post("/v3/maintenance/status", "{}");
+    assert_eq!(code, 200, "{body}");
 
     // Promoting a voter, or nobody: etcd's errors.
     let leader = c.leader();
@@ -705,7 +720,12 @@ fn learners_catch_up_and_are_promoted() {
                     .is_some_and(|ms| ms.iter().all(|m| m["isLearner"] != true) && ms.len() == 4)
             })
     });
-    learner.ok(&["put", "from-promoted", "1"]);
+    // The promoted member serves writes once it has applied its own promotion.
+    eventually(
+        Duration::from_secs(10),
+        "the promoted member takes writes",
+        || learner.try_etcdctl(&["put", "from-promoted", "1"]).is_ok(),
+    );
     assert_eq!(
         c.members[0].ok(&["get", "from-promoted", "--print-value-only"]),
         "1\n"

@@ -151,6 +151,8 @@ enum Input<O> {
 struct Shared {
     term: std::sync::atomic::AtomicU64,
     leader: std::sync::atomic::AtomicU64,
+    /// This member is a learner (non-voting) now.
+    learner: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to a running node (cheap to clone).
@@ -278,6 +280,10 @@ impl<O: Send + 'static> Node<O> {
         }
         let (tx, rx) = mpsc::channel();
         let shared = std::sync::Arc::new(Shared::default());
+        shared.learner.store(
+            raw.store().conf_state().learners.contains(&cfg.id),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let (jobs, job_rx) = mpsc::channel();
         let sync_thread = {
             let (log, done, fsync) = (
@@ -339,6 +345,13 @@ impl<O: Send + 'static> Node<O> {
     }
 
     /// The current term, as last seen by the node's thread.
+    /// Whether this member is a learner (as of the last membership change it applied).
+    pub fn is_learner(&self) -> bool {
+        self.shared
+            .learner
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn term(&self) -> u64 {
         self.shared.term.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -581,6 +594,15 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             m.leader_changes.inc();
         }
         m.has_leader.set(i64::from(leader != raft::INVALID_ID));
+        let learner = self
+            .raw
+            .store()
+            .conf_state()
+            .learners
+            .contains(&self.cfg.id);
+        self.shared
+            .learner
+            .store(learner, std::sync::atomic::Ordering::Relaxed);
         m.is_leader
             .set(i64::from(self.raw.raft.state == StateRole::Leader));
     }

@@ -475,9 +475,17 @@ impl raft::Storage for RaftLog {
         Ok(self.last)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         if let Some(src) = &self.source {
+            let started = std::time::Instant::now();
             if let Some((index, data)) = src() {
+                tracing::info!(
+                    to = %format!("{to:x}"),
+                    index,
+                    bytes = data.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "made a snapshot for a member that is behind"
+                );
                 if index >= request_index && index >= self.snapshot.get_metadata().index {
                     let mut meta = SnapshotMetadata {
                         index,
