@@ -331,16 +331,26 @@ impl RaftLog {
         if self.source.is_some() {
             stored.data = Default::default();
         }
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        let cs = meta.get_conf_state().clone();
+        // One batch: the log, its snapshot, hard state and membership change together.
         changes.push((
             b"snap".to_vec(),
             Some(stored.write_to_bytes().map_err(store_err)?),
         ));
+        changes.push((
+            b"hs".to_vec(),
+            Some(hs.write_to_bytes().map_err(store_err)?),
+        ));
+        changes.push((
+            b"cs".to_vec(),
+            Some(cs.write_to_bytes().map_err(store_err)?),
+        ));
         self.write(changes, true)?;
-        let mut hs = self.hard_state.clone();
-        hs.term = hs.term.max(meta.term);
-        hs.commit = meta.index;
-        self.set_hard_state(hs)?;
-        self.set_conf_state(meta.get_conf_state().clone())?;
+        self.hard_state = hs;
+        self.conf_state = cs;
         self.snapshot = stored;
         self.first = meta.index + 1;
         self.last = meta.index;
