@@ -344,11 +344,25 @@ struct Member {
 }
 
 impl Member {
+    /// Starts the member; its logs go to `$BENCH_LOG_DIR/<name>.log` when that is set.
     fn spawn(&mut self) -> Result<()> {
+        let log = match std::env::var_os("BENCH_LOG_DIR") {
+            Some(dir) => {
+                let name = self.args.get(1).cloned().unwrap_or_default();
+                let path = Path::new(&dir).join(format!("{name}.log"));
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Stdio::from(f)
+            }
+            None => Stdio::null(),
+        };
         let child = Command::new(&self.bin)
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
         self.child = Some(child);
