@@ -180,6 +180,18 @@ impl Wal {
     }
 }
 
+/// The sled batch that makes `changes` (a record's effect, applied atomically).
+pub fn to_batch(changes: &[Change]) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (k, v) in changes {
+        match v {
+            Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+            None => batch.remove(k.as_slice()),
+        }
+    }
+    batch
+}
+
 /// A log that one thread appends to while another writes and syncs it: appends never wait
 /// for the disk, and a sync covers every record appended before it began.
 pub struct SharedWal {

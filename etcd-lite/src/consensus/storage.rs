@@ -22,7 +22,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::node::SnapshotSource;
 use crate::durable::SledFiles;
-use crate::wal::{Change, SharedWal, Wal};
+use crate::wal::{to_batch, Change, SharedWal, Wal};
 
 /// Log size past which sled is made durable and the log restarts.
 pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
@@ -420,18 +420,6 @@ fn contiguous_tail(tree: &sled::Tree, snap_index: u64) -> raft::Result<u64> {
         tree.apply_batch(batch).map_err(store_err)?;
     }
     Ok(last)
-}
-
-/// The sled batch that makes `changes`.
-fn to_batch(changes: &[Change]) -> sled::Batch {
-    let mut batch = sled::Batch::default();
-    for (k, v) in changes {
-        match v {
-            Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-            None => batch.remove(k.as_slice()),
-        }
-    }
-    batch
 }
 
 impl raft::Storage for RaftLog {

@@ -23,7 +23,7 @@ use super::index::{KeyIndex, KeyRange};
 use super::revision::{Revision, LEASE_PREFIX, META_PREFIX};
 use crate::durable::SledFiles;
 use crate::error::{EtcdError, Result};
-use crate::wal::{Change, Wal, CHECKPOINT_BYTES};
+use crate::wal::{to_batch, Change, Wal, CHECKPOINT_BYTES};
 
 const META_COMPACTED: &[u8] = b"mcompacted";
 /// Synced changes held in the overlay before they are written to sled in one batch.
@@ -609,17 +609,6 @@ fn write_through(db: &sled::Db, changes: &[Change]) -> Result<()> {
         };
     }
     Ok(())
-}
-
-fn to_batch(changes: &[Change]) -> sled::Batch {
-    let mut b = sled::Batch::default();
-    for (k, v) in changes {
-        match v {
-            Some(v) => b.insert(k.as_slice(), v.as_slice()),
-            None => b.remove(k.as_slice()),
-        }
-    }
-    b
 }
 
 /// The records of a snapshot made by [`ReadView::snapshot`], after checking its digest.
