@@ -344,7 +344,6 @@ impl<O: Send + 'static> Node<O> {
         self.ask(|r| Input::ConfChange(cc, r)).await
     }
 
-    /// The current term, as last seen by the node's thread.
     /// Whether this member is a learner (as of the last membership change it applied).
     pub fn is_learner(&self) -> bool {
         self.shared
@@ -352,6 +351,7 @@ impl<O: Send + 'static> Node<O> {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The current term, as last seen by the node's thread.
     pub fn term(&self) -> u64 {
         self.shared.term.load(std::sync::atomic::Ordering::Relaxed)
     }
