@@ -40,6 +40,21 @@ impl SledFiles {
     }
 }
 
+/// Copies a directory tree as it is now: what a crash would leave of it (tests).
+#[cfg(test)]
+pub fn crash_copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            crash_copy(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,11 @@ pub type Change = (Vec<u8>, Option<Vec<u8>>);
 
 /// Log size after which the store checkpoints (flushes sled, restarts the log).
 pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
-/// Largest record accepted when reading back (guards against a corrupt length).
-const MAX_RECORD: usize = 256 * 1024 * 1024;
+/// Largest record body: its length is a u32 (a corrupt length is caught by the checksum or by
+/// running past the end of the file).
+pub const MAX_RECORD: usize = u32::MAX as usize;
+/// Largest append buffer kept for reuse after a sync.
+const REUSED_BUFFER: usize = 4 * 1024 * 1024;
 
 pub struct Wal {
     path: PathBuf,
@@ -34,7 +37,16 @@ fn io(e: std::io::Error) -> EtcdError {
     EtcdError::Storage(format!("write-ahead log: {e}"))
 }
 
+/// Bytes of the record body that holds `changes`.
+pub fn body_len(changes: &[Change]) -> usize {
+    changes
+        .iter()
+        .map(|(k, v)| 4 + k.len() + 1 + v.as_ref().map_or(0, |v| 4 + v.len()))
+        .sum()
+}
+
 fn encode(changes: &[Change], out: &mut Vec<u8>) {
+    debug_assert!(body_len(changes) <= MAX_RECORD, "record too large");
     let start = out.len();
     out.extend_from_slice(&[0; 8]); // length + crc, filled below
     for (k, v) in changes {
@@ -49,9 +61,9 @@ fn encode(changes: &[Change], out: &mut Vec<u8>) {
             None => out.push(0),
         }
     }
-    let body_len = (out.len() - start - 8) as u32;
+    let len = (out.len() - start - 8) as u32;
     let crc = crc32fast::hash(&out[start + 8..]);
-    out[start..start + 4].copy_from_slice(&body_len.to_be_bytes());
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
 
@@ -103,7 +115,7 @@ impl Wal {
         while pos + 8 <= data.len() {
             let len = u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
             let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
-            if len > MAX_RECORD || pos + 8 + len > data.len() {
+            if pos + 8 + len > data.len() {
                 break;
             }
             let body = &data[pos + 8..pos + 8 + len];
@@ -145,10 +157,13 @@ impl Wal {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
         self.write_synced(&pending)?;
-        self.pending = pending;
-        self.pending.clear();
+        // The buffer is reused, unless a huge record (a restored snapshot) grew it.
+        if pending.capacity() <= REUSED_BUFFER {
+            pending.clear();
+            self.pending = pending;
+        }
         Ok(())
     }
 

@@ -103,8 +103,10 @@ impl RaftLog {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let db = loop {
             match config.open() {
+                // sled reports the lock as an error of kind Other, naming the cause.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -574,20 +576,6 @@ mod tests {
         ));
     }
 
-    /// Copies a directory tree as it is now: what a crash would leave of it.
-    fn crash_copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).expect("mkdir");
-        for e in std::fs::read_dir(from).expect("read_dir") {
-            let e = e.expect("entry");
-            let target = to.join(e.file_name());
-            if e.file_type().expect("type").is_dir() {
-                crash_copy(&e.path(), &target);
-            } else {
-                std::fs::copy(e.path(), &target).expect("copy");
-            }
-        }
-    }
-
     #[test]
     fn a_crash_keeps_what_was_synced_though_sled_was_not_flushed() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -605,7 +593,7 @@ mod tests {
         // Written after the sync: a crash may lose it, and must not corrupt anything.
         log.append(&[entry(501, 1, b"late")]).expect("append");
         let copy = tempfile::tempdir().expect("tempdir");
-        crash_copy(dir.path(), copy.path());
+        crate::durable::crash_copy(dir.path(), copy.path());
         drop(log);
         let log = RaftLog::open(&copy.path().join("raft")).expect("open the crash copy");
         let last = log.last_index().expect("last");
