@@ -350,7 +350,9 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             .route(&format!("{prefix}/maintenance/status"), post(maint_status));
     }
     let r = crate::http_v2::routes(r);
-    let grpc = Services::routes(server.clone()).into_axum_router();
+    let grpc = Services::routes(server.clone())
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(crate::deadline::grpc_deadline));
     r.layer(DefaultBodyLimit::max(limit))
         .with_state(server)
         .merge(grpc)

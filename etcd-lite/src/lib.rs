@@ -17,6 +17,7 @@ pub mod applier;
 pub mod authority;
 pub mod config;
 pub mod consensus;
+pub mod deadline;
 pub mod durable;
 pub mod error;
 pub mod grpc;

@@ -731,3 +731,59 @@ fn learners_catch_up_and_are_promoted() {
         "1\n"
     );
 }
+
+#[test]
+fn a_call_ends_at_its_clients_deadline_and_is_never_proposed_after() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader();
+    // Leave one follower alone: after an election timeout it knows no leader.
+    let alone = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != alone {
+            c.members[i].kill9();
+        }
+    }
+    let m = &c.members[alone];
+    eventually(
+        Duration::from_secs(15),
+        "the member left alone sees no leader",
+        || {
+            m.try_etcdctl(&["endpoint", "status", "-w", "json"])
+                .ok()
+                .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+                // etcdctl leaves out a leader of 0.
+                .is_some_and(|v| {
+                    v[0]["Status"].is_object()
+                        && v[0]["Status"]["leader"].as_u64().unwrap_or(0) == 0
+                })
+        },
+    );
+    let started = Instant::now();
+    // PutRequest { key: "late", value: "never" }, sent by curl, which keeps no deadline of
+    // its own: the answer at the deadline is the member's.
+    let put = [&[0x0a, 4][..], b"late", &[0x12, 5][..], b"never"].concat();
+    let h = m.grpc_curl("/etcdserverpb.KV/Put", &put, &["grpc-timeout: 500m"]);
+    assert!(h.contains("grpc-status: 4"), "DeadlineExceeded: {h}");
+    assert!(h.contains("context%20deadline%20exceeded"), "{h}");
+    // Without the deadline the member waits 7 s for a leader before giving up.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The others come back within those 7 s: a leader is elected, but the abandoned put is
+    // not proposed to it.
+    for i in 0..3 {
+        if i != alone {
+            c.members[i].respawn();
+        }
+    }
+    c.leader();
+    let (ep, m) = (c.endpoints(), &c.members[alone]);
+    m.ok(&["--endpoints", &ep, "put", "after", "1"]);
+    let out = m.ok(&["--endpoints", &ep, "get", "late"]);
+    assert!(
+        out.trim().is_empty(),
+        "the abandoned put was applied: {out}"
+    );
+}

@@ -540,3 +540,20 @@ fn v3_watch_many_watchers_filters_progress_and_cancel() {
     assert_eq!(lines[1]["result"]["canceled"], true);
     assert_eq!(lines[1]["result"]["watch_id"], "7");
 }
+
+#[test]
+fn grpc_timeouts_are_checked_like_grpc_servers_do() {
+    let m = member();
+    // RangeRequest { key: "a" }
+    let range = [0x0a, 1, b'a'];
+    // A malformed deadline is refused (INTERNAL, as grpc-go does), naming the header.
+    let h = m.grpc_curl("/etcdserverpb.KV/Range", &range, &["grpc-timeout: soon"]);
+    assert_eq!(header(&h, "grpc-status"), Some("13"), "{h}");
+    assert!(
+        header(&h, "grpc-message").is_some_and(|v| v.contains("grpc-timeout")),
+        "{h}"
+    );
+    // A valid one lets the call run (curl may show the trailers: status 0).
+    let h = m.grpc_curl("/etcdserverpb.KV/Range", &range, &["grpc-timeout: 5S"]);
+    assert!(matches!(header(&h, "grpc-status"), None | Some("0")), "{h}");
+}

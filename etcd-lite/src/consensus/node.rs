@@ -538,6 +538,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             if !self.leaderless.is_empty() && self.raw.raft.leader_id != raft::INVALID_ID {
                 for (data, p) in std::mem::take(&mut self.leaderless) {
+                    if p.reply.is_closed() {
+                        self.cfg.metrics.proposals_failed.inc();
+                        continue;
+                    }
                     self.propose(data, p);
                 }
             }
@@ -737,9 +741,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 let _ = p.reply.send(Err(ConsensusError::Timeout));
             }
         }
+        // Waiting for a leader: a request whose caller is gone (its deadline passed, see
+        // crate::deadline) is dropped and never proposed.
         let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.leaderless)
             .into_iter()
-            .partition(|(_, p)| p.deadline <= now);
+            .partition(|(_, p)| p.deadline <= now || p.reply.is_closed());
         self.leaderless = keep;
         for (_, p) in late {
             let _ = p.reply.send(Err(ConsensusError::NoLeader));

@@ -253,6 +253,36 @@ impl EtcdLite {
     }
 }
 
+impl EtcdLite {
+    /// One gRPC call through curl (HTTP/2, no client-side deadline of its own): `method` as
+    /// `/package.Service/Method`, `message` the encoded request, `headers` extra request
+    /// headers. Returns the response's headers and trailers as curl shows them.
+    pub fn grpc_curl(&self, method: &str, message: &[u8], headers: &[&str]) -> String {
+        let frame = self.dir.path().join(format!("grpc-frame-{}", free_port()));
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        std::fs::write(&frame, body).expect("writing the gRPC frame");
+        let mut args = vec![
+            "--http2-prior-knowledge".to_string(),
+            "-H".into(),
+            "content-type: application/grpc".into(),
+            "-H".into(),
+            "te: trailers".into(),
+            "--data-binary".into(),
+            format!("@{}", frame.display()),
+        ];
+        for h in headers {
+            args.extend(["-H".to_string(), h.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, hdrs) = self.curl(&args, method);
+        let _ = std::fs::remove_file(&frame);
+        assert_eq!(code, 200, "gRPC answers HTTP 200: {hdrs}");
+        hdrs
+    }
+}
+
 impl Drop for EtcdLite {
     fn drop(&mut self) {
         self.kill9();
