@@ -10,6 +10,11 @@ use etcd_lite::consensus::transport::{PeerService, PeerTransport};
 use etcd_lite::server::EtcdServer;
 use tracing_subscriber::EnvFilter;
 
+/// glibc's allocator took a seventh of a loaded member's CPU (`_int_malloc`: sled and raft
+/// allocate per entry, from many threads); with mimalloc a put costs about 15% less CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long open streams (watches, keep-alives) may keep shutdown waiting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// HTTP/2 flow-control window of each peer stream (bytes in flight before an update).
