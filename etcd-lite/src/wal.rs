@@ -178,6 +178,30 @@ impl Wal {
         Ok(())
     }
 
+    /// Replaces the file's whole content by `records`, atomically: a new file is written and
+    /// synced, then renamed over the log (and the directory synced).
+    fn rewrite(&mut self, records: &[u8]) -> Result<()> {
+        let mut tmp_path = self.path.as_os_str().to_owned();
+        tmp_path.push(".new");
+        let tmp_path = PathBuf::from(tmp_path);
+        let mut tmp = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)
+            .map_err(io)?;
+        tmp.write_all(records).map_err(io)?;
+        tmp.sync_data().map_err(io)?;
+        std::fs::rename(&tmp_path, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        self.file = tmp;
+        self.size = records.len() as u64;
+        Ok(())
+    }
+
     /// Bytes in the log, including records appended but not yet written out.
     pub fn size(&self) -> u64 {
         self.size + self.pending.len() as u64
@@ -208,18 +232,26 @@ pub fn to_batch(changes: &[Change]) -> sled::Batch {
 }
 
 /// A log that one thread appends to while another writes and syncs it: appends never wait
-/// for the disk, and a sync covers every record appended before it began.
+/// for the disk, and a sync covers every record appended before it began. The appending thread
+/// may also have the whole log replaced by an image of what it holds ([`SharedWal::replace`]).
 pub struct SharedWal {
-    /// Encoded records not yet written.
-    pending: parking_lot::Mutex<Vec<u8>>,
-    /// The file; held by a sync (and a checkpoint) for its whole length.
+    queued: parking_lot::Mutex<Queued>,
+    /// The file; held by a sync for its whole length.
     wal: parking_lot::Mutex<Wal>,
+}
+
+#[derive(Default)]
+struct Queued {
+    /// A record that replaces everything in the file (and everything appended before it).
+    image: Option<Vec<u8>>,
+    /// Encoded records not yet written.
+    records: Vec<u8>,
 }
 
 impl SharedWal {
     pub fn new(wal: Wal) -> Self {
         SharedWal {
-            pending: Default::default(),
+            queued: Default::default(),
             wal: parking_lot::Mutex::new(wal),
         }
     }
@@ -227,22 +259,37 @@ impl SharedWal {
     /// Queues a record; it becomes durable at the next [`SharedWal::sync`].
     pub fn append(&self, changes: &[Change]) {
         if !changes.is_empty() {
-            encode(changes, &mut self.pending.lock());
+            encode(changes, &mut self.queued.lock().records);
         }
     }
 
-    /// Writes and syncs what is queued. Then, when the log has grown past `limit`, calls
-    /// `checkpoint`, which must make durable elsewhere everything the log holds, and empties
-    /// the log.
-    pub fn sync(&self, limit: u64, checkpoint: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// Queues a new content for the whole log: one record, `image`, which must hold the effect
+    /// of every record appended so far. The next sync writes it (with what is appended after
+    /// this call) to a new file that replaces the log atomically.
+    pub fn replace(&self, image: &[Change]) {
+        let mut bytes = Vec::new();
+        encode(image, &mut bytes);
+        let mut q = self.queued.lock();
+        q.records.clear();
+        q.image = Some(bytes);
+    }
+
+    /// Writes what is queued and waits for the disk.
+    pub fn sync(&self) -> Result<()> {
         let mut wal = self.wal.lock();
-        let records = std::mem::take(&mut *self.pending.lock());
-        wal.write_synced(&records)?;
-        if wal.size() > limit {
-            checkpoint()?;
-            wal.reset()?;
+        let q = std::mem::take(&mut *self.queued.lock());
+        match q.image {
+            Some(mut image) => {
+                image.extend_from_slice(&q.records);
+                wal.rewrite(&image)
+            }
+            None => wal.write_synced(&q.records),
         }
-        Ok(())
+    }
+
+    /// Bytes in the file (a sync in progress holds this up).
+    pub fn size(&self) -> u64 {
+        self.wal.lock().size()
     }
 }
 
@@ -276,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn shared_log_syncs_what_was_appended_and_checkpoints_past_its_limit() {
+    fn shared_log_syncs_what_was_appended_and_replaces_itself_by_an_image() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("wal");
         let r: Vec<Change> = vec![(b"k".to_vec(), Some(vec![1; 100]))];
@@ -284,32 +331,25 @@ mod tests {
         let shared = SharedWal::new(w);
         shared.append(&r);
         shared.append(&r);
-        let mut checkpoints = 0;
-        shared
-            .sync(1 << 20, || {
-                checkpoints += 1;
-                Ok(())
-            })
-            .expect("sync");
-        assert_eq!(checkpoints, 0);
+        shared.sync().expect("sync");
         let (_, recs) = Wal::open(&p).expect("reopen");
         assert_eq!(recs, vec![r.clone(), r.clone()]);
-        // Past the limit: the checkpoint runs, then the log is empty.
+        // An image replaces all of it, and what is appended after it follows it.
         shared.append(&r);
-        shared
-            .sync(100, || {
-                checkpoints += 1;
-                Ok(())
-            })
-            .expect("sync");
-        assert_eq!(checkpoints, 1);
-        assert_eq!(std::fs::metadata(&p).expect("meta").len(), 0);
-        // A failed checkpoint keeps the log.
-        shared.append(&r);
-        let e = shared.sync(10, || Err(EtcdError::Storage("disk gone".into())));
-        assert!(e.is_err());
+        let image: Vec<Change> = vec![(b"all".to_vec(), Some(b"of it".to_vec()))];
+        shared.replace(&image);
+        let after: Vec<Change> = vec![(b"n".to_vec(), None)];
+        shared.append(&after);
+        shared.sync().expect("sync");
         let (_, recs) = Wal::open(&p).expect("reopen");
-        assert_eq!(recs, vec![r]);
+        assert_eq!(recs, vec![image.clone(), after.clone()]);
+        assert_eq!(shared.size(), std::fs::metadata(&p).expect("meta").len());
+        // Appends go on in the new file.
+        shared.append(&r);
+        shared.sync().expect("sync");
+        let (_, recs) = Wal::open(&p).expect("reopen");
+        assert_eq!(recs, vec![image, after, r]);
+        assert!(!dir.path().join("wal.new").exists());
     }
 
     #[test]

@@ -1,18 +1,22 @@
-//! The raft log, hard state, conf state and latest snapshot of one member, in sled.
+//! The raft log, hard state, conf state and latest snapshot of one member: in memory, made
+//! durable by a write-ahead log of its own (`<dir>.wal`, [`SharedWal`]).
 //!
-//! Keys in the tree: `e` + index (big-endian u64) -> Entry, `hs` -> HardState, `cs` ->
-//! ConfState, `snap` -> Snapshot (metadata and the state machine's data). Entries below the
-//! snapshot's index are deleted by compaction. The first and last indexes and the
-//! states are cached in memory.
+//! Every change is one record of (key, value) changes: `e` + index (big-endian u64) -> Entry,
+//! `hs` -> HardState, `cs` -> ConfState, `snap` -> Snapshot (metadata, plus the state
+//! machine's data when no on-demand source makes it). A sync is one write and one fdatasync of
+//! the log, and covers everything written before it began, so it runs on another thread
+//! ([`LogSyncer`]) while the node goes on writing. The entries themselves stay in memory
+//! between compactions (as etcd's MemoryStorage does), so reading them back to send to
+//! followers costs no disk or decoding. Once the file has grown past
+//! [`CHECKPOINT_BYTES`] (and twice the live state), it is replaced, atomically, by an image:
+//! one record of the live state.
 //!
-//! Durability comes from a write-ahead log beside sled (`<dir>.wal`, [`SharedWal`]), not from
-//! flushing sled: every change goes to sled and, as the same record, to the log; a sync is one
-//! write and one fdatasync of the log (sled's flush wakes its whole I/O thread pool and is not
-//! power-loss safe by itself, see [`crate::durable`]). Past [`CHECKPOINT_BYTES`] sled is made
-//! durable and the log restarts; opening replays the log into sled first. A sync covers
-//! everything written before it began, so it can run on another thread ([`LogSyncer`]) while
-//! the node goes on writing.
+//! Opening replays the records. Entries the snapshot covers, and entries after a gap, are
+//! leftovers of a crash (everything synced is contiguous) and are dropped. A member whose log
+//! is still in the sled database of earlier versions (`<dir>/`) is moved to the new format on
+//! its first start.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,13 +25,12 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::node::SnapshotSource;
-use crate::durable::SledFiles;
-use crate::wal::{to_batch, Change, SharedWal, Wal};
+use crate::wal::{body_len, Change, SharedWal, Wal};
 
-/// Log size past which sled is made durable and the log restarts.
+/// Log size past which the file is replaced by an image of the live state.
 pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Errors of the log's own storage (sled or a record that does not decode).
+/// Errors of the log's own storage (its file or a record that does not decode).
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
@@ -41,150 +44,168 @@ fn entry_key(index: u64) -> [u8; 9] {
 
 /// A member's raft log and state.
 pub struct RaftLog {
-    tree: sled::Tree,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot: Snapshot,
     /// Index of the first entry in the log (snapshot index + 1).
     first: u64,
-    /// Index of the last entry (snapshot index when the log is empty).
-    last: u64,
+    /// The entries from `first` on.
+    entries: VecDeque<Entry>,
     /// Makes snapshot data on demand (then stored snapshots hold metadata only).
     source: Option<SnapshotSource>,
-    durability: Arc<Durability>,
-}
-
-/// What makes the log's writes durable: its write-ahead log, and sled's files for checkpoints.
-struct Durability {
-    db: sled::Db,
-    files: SledFiles,
-    wal: SharedWal,
-}
-
-impl Durability {
-    fn sync(&self) -> raft::Result<()> {
-        self.wal
-            .sync(CHECKPOINT_BYTES, || {
-                self.files
-                    .sync(&self.db)
-                    .map_err(|e| crate::error::EtcdError::Storage(e.to_string()))
-            })
-            .map_err(store_err)
-    }
+    wal: Arc<SharedWal>,
+    /// Bytes appended since the file last started over.
+    written: u64,
+    /// Size of the live state's image when it was last written.
+    image_bytes: u64,
 }
 
 /// Makes a [`RaftLog`]'s writes durable from another thread (the node's syncer), while the
 /// log's owner goes on writing: a sync covers at least everything written before it began.
-pub struct LogSyncer(Arc<Durability>);
+pub struct LogSyncer(Arc<SharedWal>);
 
 impl LogSyncer {
     pub fn sync(&self) -> raft::Result<()> {
-        self.0.sync()
+        self.0.sync().map_err(store_err)
     }
 }
 
-/// Where the write-ahead log of the sled database in `dir` lives.
+/// Where the write-ahead log of the log in `dir` lives.
 fn wal_path(dir: &Path) -> PathBuf {
     let mut p = dir.as_os_str().to_owned();
     p.push(".wal");
     PathBuf::from(p)
 }
 
+/// The records of the sled database that held the log before it moved to its own file.
+fn legacy_records(dir: &Path) -> raft::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    if !dir.join("db").is_file() {
+        return Ok(Vec::new());
+    }
+    let db = sled::Config::new().path(dir).open().map_err(store_err)?;
+    let tree = db.open_tree("raft").map_err(store_err)?;
+    tree.iter()
+        .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(store_err))
+        .collect()
+}
+
 impl RaftLog {
-    /// Opens (or creates) the log in `dir` (sled) and `<dir>.wal`, replaying the latter.
+    /// Opens (or creates) the log whose file is `<dir>.wal`, replaying it.
     pub fn open(dir: &Path) -> raft::Result<Self> {
-        let config = sled::Config::new()
-            .path(dir)
-            .cache_capacity(4 << 20)
-            // Durability comes from the write-ahead log; sled is flushed at checkpoints.
-            .flush_every_ms(None);
-        // A log closed a moment ago (a restarted node) may still be finishing sled's last
-        // writes on its I/O threads, which hold the file lock until they are done.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let db = loop {
-            match config.open() {
-                // sled reports the lock as an error of kind Other, naming the cause.
-                Err(sled::Error::Io(e))
-                    if (e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock"))
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                r => break r.map_err(store_err)?,
-            }
-        };
-        let tree = db.open_tree("raft").map_err(store_err)?;
-        let files = SledFiles::open(dir).map_err(store_err)?;
-        let (mut wal, records) = Wal::open(&wal_path(dir)).map_err(store_err)?;
-        if !records.is_empty() {
-            tracing::info!(
-                records = records.len(),
-                "replaying the raft log's write-ahead log"
-            );
-            for rec in &records {
-                tree.apply_batch(to_batch(rec)).map_err(store_err)?;
-            }
-            files.sync(&db).map_err(store_err)?;
-            wal.reset().map_err(store_err)?;
+        let legacy = legacy_records(dir)?;
+        let (wal, records) = Wal::open(&wal_path(dir)).map_err(store_err)?;
+        let replayed = records.len();
+        // The last value of every key, in key order: entries by index, then the states.
+        let mut state: BTreeMap<Vec<u8>, Vec<u8>> = legacy.into_iter().collect();
+        let migrated = !state.is_empty();
+        for (k, v) in records.into_iter().flatten() {
+            match v {
+                Some(v) => state.insert(k, v),
+                None => state.remove(&k),
+            };
         }
         let decode_hs = |b: &[u8]| HardState::parse_from_bytes(b).map_err(store_err);
-        let hard_state = match tree.get("hs").map_err(store_err)? {
-            Some(b) => decode_hs(&b)?,
+        let hard_state = match state.get(b"hs".as_slice()) {
+            Some(b) => decode_hs(b)?,
             None => HardState::default(),
         };
-        let conf_state = match tree.get("cs").map_err(store_err)? {
-            Some(b) => ConfState::parse_from_bytes(&b).map_err(store_err)?,
+        let conf_state = match state.get(b"cs".as_slice()) {
+            Some(b) => ConfState::parse_from_bytes(b).map_err(store_err)?,
             None => ConfState::default(),
         };
-        let snapshot = match tree.get("snap").map_err(store_err)? {
-            Some(b) => Snapshot::parse_from_bytes(&b).map_err(store_err)?,
+        let snapshot = match state.get(b"snap".as_slice()) {
+            Some(b) => Snapshot::parse_from_bytes(b).map_err(store_err)?,
             None => Snapshot::default(),
         };
         let snap_index = snapshot.get_metadata().index;
-        let last = contiguous_tail(&tree, snap_index)?;
-        Ok(RaftLog {
-            tree,
+        let mut entries = VecDeque::new();
+        let mut dropped = 0usize;
+        for (k, v) in state.range(b"e".to_vec()..b"f".to_vec()) {
+            let index = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| store_err("malformed entry key"))?;
+            if index <= snap_index || index != snap_index + 1 + entries.len() as u64 {
+                dropped += 1;
+                continue;
+            }
+            entries.push_back(Entry::parse_from_bytes(v).map_err(store_err)?);
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                entries = dropped,
+                "dropping raft log entries left by a crash (compacted or never synced)"
+            );
+        }
+        let mut log = RaftLog {
             hard_state,
             conf_state,
             snapshot,
             first: snap_index + 1,
-            last,
+            entries,
             source: None,
-            durability: Arc::new(Durability {
-                db,
-                files,
-                wal: SharedWal::new(wal),
-            }),
-        })
+            wal: Arc::new(SharedWal::new(wal)),
+            written: 0,
+            image_bytes: 0,
+        };
+        if replayed > 1 || migrated || dropped > 0 {
+            // Start from a compact file: one image of what was just read.
+            log.write_image()?;
+            log.sync()?;
+        }
+        if migrated {
+            std::fs::remove_dir_all(dir).map_err(store_err)?;
+            tracing::info!(dir = %dir.display(), "raft log moved out of sled into its own file");
+        }
+        Ok(log)
     }
 
     /// A handle that syncs this log from another thread.
     pub fn syncer(&self) -> LogSyncer {
-        LogSyncer(self.durability.clone())
+        LogSyncer(self.wal.clone())
     }
 
-    /// Writes `changes` to sled and, as one record, to the write-ahead log (durable at the
-    /// next sync). `atomic`: as one sled batch, for changes whose every prefix would not be a
-    /// valid log (truncating a conflict, compacting, installing a snapshot); otherwise key by
-    /// key, because a sled batch costs two writes by sled's I/O threads, each waking all of
-    /// them. Key by key, a crash may leave a prefix of unsynced changes in sled, which the
-    /// write-ahead log's replay and [`RaftLog::open`]'s contiguity check make harmless.
-    fn write(&self, changes: Vec<Change>, atomic: bool) -> raft::Result<()> {
-        if atomic {
-            self.tree
-                .apply_batch(to_batch(&changes))
-                .map_err(store_err)?;
-        } else {
-            for (k, v) in &changes {
-                match v {
-                    Some(v) => self.tree.insert(k.as_slice(), v.as_slice()),
-                    None => self.tree.remove(k.as_slice()),
-                }
-                .map_err(store_err)?;
-            }
+    fn last(&self) -> u64 {
+        self.first + self.entries.len() as u64 - 1
+    }
+
+    /// Queues `changes` as one record (durable at the next sync). When the file has grown
+    /// enough, queues an image of the live state instead of keeping its history.
+    fn write(&mut self, changes: Vec<Change>) -> raft::Result<()> {
+        self.wal.append(&changes);
+        self.written += 8 + body_len(&changes) as u64;
+        if self.written > CHECKPOINT_BYTES.max(2 * self.image_bytes) {
+            self.write_image()?;
         }
-        self.durability.wal.append(&changes);
+        Ok(())
+    }
+
+    /// Queues a record holding the whole live state, to replace the file's content.
+    fn write_image(&mut self) -> raft::Result<()> {
+        let mut image: Vec<Change> = vec![
+            (
+                b"hs".to_vec(),
+                Some(self.hard_state.write_to_bytes().map_err(store_err)?),
+            ),
+            (
+                b"cs".to_vec(),
+                Some(self.conf_state.write_to_bytes().map_err(store_err)?),
+            ),
+            (
+                b"snap".to_vec(),
+                Some(self.snapshot.write_to_bytes().map_err(store_err)?),
+            ),
+        ];
+        for e in &self.entries {
+            image.push((
+                entry_key(e.index).to_vec(),
+                Some(e.write_to_bytes().map_err(store_err)?),
+            ));
+        }
+        self.image_bytes = 8 + body_len(&image) as u64;
+        self.written = self.image_bytes;
+        self.wal.replace(&image);
         Ok(())
     }
 
@@ -195,7 +216,7 @@ impl RaftLog {
 
     /// Whether the log has never been initialized (a member's first start).
     pub fn is_empty(&self) -> bool {
-        self.last == 0 && self.conf_state.voters.is_empty() && self.hard_state.term == 0
+        self.last() == 0 && self.conf_state.voters.is_empty() && self.hard_state.term == 0
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -207,15 +228,9 @@ impl RaftLog {
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) -> raft::Result<()> {
-        self.write(
-            vec![(
-                b"hs".to_vec(),
-                Some(hs.write_to_bytes().map_err(store_err)?),
-            )],
-            false,
-        )?;
+        let value = hs.write_to_bytes().map_err(store_err)?;
         self.hard_state = hs;
-        Ok(())
+        self.write(vec![(b"hs".to_vec(), Some(value))])
     }
 
     /// Moves only the commit index (raft reports it apart from the rest of the hard state).
@@ -226,15 +241,9 @@ impl RaftLog {
     }
 
     pub fn set_conf_state(&mut self, cs: ConfState) -> raft::Result<()> {
-        self.write(
-            vec![(
-                b"cs".to_vec(),
-                Some(cs.write_to_bytes().map_err(store_err)?),
-            )],
-            false,
-        )?;
+        let value = cs.write_to_bytes().map_err(store_err)?;
         self.conf_state = cs;
-        Ok(())
+        self.write(vec![(b"cs".to_vec(), Some(value))])
     }
 
     /// Appends entries, replacing any conflicting suffix already in the log.
@@ -242,37 +251,36 @@ impl RaftLog {
         let Some(first_new) = entries.first().map(|e| e.index) else {
             return Ok(());
         };
+        let last = self.last();
         if first_new < self.first {
             return Err(store_err(format!(
                 "append at {first_new} below the log's first index {}",
                 self.first
             )));
         }
-        if first_new > self.last + 1 {
+        if first_new > last + 1 {
             return Err(store_err(format!(
-                "append at {first_new} leaves a gap after {}",
-                self.last
+                "append at {first_new} leaves a gap after {last}"
             )));
         }
+        // A leader's log wins: drop our entries from the first new index on, in the same
+        // record as the new ones.
         let mut changes = Vec::with_capacity(entries.len());
-        // A leader's log wins: drop our entries from the first new index on.
-        let conflict = first_new <= self.last;
-        for i in first_new..=self.last {
+        for i in first_new..=last {
             changes.push((entry_key(i).to_vec(), None));
         }
+        self.entries.truncate((first_new - self.first) as usize);
         for e in entries {
             let value = e.write_to_bytes().map_err(store_err)?;
             changes.push((entry_key(e.index).to_vec(), Some(value)));
+            self.entries.push_back(e.clone());
         }
-        // Plain appends in index order: every prefix of them is a valid log.
-        self.write(changes, conflict)?;
-        self.last = entries.last().map_or(self.last, |e| e.index);
-        Ok(())
+        self.write(changes)
     }
 
     /// Makes everything written so far durable, power loss included.
     pub fn sync(&self) -> raft::Result<()> {
-        self.durability.sync()
+        self.wal.sync().map_err(store_err)
     }
 
     /// Records a snapshot of the state machine at `index` (already applied) and drops the log
@@ -281,10 +289,10 @@ impl RaftLog {
         if index <= self.snapshot.get_metadata().index {
             return Ok(());
         }
-        if index > self.last {
+        if index > self.last() {
             return Err(store_err(format!(
                 "snapshot at {index} beyond the last entry {}",
-                self.last
+                self.last()
             )));
         }
         let term = self.term_of(index)?;
@@ -297,26 +305,12 @@ impl RaftLog {
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snap.data = data.into();
-        self.write(
-            vec![(
-                b"snap".to_vec(),
-                Some(snap.write_to_bytes().map_err(store_err)?),
-            )],
-            true,
-        )?;
-        self.snapshot = snap;
-        self.compact(index)
-    }
-
-    /// Drops entries up to and including `index` (it must be covered by the snapshot).
-    fn compact(&mut self, index: u64) -> raft::Result<()> {
-        let changes = (self.first..=index.min(self.last))
-            .map(|i| (entry_key(i).to_vec(), None))
-            .collect();
-        self.write(changes, true)?;
+        let value = snap.write_to_bytes().map_err(store_err)?;
+        // Entries up to `index` go: on replay, the snapshot record drops them again.
+        self.entries.drain(..(index + 1 - self.first) as usize);
         self.first = index + 1;
-        self.last = self.last.max(index);
-        Ok(())
+        self.snapshot = snap;
+        self.write(vec![(b"snap".to_vec(), Some(value))])
     }
 
     /// Installs a snapshot received from the leader: the log restarts after it.
@@ -325,7 +319,9 @@ impl RaftLog {
         if meta.index <= self.snapshot.get_metadata().index {
             return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
         }
-        let mut changes: Vec<Change> = (self.first..=self.last)
+        // Every entry goes, those after the snapshot's index too: explicitly, so that a
+        // replay does not find them after it.
+        let mut changes: Vec<Change> = (self.first..=self.last())
             .map(|i| (entry_key(i).to_vec(), None))
             .collect();
         // With an on-demand source the state machine holds the state itself: keep metadata.
@@ -337,7 +333,7 @@ impl RaftLog {
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
         let cs = meta.get_conf_state().clone();
-        // One batch: the log, its snapshot, hard state and membership change together.
+        // One record: the log, its snapshot, hard state and membership change together.
         changes.push((
             b"snap".to_vec(),
             Some(stored.write_to_bytes().map_err(store_err)?),
@@ -350,20 +346,21 @@ impl RaftLog {
             b"cs".to_vec(),
             Some(cs.write_to_bytes().map_err(store_err)?),
         ));
-        self.write(changes, true)?;
         self.hard_state = hs;
         self.conf_state = cs;
         self.snapshot = stored;
         self.first = meta.index + 1;
-        self.last = meta.index;
-        Ok(())
+        self.entries.clear();
+        self.write(changes)
     }
 
-    fn get_entry(&self, index: u64) -> raft::Result<Entry> {
-        match self.tree.get(entry_key(index)).map_err(store_err)? {
-            Some(b) => Entry::parse_from_bytes(&b).map_err(store_err),
-            None => Err(raft::Error::Store(StorageError::Unavailable)),
+    fn get_entry(&self, index: u64) -> raft::Result<&Entry> {
+        if index < self.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
         }
+        self.entries
+            .get((index - self.first) as usize)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn term_of(&self, index: u64) -> raft::Result<u64> {
@@ -371,57 +368,16 @@ impl RaftLog {
         if index == snap.index {
             return Ok(snap.term);
         }
-        if index < self.first {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if index > self.last {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
         Ok(self.get_entry(index)?.term)
-    }
-
-    /// Disk space the log takes (for metrics and the quota).
-    pub fn size_on_disk(&self) -> u64 {
-        self.durability.db.size_on_disk().unwrap_or(0)
     }
 }
 
-/// Makes the entries in `tree` a contiguous run after the snapshot at `snap_index` and returns
-/// the last index. Entries the snapshot covers are leftovers of an interrupted compaction;
-/// entries after a gap were never synced (everything synced is in sled or was just replayed
-/// from the write-ahead log, contiguously): a crash left them, and they go.
-fn contiguous_tail(tree: &sled::Tree, snap_index: u64) -> raft::Result<u64> {
-    let index_of = |k: &[u8]| -> raft::Result<u64> {
-        Ok(u64::from_be_bytes(
-            k.get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| store_err("malformed entry key"))?,
-        ))
-    };
-    let mut stale = Vec::new();
-    let mut last = snap_index;
-    for kv in tree.scan_prefix(b"e") {
-        let (k, _) = kv.map_err(store_err)?;
-        let i = index_of(&k)?;
-        if i <= snap_index || i != last + 1 {
-            stale.push(k);
-        } else {
-            last = i;
+impl Drop for RaftLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            tracing::warn!(error = %e, "syncing the raft log on close failed");
         }
     }
-    if !stale.is_empty() {
-        tracing::warn!(
-            entries = stale.len(),
-            last,
-            "dropping raft log entries left by a crash (compacted or never synced)"
-        );
-        let mut batch = sled::Batch::default();
-        for k in stale {
-            batch.remove(k);
-        }
-        tree.apply_batch(batch).map_err(store_err)?;
-    }
-    Ok(last)
 }
 
 impl raft::Storage for RaftLog {
@@ -442,23 +398,23 @@ impl raft::Storage for RaftLog {
         if low < self.first {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > self.last + 1 {
+        if high > self.last() + 1 {
             return Err(store_err(format!(
                 "entries up to {high} asked, the log ends at {}",
-                self.last
+                self.last()
             )));
         }
         let max = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::new();
         let mut size = 0u64;
-        for kv in self.tree.range(entry_key(low)..entry_key(high)) {
-            let (_, v) = kv.map_err(store_err)?;
-            size += v.len() as u64;
+        let (lo, hi) = ((low - self.first) as usize, (high - self.first) as usize);
+        for e in self.entries.range(lo..hi) {
+            size += u64::from(e.compute_size());
             // At least one entry, whatever its size.
             if !out.is_empty() && size > max {
                 break;
             }
-            out.push(Entry::parse_from_bytes(&v).map_err(store_err)?);
+            out.push(e.clone());
         }
         Ok(out)
     }
@@ -472,7 +428,7 @@ impl raft::Storage for RaftLog {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last)
+        Ok(self.last())
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
@@ -577,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_keeps_what_was_synced_though_sled_was_not_flushed() {
+    fn a_crash_keeps_what_was_synced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = RaftLog::open(&dir.path().join("raft")).expect("open");
         let entries: Vec<Entry> = (1..=500).map(|i| entry(i, 1, &[7; 200])).collect();
@@ -590,23 +546,48 @@ mod tests {
         })
         .expect("hs");
         log.syncer().sync().expect("sync");
-        // Written after the sync: a crash may lose it, and must not corrupt anything.
+        // Written after the sync: a crash loses it, and must not corrupt anything.
         log.append(&[entry(501, 1, b"late")]).expect("append");
         let copy = tempfile::tempdir().expect("tempdir");
         crate::durable::crash_copy(dir.path(), copy.path());
         drop(log);
         let log = RaftLog::open(&copy.path().join("raft")).expect("open the crash copy");
-        let last = log.last_index().expect("last");
-        assert!(last == 500 || last == 501, "{last}");
+        assert_eq!(log.last_index().expect("last"), 500);
         assert_eq!(log.term(500).expect("term"), 1);
         assert_eq!(log.initial_state().expect("state").hard_state.commit, 400);
-        // Replayed into sled and checkpointed: the log starts over empty.
-        assert_eq!(
-            std::fs::metadata(copy.path().join("raft.wal"))
-                .expect("wal")
-                .len(),
-            0
-        );
+        drop(log);
+        // Closing syncs: the original has the late entry.
+        let log = RaftLog::open(&dir.path().join("raft")).expect("reopen");
+        assert_eq!(log.last_index().expect("last"), 501);
+    }
+
+    #[test]
+    fn the_file_starts_over_from_an_image_once_it_has_grown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = wal_path(&dir.path().join("raft"));
+        let mut log = RaftLog::open(&dir.path().join("raft")).expect("open");
+        // 40 MiB appended in all, compacted as it goes: the file never holds all of it.
+        let mut biggest = 0;
+        for i in 1..=4000u64 {
+            log.append(&[entry(i, 1, &[7; 10_000])]).expect("append");
+            if i % 100 == 0 {
+                log.create_snapshot(i - 50, Vec::new()).expect("snapshot");
+            }
+            log.sync().expect("sync");
+            biggest = biggest.max(std::fs::metadata(&path).expect("meta").len());
+        }
+        assert!(biggest <= CHECKPOINT_BYTES + 2 * 1024 * 1024, "{biggest}");
+        let live = (3951..=4000).map(|i| (i, 1)).collect::<Vec<_>>();
+        drop(log);
+        let mut log = RaftLog::open(&dir.path().join("raft")).expect("reopen");
+        assert_eq!(log.first_index().expect("first"), 3951);
+        assert_eq!(all(&log), live);
+        // An image alone holds everything.
+        log.write_image().expect("image");
+        drop(log);
+        let log = RaftLog::open(&dir.path().join("raft")).expect("reopen");
+        assert_eq!(all(&log), live);
+        assert_eq!(log.hard_state(), &HardState::default());
     }
 
     #[test]
@@ -616,20 +597,77 @@ mod tests {
             let mut log = RaftLog::open(&dir.path().join("raft")).expect("open");
             let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
             log.append(&entries).expect("append");
-            log.sync().expect("sync");
-            // What a crash could leave: an unsynced entry past a gap, and one the snapshot
-            // (at 0 here) covers.
-            for i in [0, 9] {
+            log.create_snapshot(2, Vec::new()).expect("snapshot");
+        }
+        // What a crash could leave: an entry past a gap, and one the snapshot covers.
+        {
+            let (mut w, _) = Wal::open(&wal_path(&dir.path().join("raft"))).expect("wal");
+            let stale = |i| {
                 let e = entry(i, 1, b"stale").write_to_bytes().expect("encode");
-                log.tree.insert(entry_key(i), e).expect("insert");
+                (entry_key(i).to_vec(), Some(e))
+            };
+            w.append(&[stale(1), stale(9)]);
+            w.sync().expect("sync");
+        }
+        for _ in 0..2 {
+            let log = RaftLog::open(&dir.path().join("raft")).expect("reopen");
+            assert_eq!(log.first_index().expect("first"), 3);
+            assert_eq!(log.last_index().expect("last"), 5);
+            assert_eq!(all(&log), (3..=5).map(|i| (i, 1)).collect::<Vec<_>>());
+            assert!(log
+                .entries(3, 4, None, GetEntriesContext::empty(false))
+                .expect("e")[0]
+                .data
+                .starts_with(b"x"));
+        }
+    }
+
+    #[test]
+    fn a_log_kept_in_sled_by_an_earlier_version_moves_to_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raft_dir = dir.path().join("raft");
+        {
+            let db = sled::Config::new().path(&raft_dir).open().expect("sled");
+            let tree = db.open_tree("raft").expect("tree");
+            for i in 1..=3u64 {
+                let e = entry(i, 2, b"old").write_to_bytes().expect("encode");
+                tree.insert(entry_key(i), e).expect("insert");
             }
+            let hs = HardState {
+                term: 2,
+                vote: 1,
+                commit: 3,
+                ..Default::default()
+            };
+            tree.insert("hs", hs.write_to_bytes().expect("hs"))
+                .expect("insert");
+            db.flush().expect("flush");
         }
-        let log = RaftLog::open(&dir.path().join("raft")).expect("reopen");
-        assert_eq!(log.last_index().expect("last"), 5);
-        assert_eq!(all(&log), (1..=5).map(|i| (i, 1)).collect::<Vec<_>>());
-        for i in [0, 9] {
-            assert!(log.tree.get(entry_key(i)).expect("get").is_none(), "{i}");
+        // Its write-ahead log held one more entry, not yet in sled.
+        {
+            let (mut w, _) = Wal::open(&wal_path(&raft_dir)).expect("wal");
+            let e = entry(4, 2, b"new").write_to_bytes().expect("encode");
+            w.append(&[(entry_key(4).to_vec(), Some(e))]);
+            w.sync().expect("sync");
         }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let log = loop {
+            // sled lets go of its lock from its own threads, a moment after closing.
+            match RaftLog::open(&raft_dir) {
+                Ok(l) => break l,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "sled still locked");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        };
+        assert_eq!(all(&log), (1..=4).map(|i| (i, 2)).collect::<Vec<_>>());
+        assert_eq!(log.hard_state().commit, 3);
+        assert!(!raft_dir.exists(), "the sled directory is gone");
+        drop(log);
+        let log = RaftLog::open(&raft_dir).expect("reopen");
+        assert_eq!(all(&log).len(), 4);
     }
 
     #[test]
