@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         peer_tls.as_ref().map(|t| t.1.clone()),
     );
     let hook = transport.clone();
+    let down = transport.clone();
     let on_peer: etcd_lite::machine::PeerHook = Box::new(move |id, url| match url {
         Some(u) => hook.add_peer(id, u),
         None => hook.remove_peer(id),
@@ -131,6 +132,8 @@ async fn main() -> anyhow::Result<()> {
         on_peer,
     )
     .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let node = server.node.clone();
+    down.on_peer_down(move |id| node.peer_down(id));
     tracing::info!(
         name = %server.member.name,
         member_id = %format!("{:x}", server.member.id),

@@ -143,6 +143,8 @@ enum Input<O> {
     TransferLeader(u64),
     /// The syncer made the Readies up to this number durable.
     Persisted(u64),
+    /// Nothing listens on this peer's port any more (its process is gone).
+    PeerDown(u64),
     Stop,
 }
 
@@ -379,6 +381,15 @@ impl<O: Send + 'static> Node<O> {
     /// Asks the leader to hand leadership to `to`.
     pub fn transfer_leader(&self, to: u64) {
         let _ = self.tx.send(Input::TransferLeader(to));
+    }
+
+    /// Tells the node that peer `id`'s process is gone: its port refuses connections (the
+    /// transport finds that out when a stream to it breaks). A follower whose leader that is
+    /// campaigns within a few ticks instead of waiting out the election timeout. Only timing
+    /// changes: the election itself runs as always (pre-vote, majorities, log checks), and a
+    /// peer merely cut off by the network times out instead of refusing, so it is not reported.
+    pub fn peer_down(&self, id: u64) {
+        let _ = self.tx.send(Input::PeerDown(id));
     }
 
     /// Stops the thread (pending requests fail with `Stopped`).
@@ -657,7 +668,30 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 self.synced_upto = self.synced_upto.max(number);
                 self.release();
             }
+            Input::PeerDown(id) => self.on_peer_down(id),
             Input::Stop => {}
+        }
+    }
+
+    /// See [`Node::peer_down`]: moves the election timer of a follower whose leader is gone
+    /// to within 1–3 ticks of campaigning (the jitter keeps followers that learn it together
+    /// from splitting the vote), and past the leader lease, so that it grants the others'
+    /// votes at once too.
+    fn on_peer_down(&mut self, id: u64) {
+        let r = &mut self.raw.raft;
+        if r.state != StateRole::Follower || r.leader_id != id {
+            return;
+        }
+        let jitter = rand::random::<usize>() % 3;
+        let soon = r
+            .election_timeout()
+            .max(r.randomized_election_timeout().saturating_sub(1 + jitter));
+        if r.election_elapsed < soon {
+            tracing::info!(
+                leader = %format!("{id:x}"),
+                "the leader's peer port refuses connections; campaigning without waiting out the election timeout"
+            );
+            r.election_elapsed = soon;
         }
     }
 

@@ -95,11 +95,15 @@ struct Cluster {
 
 impl Cluster {
     fn new(ids: &[u64], snapshot_every: u64) -> Self {
+        Self::with_election_ticks(ids, snapshot_every, 10)
+    }
+
+    fn with_election_ticks(ids: &[u64], snapshot_every: u64, election_ticks: usize) -> Self {
         let cfg = NodeConfig {
             id: 0,
             initial_voters: ids.to_vec(),
             tick: Duration::from_millis(10),
-            election_ticks: 10,
+            election_ticks,
             heartbeat_ticks: 1,
             request_timeout: Duration::from_secs(2),
             snapshot_every,
@@ -153,7 +157,11 @@ impl Cluster {
     }
 
     fn leader(&self, among: &[u64]) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.leader_within(among, Duration::from_secs(10))
+    }
+
+    fn leader_within(&self, among: &[u64], within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             for id in among {
                 let st = self.rt.block_on(self.node(*id).status()).expect("status");
@@ -378,4 +386,30 @@ fn reads_waiting_on_a_deposed_leader_fail_fast_with_leader_changed() {
             );
         }
     }
+}
+
+#[test]
+fn followers_told_their_leader_is_gone_elect_without_waiting_out_the_timeout() {
+    // Elections time out after 3–6 s here.
+    let mut c = Cluster::with_election_ticks(&[1, 2, 3], 1000, 300);
+    let leader = c.leader(&[1, 2, 3]);
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    c.put(leader, "a=1").expect("put");
+    c.stop(leader);
+    // Told about another member, or by a member that has no such leader: nothing happens.
+    c.node(rest[0]).peer_down(rest[1]);
+    std::thread::sleep(Duration::from_millis(300));
+    for id in &rest {
+        let st = c.rt.block_on(c.node(*id).status()).expect("status");
+        assert_eq!(st.leader, leader, "no election yet on {id}");
+    }
+    // What the transport reports when the leader's port refuses connections.
+    for id in &rest {
+        c.node(*id).peer_down(leader);
+    }
+    // Well inside the 3 s minimum election timeout.
+    let new = c.leader_within(&rest, Duration::from_secs(2));
+    c.put(new, "b=2").expect("put on the new leader");
+    c.wait_applied(&rest, 3);
+    assert_eq!(c.map(new).get("b").map(String::as_str), Some("2"));
 }

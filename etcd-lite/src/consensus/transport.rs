@@ -39,6 +39,30 @@ pub struct PeerTransport {
     me: u64,
     runtime: tokio::runtime::Handle,
     tls: Option<ClientTlsConfig>,
+    down: PeerDownHook,
+}
+
+/// Told the id of a peer whose port refuses connections (see [`PeerTransport::on_peer_down`]).
+type PeerDownHook = Arc<std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>>;
+
+/// Whether nothing listens at `url`'s host and port: the connection is refused (not timed
+/// out, as when the network is cut).
+async fn refused(url: &str) -> bool {
+    let Some((host, port)) = url::Url::parse(url)
+        .ok()
+        .and_then(|u| Some((u.host_str()?.to_string(), u.port_or_known_default()?)))
+    else {
+        return false;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let probe = tokio::net::TcpStream::connect((host.as_str(), port));
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), probe).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// A channel to a peer URL: TLS (with `tls`) for https://, plain for http://.
@@ -68,6 +92,7 @@ impl PeerTransport {
             me,
             runtime: tokio::runtime::Handle::current(),
             tls,
+            down: Arc::default(),
         };
         for (id, url) in peers {
             t.add_peer(*id, url);
@@ -90,12 +115,20 @@ impl PeerTransport {
             url.to_string(),
             self.tls.clone(),
             rx,
+            self.down.clone(),
         ));
     }
 
     /// Stops sending to a removed member.
     pub fn remove_peer(&self, id: u64) {
         self.queues.lock().remove(&id);
+    }
+
+    /// Calls `hook` with a peer's id when a stream to it breaks and its port then refuses
+    /// connections: its process is gone (the node then need not wait out an election timeout
+    /// to replace a dead leader). Set once; later calls are ignored.
+    pub fn on_peer_down(&self, hook: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.down.set(Box::new(hook));
     }
 }
 
@@ -126,6 +159,7 @@ async fn send_loop(
     url: String,
     tls: Option<ClientTlsConfig>,
     mut rx: mpsc::Receiver<Message>,
+    down: PeerDownHook,
 ) {
     let channel = match endpoint(&url, tls.as_ref()) {
         Ok(e) => e
@@ -188,6 +222,11 @@ async fn send_loop(
                 tracing::debug!(peer = %peer, error = %status.message(), "stream to peer failed")
             }
             Err(e) => tracing::warn!(peer = %peer, error = %e, "stream task failed"),
+        }
+        if let Some(hook) = down.get() {
+            if refused(&url).await {
+                hook(to);
+            }
         }
         // Messages that arrive meanwhile wait in the queue (or are dropped when it is full).
         tokio::time::sleep(RECONNECT_PAUSE).await;
