@@ -1,9 +1,10 @@
 #!/bin/sh
 # Installs the Debian packages that building, testing, benchmarking and the demo use.
+# gcc: the linker, and it builds mimalloc (etcd-lite's allocator).
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -eu
 
-PACKAGES="protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static
+PACKAGES="gcc protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static
     systemd-container mmdebstrap iproute2 util-linux
     libseccomp-dev pkg-config podman runc crun
     skopeo umoci docker-registry iptables
