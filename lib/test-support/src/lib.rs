@@ -247,8 +247,12 @@ impl EtcdLite {
             .expect("running curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        let hdrs = std::fs::read_to_string(&headers).unwrap_or_default();
+        let mut hdrs = std::fs::read_to_string(&headers).unwrap_or_default();
         let _ = std::fs::remove_file(&headers);
+        if !out.status.success() {
+            // Status 0: no answer. Say why (as headers: callers print them on failure).
+            hdrs.push_str(&format!("curl: {}", String::from_utf8_lossy(&out.stderr)));
+        }
         (code.trim().parse().unwrap_or(0), body.to_string(), hdrs)
     }
 }
