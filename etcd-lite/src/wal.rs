@@ -46,7 +46,10 @@ pub fn body_len(changes: &[Change]) -> usize {
 }
 
 fn encode(changes: &[Change], out: &mut Vec<u8>) {
-    debug_assert!(body_len(changes) <= MAX_RECORD, "record too large");
+    let body = body_len(changes);
+    debug_assert!(body <= MAX_RECORD, "record too large");
+    // One allocation: a snapshot's record is tens of MiB, and growing into it copies it over.
+    out.reserve(8 + body);
     let start = out.len();
     out.extend_from_slice(&[0; 8]); // length + crc, filled below
     for (k, v) in changes {

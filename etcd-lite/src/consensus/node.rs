@@ -821,9 +821,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         }
         // Committed entries are durable ones (raft-rs hands out no more than it was told
-        // were persisted), so they apply now, before this Ready's own sync.
+        // were persisted). They apply after this Ready's entries are handed to the syncer, so
+        // that the fsync (and a follower's ack waiting for it) overlaps the apply.
         let committed = rd.take_committed_entries();
-        self.apply(committed)?;
         if !rd.entries().is_empty() {
             self.raw.mut_store().append(rd.entries())?;
         }
@@ -835,7 +835,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         let number = rd.number();
         let needs_sync = rd.must_sync();
         let messages = rd.take_persisted_messages();
-        // sled already holds this Ready's writes, so raft may read them back from now on.
+        // The log already holds this Ready's entries, so raft may read them back from now on.
         self.raw.advance_append_async(rd);
         self.in_flight.push_back(InFlight {
             number,
@@ -860,6 +860,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         }
         self.release();
+        self.apply(committed)?;
         self.raw.advance_apply();
         self.note_progress();
         self.answer_reads();

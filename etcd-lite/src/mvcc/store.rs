@@ -74,6 +74,8 @@ pub struct MvccStore {
     lazy_sync: std::sync::atomic::AtomicBool,
     /// Snapshots from this size on are restored in place rather than through the log.
     log_record_max: usize,
+    /// Size of the last snapshot made: the next one allocates that much (and a bit) at once.
+    snapshot_len: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -82,16 +84,28 @@ struct Staged {
     pending: HashMap<Revision, KeyValue>,
 }
 
-/// Synced changes waiting for sled, by sled key (`None`: removed).
+/// Synced changes waiting for sled: the newest value of each sled key they touch (`None`:
+/// removed). Only the end state goes to sled (recovery replays the log, not the overlay), so
+/// a key written many times is written to sled once, and in key order.
 #[derive(Default)]
 struct Overlay {
     records: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    changes: Vec<Change>,
 }
 
 impl Overlay {
     fn get(&self, key: &[u8]) -> Option<Option<&Vec<u8>>> {
         self.records.get(key).map(Option::as_ref)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Takes `changes` in order: the last change of each key wins.
+    fn extend(&mut self, changes: Vec<Change>) {
+        for (k, v) in changes {
+            self.records.insert(k, v);
+        }
     }
 }
 
@@ -353,18 +367,24 @@ impl MvccStore {
         }
         changes.extend(records.into_iter().map(|(k, v)| (k, Some(v))));
         changes.extend(ours);
+        let t0 = std::time::Instant::now();
         if let Some(w) = self.wal.lock().as_mut() {
             w.append(&changes);
+            let t1 = std::time::Instant::now();
             w.sync()?;
+            tracing::debug!(
+                append_ms = (t1 - t0).as_millis() as u64,
+                sync_ms = t1.elapsed().as_millis() as u64,
+                "snapshot logged"
+            );
         }
-        {
-            let mut ov = self.overlay.write();
-            for (k, v) in &changes {
-                ov.records.insert(k.clone(), v.clone());
-            }
-            ov.changes.extend(changes);
-        }
+        let t2 = std::time::Instant::now();
+        self.overlay.write().extend(changes);
         self.start_apply();
+        tracing::debug!(
+            overlay_ms = t2.elapsed().as_millis() as u64,
+            "snapshot in the overlay"
+        );
         Ok(())
     }
 
@@ -414,7 +434,7 @@ impl MvccStore {
                 .name("etcd-sled-writer".into())
                 .spawn(move || {
                     while let Ok(ov) = frozen.recv() {
-                        if let Err(e) = write_through(&db, &ov.changes) {
+                        if let Err(e) = write_through(&db, &ov.records) {
                             tracing::error!(error = %e, "writing to sled failed; stopping to protect the data");
                             std::process::exit(70);
                         }
@@ -437,6 +457,7 @@ impl MvccStore {
             checkpoint_bytes: std::sync::atomic::AtomicU64::new(CHECKPOINT_BYTES),
             lazy_sync: std::sync::atomic::AtomicBool::new(false),
             log_record_max: MAX_RECORD,
+            snapshot_len: std::sync::atomic::AtomicUsize::new(0),
         };
         Ok((store, recovered))
     }
@@ -467,11 +488,7 @@ impl MvccStore {
         if staged.changes.is_empty() {
             return Ok(());
         }
-        let mut ov = self.overlay.write();
-        for (k, v) in &staged.changes {
-            ov.records.insert(k.clone(), v.clone());
-        }
-        ov.changes.extend(staged.changes);
+        self.overlay.write().extend(staged.changes);
         Ok(())
     }
 
@@ -489,7 +506,7 @@ impl MvccStore {
             return;
         }
         let mut ov = self.overlay.write();
-        if ov.changes.is_empty() {
+        if ov.is_empty() {
             return;
         }
         let frozen = Arc::new(std::mem::take(&mut *ov));
@@ -536,10 +553,17 @@ impl MvccStore {
         self.sync_wal()?;
         self.wait_applied();
         let mut ov = self.overlay.write();
-        if ov.changes.is_empty() {
+        if ov.is_empty() {
             return Ok(());
         }
-        self.db.apply_batch(to_batch(&ov.changes))?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in &ov.records {
+            match v {
+                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                None => batch.remove(k.as_slice()),
+            }
+        }
+        self.db.apply_batch(batch)?;
         *ov = Overlay::default();
         Ok(())
     }
@@ -555,7 +579,7 @@ impl MvccStore {
     /// calls this, so nothing is appended during a checkpoint.
     pub fn flush(&self) -> Result<()> {
         self.log_staged()?;
-        if self.overlay.read().changes.len() >= APPLY_EVERY {
+        if self.overlay.read().records.len() >= APPLY_EVERY {
             // Sled must never get ahead of the log.
             self.sync_wal()?;
             self.start_apply();
@@ -708,8 +732,8 @@ impl Drop for MvccStore {
 /// Writes changes to sled one by one, without sled's batch machinery (which costs a log buffer
 /// roll per batch). Atomicity is not needed here: everything written this way is already in the
 /// synced log, and recovery replays the log over whatever part of it reached sled.
-fn write_through(db: &sled::Db, changes: &[Change]) -> Result<()> {
-    for (k, v) in changes {
+fn write_through(db: &sled::Db, records: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<()> {
+    for (k, v) in records {
         match v {
             Some(v) => db.insert(k.as_slice(), v.as_slice())?,
             None => db.remove(k.as_slice())?,
@@ -817,6 +841,12 @@ impl ReadView<'_> {
     /// in (an overlay removal hides the sled record).
     fn records_from(&self, start: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
+        self.for_each_record_from(start, |k, v| out.push((k.to_vec(), v.to_vec())))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every record of [`Self::records_from`], without copying them.
+    fn for_each_record_from(&self, start: &[u8], mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
         // The frozen overlay, with the newer active one laid over it.
         let mut merged: BTreeMap<&Vec<u8>, &Option<Vec<u8>>> = BTreeMap::new();
         if let Some(a) = &self.applying {
@@ -828,24 +858,24 @@ impl ReadView<'_> {
             let (k, v) = item?;
             while let Some((ok, ovv)) = ov.next_if(|(ok, _)| ok.as_slice() < &k[..]) {
                 if let Some(ovv) = ovv {
-                    out.push((ok.clone(), ovv.clone()));
+                    f(ok, ovv);
                 }
             }
             // The overlay's version of this very key wins (or hides it when removed).
             if let Some((ok, ovv)) = ov.next_if(|(ok, _)| ok.as_slice() == &k[..]) {
                 if let Some(ovv) = ovv {
-                    out.push((ok.clone(), ovv.clone()));
+                    f(ok, ovv);
                 }
                 continue;
             }
-            out.push((k.to_vec(), v.to_vec()));
+            f(&k, &v);
         }
         for (ok, ovv) in ov {
             if let Some(ovv) = ovv {
-                out.push((ok.clone(), ovv.clone()));
+                f(ok, ovv);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Every change with revision in `[from, to]` to a key of `range`, in revision order, with the
@@ -920,18 +950,20 @@ impl ReadView<'_> {
     /// snapshot save` verifies the digest).
     pub fn snapshot(&self) -> Result<Vec<u8>> {
         use sha2::Digest;
-        let mut out = Vec::new();
+        let hint = self.store.snapshot_len.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(hint + hint / 8);
         out.extend_from_slice(b"corelite-etcd-snapshot-v1\n");
-        for (k, v) in self.records_from(&[])? {
+        self.for_each_record_from(&[], |k, v| {
             out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(&k);
+            out.extend_from_slice(k);
             out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(&v);
-        }
+            out.extend_from_slice(v);
+        })?;
         out.extend_from_slice(&u32::MAX.to_be_bytes());
         out.resize(out.len().div_ceil(512) * 512, 0);
         let digest = sha2::Sha256::digest(&out);
         out.extend_from_slice(&digest);
+        self.store.snapshot_len.store(out.len(), Ordering::Relaxed);
         Ok(out)
     }
 }
