@@ -60,6 +60,9 @@ enum Cmd {
         /// Leader kills to take the median failover time over.
         #[arg(long, default_value_t = 5)]
         failovers: usize,
+        /// Alternating etcd / etcd-lite rounds of the throughput rows (medians reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Start etcd-lite and etcd side by side and compare them.
     Compare {
@@ -80,6 +83,9 @@ enum Op {
     Put,
     Range { serializable: bool },
 }
+
+/// A result row: name, value, whether higher is better.
+type Metric = (String, f64, bool);
 
 #[derive(Debug, Clone, Copy)]
 struct Stats {
@@ -252,7 +258,7 @@ struct Row {
     higher_better: bool,
 }
 
-async fn measure(bin: &Path, lite: bool, scale: f64) -> Result<Vec<(String, f64, bool)>> {
+async fn measure(bin: &Path, lite: bool, scale: f64) -> Result<Vec<Metric>> {
     let s = |n: usize| ((n as f64 * scale) as usize).max(100);
     let srv = start(bin, lite).await?;
     let ep = vec![format!("127.0.0.1:{}", srv.port)];
@@ -626,15 +632,12 @@ async fn catch_up(
     Ok(took)
 }
 
-async fn measure_cluster(
-    bin: &Path,
-    lite: bool,
-    scale: f64,
-    failovers: usize,
-) -> Result<Vec<(String, f64, bool)>> {
+/// One round of the throughput rows on a fresh 3-member cluster: puts at 16 and 64 clients,
+/// linearizable ranges.
+async fn cluster_throughput(bin: &Path, lite: bool, scale: f64) -> Result<Vec<Metric>> {
     let s = |n: usize| ((n as f64 * scale) as usize).max(100);
     let dir = tempfile::tempdir()?;
-    let mut members = start_cluster(bin, dir.path(), lite)?;
+    let members = start_cluster(bin, dir.path(), lite)?;
     find_leader(&members, Duration::from_secs(30)).await?;
     let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
     let mut out = Vec::new();
@@ -667,6 +670,21 @@ async fn measure_cluster(
         st.ops_per_sec,
         true,
     ));
+    Ok(out)
+}
+
+/// Leader failover after kill -9 (median of `failovers`) and a new member's catch-up, on a
+/// fresh 3-member cluster.
+async fn cluster_faults(
+    bin: &Path,
+    lite: bool,
+    scale: f64,
+    failovers: usize,
+) -> Result<Vec<Metric>> {
+    let dir = tempfile::tempdir()?;
+    let mut members = start_cluster(bin, dir.path(), lite)?;
+    find_leader(&members, Duration::from_secs(30)).await?;
+    let mut out = Vec::new();
     let mut times = Vec::new();
     for _ in 0..failovers.max(1) {
         times.push(failover(&mut members).await?);
@@ -677,7 +695,7 @@ async fn measure_cluster(
         times[times.len() / 2].as_secs_f64() * 1000.0,
         false,
     ));
-    let keys = s(100_000);
+    let keys = ((100_000.0 * scale) as usize).max(100);
     let took = catch_up(&mut members, bin, dir.path(), lite, keys).await?;
     out.push((
         format!("new member catches up {keys} keys, s"),
@@ -687,7 +705,58 @@ async fn measure_cluster(
     Ok(out)
 }
 
-fn print_rows(etcd: Vec<(String, f64, bool)>, lite: Vec<(String, f64, bool)>) {
+/// Per row, the median over rounds (every round has the same rows in the same order).
+fn medians(rounds: &[Vec<Metric>]) -> Vec<Metric> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _, higher_better))| {
+            let mut v: Vec<f64> = rounds.iter().map(|r| r[i].1).collect();
+            v.sort_by(f64::total_cmp);
+            (name.clone(), v[v.len() / 2], *higher_better)
+        })
+        .collect()
+}
+
+/// The 3-member comparison: throughput rounds alternate between etcd and etcd-lite (fresh
+/// clusters each time, so neither always runs on a warmer or a busier machine) and report each
+/// system's median; then failover and catch-up once per system.
+async fn compare_cluster(
+    lite: &Path,
+    etcd: &Path,
+    scale: f64,
+    failovers: usize,
+    rounds: usize,
+) -> Result<()> {
+    let (mut e_rounds, mut l_rounds) = (Vec::new(), Vec::new());
+    for round in 1..=rounds.max(1) {
+        eprintln!("round {round}: 3-member etcd ({}) ...", etcd.display());
+        e_rounds.push(cluster_throughput(etcd, false, scale).await?);
+        eprintln!("round {round}: 3-member etcd-lite ({}) ...", lite.display());
+        l_rounds.push(cluster_throughput(lite, true, scale).await?);
+        for ((name, e, hb), (_, l, _)) in e_rounds[round - 1].iter().zip(&l_rounds[round - 1]) {
+            if *hb {
+                eprintln!("  {name}: etcd-lite {l:.0}, etcd {e:.0} ({:.2}x)", l / e);
+            }
+        }
+    }
+    let mut e = medians(&e_rounds);
+    let mut l = medians(&l_rounds);
+    eprintln!("failover and catch-up: etcd ...");
+    e.extend(cluster_faults(etcd, false, scale, failovers).await?);
+    eprintln!("failover and catch-up: etcd-lite ...");
+    l.extend(cluster_faults(lite, true, scale, failovers).await?);
+    if rounds > 1 {
+        println!("(throughput rows: median of {rounds} alternating rounds)");
+    }
+    print_rows(e, l);
+    Ok(())
+}
+
+fn print_rows(etcd: Vec<Metric>, lite: Vec<Metric>) {
     println!(
         "{:<50} {:>12} {:>12} {:>8}",
         "metric", "etcd-lite", "etcd 3.4", "ratio"
@@ -729,6 +798,7 @@ async fn main() -> Result<()> {
             etcd,
             scale,
             failovers,
+            rounds,
         } => {
             let lite = match etcd_lite {
                 Some(p) => p,
@@ -740,11 +810,7 @@ async fn main() -> Result<()> {
                     etcd.display()
                 );
             }
-            eprintln!("measuring a 3-member etcd ({}) ...", etcd.display());
-            let e = measure_cluster(&etcd, false, scale, failovers).await?;
-            eprintln!("measuring a 3-member etcd-lite ({}) ...", lite.display());
-            let l = measure_cluster(&lite, true, scale, failovers).await?;
-            print_rows(e, l);
+            compare_cluster(&lite, &etcd, scale, failovers, rounds).await?;
         }
         Cmd::Compare {
             etcd_lite,
@@ -759,4 +825,25 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, v: f64) -> Metric {
+        (name.to_string(), v, true)
+    }
+
+    #[test]
+    fn medians_take_each_rows_middle_value_across_rounds() {
+        let rounds = vec![
+            vec![row("a", 3.0), row("b", 10.0)],
+            vec![row("a", 1.0), row("b", 30.0)],
+            vec![row("a", 2.0), row("b", 20.0)],
+        ];
+        assert_eq!(medians(&rounds), vec![row("a", 2.0), row("b", 20.0)]);
+        assert_eq!(medians(&rounds[..1]), rounds[0]);
+        assert!(medians(&[]).is_empty());
+    }
 }
