@@ -1221,6 +1221,35 @@ mod tests {
     }
 
     #[test]
+    fn an_overlay_writes_each_keys_last_change_to_sled() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        db.insert(b"a", b"old".as_slice()).expect("insert");
+        db.insert(b"c", b"kept".as_slice()).expect("insert");
+        let mut ov = Overlay::default();
+        ov.extend(vec![
+            (b"a".to_vec(), Some(b"1".to_vec())),
+            (b"b".to_vec(), Some(b"2".to_vec())),
+            (b"a".to_vec(), None),
+            (b"b".to_vec(), Some(b"3".to_vec())),
+        ]);
+        assert_eq!(ov.get(b"a"), Some(None));
+        assert_eq!(ov.get(b"b"), Some(Some(&b"3".to_vec())));
+        assert_eq!(ov.get(b"c"), None);
+        write_through(&db, &ov.records).expect("write");
+        let all: Vec<(Vec<u8>, Vec<u8>)> = db
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("read"))
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                (b"b".to_vec(), b"3".to_vec()),
+                (b"c".to_vec(), b"kept".to_vec())
+            ]
+        );
+    }
+
+    #[test]
     fn reads_see_every_published_write_while_sled_catches_up() {
         let dir = tempfile::tempdir().expect("tempdir");
         let n = APPLY_EVERY * 3 + 17;
