@@ -16,6 +16,8 @@ use axum::response::Response;
 const HEADER: &str = "grpc-timeout";
 /// Most of a refused call's request read before answering (larger ones are cut off).
 const DRAIN_LIMIT: usize = 4 << 20;
+/// Longest wait for a refused call's request to end.
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
 
 /// Parses a `grpc-timeout` value: at most 8 ASCII digits and a unit (`H`ours, `M`inutes,
 /// `S`econds, `m`illi-, `u` micro-, `n`anoseconds), as the gRPC HTTP/2 protocol defines it.
@@ -51,7 +53,9 @@ pub async fn grpc_deadline(req: Request, next: Next) -> Response {
         let shown = String::from_utf8_lossy(value.as_bytes()).into_owned();
         // Read the request first (bounded): answering while the client still sends resets the
         // stream under it, and some clients (curl) then report a framing error, not the status.
-        let _ = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT).await;
+        // A stream (Watch) does not end its request, so the wait is short.
+        let drain = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT);
+        let _ = tokio::time::timeout(DRAIN_WAIT, drain).await;
         return status(tonic::Status::internal(format!(
             "malformed grpc-timeout: {shown:?}"
         )));
