@@ -192,3 +192,40 @@ fn invalid_ranges_and_empty_keys() {
         serde_json::from_str(&m.ok(&["get", "b", "-w", "json"])).expect("json");
     assert_eq!(j["header"]["revision"], 2);
 }
+
+/// A malformed `grpc-timeout` on a stream (a watcher never ends its request) is refused within
+/// moments, not after the client gives up.
+#[test]
+fn a_stream_with_a_malformed_deadline_is_refused_without_waiting_for_its_end() {
+    use etcd_api::etcdserverpb::{
+        watch_client::WatchClient, watch_request::RequestUnion, WatchCreateRequest, WatchRequest,
+    };
+    let m = member();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async {
+        let mut c = WatchClient::connect(format!("http://{}", m.endpoint()))
+            .await
+            .expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let create = WatchCreateRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        };
+        tx.send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
+        .await
+        .expect("queue the create request");
+        // `tx` stays alive: the request stream stays open, as a watcher's does.
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert("grpc-timeout", "soon".parse().expect("ascii"));
+        let answer = tokio::time::timeout(Duration::from_secs(5), c.watch(req))
+            .await
+            .expect("answered while the request stream is still open");
+        let status = answer.expect_err("a malformed grpc-timeout is refused");
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        assert!(status.message().contains("grpc-timeout"), "{status:?}");
+        drop(tx);
+    });
+}
