@@ -8,13 +8,13 @@
 use std::time::Instant;
 
 use etcd_api::etcdserverpb::{TxnRequest, TxnResponse};
-use etcd_api::mvccpb::{event::EventType, Event};
+use etcd_api::mvccpb::Event;
 use parking_lot::Mutex;
 use prost::Message;
 
 use crate::error::{EtcdError, Result};
 use crate::lease::LeaseTable;
-use crate::mvcc::{txn, KeyRange, MvccStore, WriteTxn};
+use crate::mvcc::{txn, KeyRange, LeaseMove, MvccStore, WriteTxn};
 use crate::v2store;
 
 /// A write request, as logged and replayed.
@@ -213,7 +213,7 @@ pub fn apply(
     match apply_in(&mut w, leases, cmd) {
         Ok(outcome) => {
             let done = w.commit().unwrap_or_else(|e| fatal(e));
-            track_leases(&mut leases.lock(), &done.events);
+            track_leases(&mut leases.lock(), &done.lease_moves);
             let rev = match done.rev {
                 Some(rev) => {
                     committed.push(RevEvents {
@@ -237,16 +237,13 @@ pub fn fatal(e: EtcdError) -> ! {
 }
 
 /// Keeps each lease's key set in step with the key changes of a committed transaction.
-fn track_leases(table: &mut LeaseTable, events: &[Event]) {
-    for ev in events {
-        let Some(kv) = &ev.kv else { continue };
-        if let Some(prev) = &ev.prev_kv {
-            if prev.lease != 0 {
-                table.detach(prev.lease, &prev.key);
-            }
+fn track_leases(table: &mut LeaseTable, moves: &[LeaseMove]) {
+    for m in moves {
+        if m.from != 0 {
+            table.detach(m.from, &m.key);
         }
-        if ev.r#type == EventType::Put as i32 && kv.lease != 0 {
-            table.attach(kv.lease, &kv.key);
+        if m.to != 0 {
+            table.attach(m.to, &m.key);
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::error::EtcdError;
 use crate::http::json;
-use crate::mvcc::KeyRange;
+use crate::mvcc::{KeyRange, MvccStore};
 use crate::server::EtcdServer;
 use crate::v2store::{self, clean_path, code, Node, V2Command, V2Done, V2Error, V2Outcome};
 
@@ -309,7 +309,13 @@ fn event_body(ev: &Event) -> Option<serde_json::Value> {
 /// The v2 event for the first revision among `evs` (in revision order) that touches the path.
 /// Within one revision a key change wins over the directory markers written along with it, as v2
 /// reports the key, not the implicit creation of its parents.
-fn first_event(evs: &[Event], path: &str, recursive: bool) -> Option<serde_json::Value> {
+/// `store` fills in the previous node of a live event (history carries it already).
+fn first_event(
+    store: Option<&MvccStore>,
+    evs: &[Event],
+    path: &str,
+    recursive: bool,
+) -> Option<serde_json::Value> {
     let matching = |e: &&Event| {
         e.kv.as_ref()
             .is_some_and(|kv| watched(path, recursive, &kv.key))
@@ -322,10 +328,15 @@ fn first_event(evs: &[Event], path: &str, recursive: bool) -> Option<serde_json:
             .filter(move |e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision == rev))
     };
     let is_marker = |e: &&Event| e.kv.as_ref().is_some_and(|kv| kv.key.ends_with(b"/"));
-    let best = same_rev()
+    let mut best = same_rev()
         .find(|e| !is_marker(e))
-        .or_else(|| same_rev().next())?;
-    event_body(best)
+        .or_else(|| same_rev().next())?
+        .clone();
+    // v2 reports the previous node, which a put's event may not carry yet.
+    if let Some(Err(e)) = store.map(|s| s.read().fill_prev(&mut best)) {
+        tracing::error!(error = %e, "reading a v2 event's previous node");
+    }
+    event_body(&best)
 }
 
 /// Long-poll: answers with the first change at or after `from` under `path`.
@@ -347,7 +358,7 @@ async fn wait(
                 let all = KeyRange::new(b"\0", b"\0");
                 match view.events(&all, next, view.rev, true) {
                     Ok(evs) => {
-                        if let Some(b) = first_event(&evs, path, recursive) {
+                        if let Some(b) = first_event(None, &evs, path, recursive) {
                             return Ok(with_index(json(200, &b), s, start_idx));
                         }
                         next = view.rev + 1;
@@ -383,7 +394,7 @@ async fn wait(
                         continue;
                     }
                     next = rev.rev + 1;
-                    if let Some(b) = first_event(&rev.events, path, recursive) {
+                    if let Some(b) = first_event(Some(&s.store), &rev.events, path, recursive) {
                         return Ok(with_index(json(200, &b), s, start_idx));
                     }
                 }

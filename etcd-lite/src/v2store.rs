@@ -446,7 +446,7 @@ fn ensure_parents(w: &mut WriteTxn<'_>, path: &str) -> Result<std::result::Resul
             Found::File(_) => return Ok(Err(V2Error::new(code::NOT_DIR, anc, w.current()))),
             Found::Dir(Some(_), _) => {}
             Found::Dir(None, _) | Found::Missing => {
-                w.put(&marker(&anc), Vec::new(), 0)?;
+                w.put(&marker(&anc), Vec::new(), 0, false)?;
             }
         }
     }
@@ -565,7 +565,7 @@ pub fn apply(
                 release_lease(w, &mut table, m);
             }
             let lease = grant_for(w, &mut table, ttl, now);
-            w.put(&key, val, lease)?;
+            w.put(&key, val, lease, false)?;
             let kv = w
                 .get(&key)?
                 .expect("a key just written is readable in its transaction");
@@ -674,7 +674,7 @@ pub fn apply(
             let mut table = leases.lock();
             let lease = grant_for(w, &mut table, ttl, now);
             let key = v3_key(&path);
-            w.put(&key, value.into_bytes(), lease)?;
+            w.put(&key, value.into_bytes(), lease, false)?;
             table.attach(lease, &key);
             let kv = w
                 .get(&key)?

@@ -182,19 +182,31 @@ impl WatchStream {
 
     async fn deliver(&mut self, rev: &RevEvents) -> Sent {
         let mut sends = Vec::new();
-        for (id, w) in self.watchers.iter_mut() {
-            if w.next_rev > rev.rev {
-                continue;
-            }
-            w.next_rev = rev.rev + 1;
-            let evs: Vec<Event> = rev
-                .events
-                .iter()
-                .filter(|e| w.wants(e))
-                .map(|e| w.shape(e))
-                .collect();
-            if !evs.is_empty() {
-                sends.push((*id, evs));
+        {
+            // A put's previous value is read only for watchers that ask for it.
+            let mut view = None;
+            for (id, w) in self.watchers.iter_mut() {
+                if w.next_rev > rev.rev {
+                    continue;
+                }
+                w.next_rev = rev.rev + 1;
+                let mut evs: Vec<Event> = rev
+                    .events
+                    .iter()
+                    .filter(|e| w.wants(e))
+                    .map(|e| w.shape(e))
+                    .collect();
+                if w.prev_kv {
+                    let view = view.get_or_insert_with(|| self.server.store.read());
+                    for ev in &mut evs {
+                        if let Err(e) = view.fill_prev(ev) {
+                            tracing::error!(error = %e, "reading a watch event's previous value");
+                        }
+                    }
+                }
+                if !evs.is_empty() {
+                    sends.push((*id, evs));
+                }
             }
         }
         for (id, evs) in sends {

@@ -214,6 +214,9 @@ fn watch_prefix_revision_and_prev_kv() {
     m.ok(&["del", "w/a"]);
     // A delete prints the previous value, then the tombstone (key, empty value).
     w.expect(&["PUT", "w/b", "3", "DELETE", "w/a", "2", "w/a", ""]);
+    // A live update prints the value it replaced (read when the event is sent).
+    m.ok(&["put", "w/b", "4"]);
+    w.expect(&["PUT", "w/b", "3", "w/b", "4"]);
     // A live watch from now on, with another client writing concurrently.
     let live = Watch::start(&m, &["live"]);
     std::thread::sleep(Duration::from_millis(500));

@@ -249,6 +249,20 @@ fn v2_in_order_keys_ttl_and_wait() {
         &format!("/v2/keys/watched?wait=true&waitIndex={}", idx + 1),
     );
     assert_eq!(json(&body)["node"]["value"], "again");
+    // A live wait on a replaced key reports the node it replaced.
+    let waiter = Command::new(require_tool("curl"))
+        .args(["-sS", "--max-time", "20", &url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl wait");
+    std::thread::sleep(Duration::from_millis(500));
+    m.curl(&["-XPUT", "-d", "value=third"], "/v2/keys/watched");
+    let out = waiter.wait_with_output().expect("curl wait output");
+    let j = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        (j["node"]["value"].as_str(), j["prevNode"]["value"].as_str()),
+        (Some("third"), Some("again"))
+    );
     // Recursive wait sees changes below a directory.
     let (_, body, _) = m.curl(&[], "/v2/keys/queue?wait=true&recursive=true&waitIndex=1");
     assert_eq!(json(&body)["node"]["value"], "job1");

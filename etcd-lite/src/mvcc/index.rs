@@ -13,11 +13,31 @@ pub struct Change {
     pub tombstone: bool,
 }
 
+/// What a live key's newest put made it: enough for the next put of the key to write its
+/// record without reading the previous one (etcd keeps the same in its key index).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub rev: Revision,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// One key's history and, when its newest change is a put, what that put made it.
+#[derive(Debug, Clone, Default)]
+struct History {
+    changes: Vec<Change>,
+    /// Meaningful only while the newest change is not a tombstone.
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
 /// The key space's history. Invariant: every key's changes are in ascending revision order and a
 /// key with no changes is not in the map.
 #[derive(Default, Debug, Clone)]
 pub struct KeyIndex {
-    keys: BTreeMap<Vec<u8>, Vec<Change>>,
+    keys: BTreeMap<Vec<u8>, History>,
 }
 
 /// A key range as etcd defines it: `end` empty means the single key `start`; `end == [0]` means
@@ -71,7 +91,19 @@ fn visible(changes: &[Change], at: i64) -> Option<Change> {
 impl KeyIndex {
     /// The live revision of `key` at main revision `at`, if the key existed then.
     pub fn get(&self, key: &[u8], at: i64) -> Option<Revision> {
-        visible(self.keys.get(key)?, at).map(|c| c.rev)
+        visible(&self.keys.get(key)?.changes, at).map(|c| c.rev)
+    }
+
+    /// The key's newest change, if it is a put (the key exists now).
+    pub fn latest(&self, key: &[u8]) -> Option<Live> {
+        let h = self.keys.get(key)?;
+        let c = h.changes.last()?;
+        (!c.tombstone).then_some(Live {
+            rev: c.rev,
+            create_revision: h.create_revision,
+            version: h.version,
+            lease: h.lease,
+        })
     }
 
     /// Live keys of `range` at `at`, in key order, with their revisions.
@@ -81,7 +113,7 @@ impl KeyIndex {
         };
         self.keys
             .range::<[u8], _>(bounds)
-            .filter_map(|(k, ch)| visible(ch, at).map(|c| (k.as_slice(), c.rev)))
+            .filter_map(|(k, h)| visible(&h.changes, at).map(|c| (k.as_slice(), c.rev)))
             .collect()
     }
 
@@ -92,29 +124,58 @@ impl KeyIndex {
         };
         self.keys
             .range::<[u8], _>(bounds)
-            .filter(|(_, ch)| visible(ch, at).is_some())
+            .filter(|(_, h)| visible(&h.changes, at).is_some())
             .count()
     }
 
     /// The change of `key` just before `rev`, if any (used for a watch event's previous value).
     pub fn before(&self, key: &[u8], rev: Revision) -> Option<Change> {
-        let ch = self.keys.get(key)?;
+        let ch = &self.keys.get(key)?.changes;
         let n = ch.partition_point(|c| c.rev < rev);
         ch.get(n.checked_sub(1)?).copied()
     }
 
-    /// Records a change. `rev` must be newer than every change already recorded for `key`.
-    pub fn record(&mut self, key: &[u8], rev: Revision, tombstone: bool) {
+    /// Records a put of `key` at `rev` with `lease`; returns what it makes the key (a put of a
+    /// live key keeps its create revision and counts up its version, as in etcd). `rev` must be
+    /// newer than every change already recorded for `key`.
+    pub fn record_put(&mut self, key: &[u8], rev: Revision, lease: i64) -> Live {
+        let (create_revision, version) = match self.latest(key) {
+            Some(l) => (l.create_revision, l.version + 1),
+            None => (rev.main, 1),
+        };
+        let live = Live {
+            rev,
+            create_revision,
+            version,
+            lease,
+        };
+        self.record(key, rev, Some(live));
+        live
+    }
+
+    /// Records a deletion (tombstone) of `key` at `rev`.
+    pub fn record_delete(&mut self, key: &[u8], rev: Revision) {
+        self.record(key, rev, None);
+    }
+
+    /// Records a change read back from the store: a put (`live`, as its record says) or a
+    /// tombstone (`None`).
+    pub fn record(&mut self, key: &[u8], rev: Revision, live: Option<Live>) {
         // Most keys change rarely: start with room for one change, not Vec's default four.
-        let ch = self
-            .keys
-            .entry(key.to_vec())
-            .or_insert_with(|| Vec::with_capacity(1));
+        let h = self.keys.entry(key.to_vec()).or_insert_with(|| History {
+            changes: Vec::with_capacity(1),
+            ..Default::default()
+        });
         assert!(
-            ch.last().is_none_or(|l| l.rev < rev),
+            h.changes.last().is_none_or(|l| l.rev < rev),
             "index changes are recorded in revision order"
         );
-        ch.push(Change { rev, tombstone });
+        h.changes.push(Change {
+            rev,
+            tombstone: live.is_none(),
+        });
+        let l = live.unwrap_or_default();
+        (h.create_revision, h.version, h.lease) = (l.create_revision, l.version, l.lease);
     }
 
     /// Forgets history older than `at` as etcd's compaction does: for every key, the newest change
@@ -122,7 +183,8 @@ impl KeyIndex {
     /// dropped so that the caller can delete the stored records.
     pub fn compact(&mut self, at: i64) -> Vec<Change> {
         let mut dropped = Vec::new();
-        self.keys.retain(|_, ch| {
+        self.keys.retain(|_, h| {
+            let ch = &mut h.changes;
             let n = ch.partition_point(|c| c.rev.main <= at);
             if n == 0 {
                 return true;
@@ -155,9 +217,9 @@ mod tests {
     #[test]
     fn visibility_follows_history() {
         let mut ix = KeyIndex::default();
-        ix.record(b"a", r(2), false);
-        ix.record(b"a", r(4), true);
-        ix.record(b"a", r(6), false);
+        ix.record_put(b"a", r(2), 0);
+        ix.record_delete(b"a", r(4));
+        ix.record_put(b"a", r(6), 0);
         assert_eq!(ix.get(b"a", 1), None);
         assert_eq!(ix.get(b"a", 3), Some(r(2)));
         assert_eq!(ix.get(b"a", 5), None);
@@ -167,10 +229,10 @@ mod tests {
     #[test]
     fn compaction_keeps_newest_live_change() {
         let mut ix = KeyIndex::default();
-        ix.record(b"a", r(2), false);
-        ix.record(b"a", r(3), false);
-        ix.record(b"b", r(4), false);
-        ix.record(b"b", r(5), true);
+        ix.record_put(b"a", r(2), 0);
+        ix.record_put(b"a", r(3), 0);
+        ix.record_put(b"b", r(4), 0);
+        ix.record_delete(b"b", r(5));
         let dropped = ix.compact(5);
         assert_eq!(dropped.len(), 3);
         assert_eq!(ix.get(b"a", 5), Some(r(3)));
@@ -182,12 +244,31 @@ mod tests {
     fn ranges_follow_etcd_conventions() {
         let mut ix = KeyIndex::default();
         for (i, k) in [b"a", b"b", b"c"].iter().enumerate() {
-            ix.record(*k, r(i as i64 + 2), false);
+            ix.record_put(*k, r(i as i64 + 2), 0);
         }
         assert_eq!(ix.range(&KeyRange::new(b"b", b""), 9).len(), 1);
         assert_eq!(ix.range(&KeyRange::new(b"b", b"\0"), 9).len(), 2);
         assert_eq!(ix.range(&KeyRange::new(b"a", b"c"), 9).len(), 2);
         assert_eq!(ix.range(&KeyRange::new(b"c", b"a"), 9).len(), 0);
         assert_eq!(ix.count(&KeyRange::new(b"\0", b"\0"), 3), 2);
+    }
+
+    #[test]
+    fn puts_count_versions_within_a_generation() {
+        let mut ix = KeyIndex::default();
+        assert_eq!(ix.record_put(b"a", r(2), 7).version, 1);
+        let l = ix.record_put(b"a", r(3), 0);
+        assert_eq!((l.create_revision, l.version, l.lease), (2, 2, 0));
+        ix.record_delete(b"a", r(4));
+        assert_eq!(ix.latest(b"a"), None);
+        // A put after a deletion starts a new generation.
+        let l = ix.record_put(b"a", r(5), 9);
+        assert_eq!((l.create_revision, l.version, l.lease), (5, 1, 9));
+        assert_eq!(ix.latest(b"a"), Some(l));
+        // Compaction drops history, not what the newest put made the key.
+        ix.record_put(b"a", r(6), 9);
+        ix.compact(6);
+        let l = ix.latest(b"a").expect("live");
+        assert_eq!((l.rev, l.create_revision, l.version), (r(6), 5, 2));
     }
 }

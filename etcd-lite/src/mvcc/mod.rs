@@ -11,4 +11,4 @@ pub mod txn;
 
 pub use index::KeyRange;
 pub use revision::Revision;
-pub use store::{Committed, KvRead, MvccStore, ReadView, WriteTxn};
+pub use store::{Committed, KvRead, LeaseMove, MvccStore, ReadView, WriteTxn};

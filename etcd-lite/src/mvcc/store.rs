@@ -19,7 +19,7 @@ use etcd_api::mvccpb::{event::EventType, Event, KeyValue};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message;
 
-use super::index::{KeyIndex, KeyRange};
+use super::index::{KeyIndex, KeyRange, Live};
 use super::revision::{Revision, LEASE_PREFIX, META_PREFIX};
 use crate::durable::SledFiles;
 use crate::error::{EtcdError, Result};
@@ -128,7 +128,16 @@ pub struct WriteTxn<'a> {
     changes: Vec<Change>,
     pending: HashMap<Revision, KeyValue>,
     events: Vec<Event>,
+    lease_moves: Vec<LeaseMove>,
     dirty: bool,
+}
+
+/// A key that left a lease, joined one, or both (0: no lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseMove {
+    pub key: Vec<u8>,
+    pub from: i64,
+    pub to: i64,
 }
 
 /// What a committed write transaction changed.
@@ -136,8 +145,11 @@ pub struct WriteTxn<'a> {
 pub struct Committed {
     /// The new revision, or `None` if the transaction changed no key.
     pub rev: Option<i64>,
-    /// One event per change, with `prev_kv` filled when the key existed.
+    /// One event per change. A deletion's `prev_kv` is filled; a put's only when the put
+    /// read it (see [`WriteTxn::put`]).
     pub events: Vec<Event>,
+    /// The keys whose lease changed, in order.
+    pub lease_moves: Vec<LeaseMove>,
 }
 
 fn decode(bytes: &[u8]) -> Result<KeyValue> {
@@ -221,7 +233,13 @@ impl MvccStore {
             let (rev, tombstone) = Revision::from_key(k.as_ref())
                 .ok_or_else(|| EtcdError::Storage("malformed revision key".into()))?;
             let kv = decode(v.as_ref())?;
-            index.record(&kv.key, rev, tombstone);
+            let live = (!tombstone).then_some(Live {
+                rev,
+                create_revision: kv.create_revision,
+                version: kv.version,
+                lease: kv.lease,
+            });
+            index.record(&kv.key, rev, live);
             current = current.max(rev.main);
             if tombstone || kv.lease == 0 {
                 lease_of.remove(&kv.key);
@@ -631,6 +649,7 @@ impl MvccStore {
             changes: Vec::new(),
             pending: HashMap::new(),
             events: Vec::new(),
+            lease_moves: Vec::new(),
             dirty: false,
         }
     }
@@ -923,6 +942,27 @@ impl ReadView<'_> {
         Ok(out)
     }
 
+    /// Fills in the previous value of a put event that was made without reading it (see
+    /// [`WriteTxn::put`]). Left empty when that value is compacted away, as etcd does.
+    pub fn fill_prev(&self, ev: &mut Event) -> Result<()> {
+        let Some(kv) = &ev.kv else { return Ok(()) };
+        if ev.prev_kv.is_some() || ev.r#type != EventType::Put as i32 || kv.version <= 1 {
+            return Ok(());
+        }
+        // A transaction writes a key at most once, so the previous change is older than
+        // the event's main revision.
+        if let Some(c) = self
+            .state
+            .index
+            .before(&kv.key, Revision::new(kv.mod_revision, 0))
+        {
+            if !c.tombstone {
+                ev.prev_kv = Some(self.fetch(c.rev)?);
+            }
+        }
+        Ok(())
+    }
+
     pub fn compacted(&self) -> i64 {
         self.state.compacted
     }
@@ -1012,25 +1052,48 @@ impl WriteTxn<'_> {
         r
     }
 
-    /// Writes `key`; returns the previous value.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Option<KeyValue>> {
-        let prev = self.get(key)?;
-        let rev = self.next_rev();
-        let (create, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
-            None => (rev.main, 1),
+    /// The lease `key` is attached to now (0: none, or the key does not exist).
+    pub fn lease_of(&self, key: &[u8]) -> i64 {
+        self.state.index.latest(key).map_or(0, |l| l.lease)
+    }
+
+    /// Writes `key`. With `want_prev`, reads and returns the previous value; without, nothing
+    /// is read (the index knows the key's create revision and version, as etcd's does), and
+    /// the event's `prev_kv` stays empty even if the key existed: readers that want it fill it
+    /// in with [`ReadView::fill_prev`].
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        want_prev: bool,
+    ) -> Result<Option<KeyValue>> {
+        let old = self.state.index.latest(key);
+        // A key written earlier in this transaction: its event's previous value is only here.
+        let prev = match old {
+            Some(o) if want_prev || o.rev.main == self.rev => Some(self.fetch(o.rev)?),
+            _ => None,
         };
+        let rev = self.next_rev();
+        let live = self.state.index.record_put(key, rev, lease);
         let kv = KeyValue {
             key: key.to_vec(),
-            create_revision: create,
+            create_revision: live.create_revision,
             mod_revision: rev.main,
-            version,
+            version: live.version,
             value,
             lease,
         };
         self.change(rev.to_key(false).to_vec(), Some(kv.encode_to_vec()));
-        self.state.index.record(key, rev, false);
         self.pending.insert(rev, kv.clone());
+        let old_lease = old.map_or(0, |o| o.lease);
+        if old_lease != 0 || lease != 0 {
+            self.lease_moves.push(LeaseMove {
+                key: key.to_vec(),
+                from: old_lease,
+                to: lease,
+            });
+        }
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
@@ -1051,7 +1114,14 @@ impl WriteTxn<'_> {
                 ..Default::default()
             };
             self.change(rev.to_key(true).to_vec(), Some(tomb.encode_to_vec()));
-            self.state.index.record(&p.key, rev, true);
+            self.state.index.record_delete(&p.key, rev);
+            if p.lease != 0 {
+                self.lease_moves.push(LeaseMove {
+                    key: p.key.clone(),
+                    from: p.lease,
+                    to: 0,
+                });
+            }
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(tomb),
@@ -1092,6 +1162,7 @@ impl WriteTxn<'_> {
         Ok(Committed {
             rev,
             events: std::mem::take(&mut self.events),
+            lease_moves: std::mem::take(&mut self.lease_moves),
         })
     }
 }
@@ -1150,10 +1221,20 @@ mod tests {
                     Op::Put(k, v) => {
                         let k = key(k);
                         let mut w = store.write();
-                        w.put(&k, vec![v], 0).expect("put");
-                        w.commit().expect("commit");
+                        // Half the puts read the previous value, half leave it to fill_prev.
+                        let want_prev = v % 2 == 0;
+                        let got = w.put(&k, vec![v], 0, want_prev).expect("put");
+                        let done = w.commit().expect("commit");
                         let rev = cur + 1;
                         let prev = next.get(&k).cloned();
+                        if want_prev {
+                            prop_assert_eq!(&got, &prev);
+                        }
+                        store.log_staged().expect("log staged");
+                        store.publish(rev);
+                        let mut ev = done.events[0].clone();
+                        store.read().fill_prev(&mut ev).expect("fill prev");
+                        prop_assert_eq!(&ev.prev_kv, &prev);
                         next.insert(k.clone(), KeyValue {
                             key: k,
                             create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
@@ -1261,6 +1342,7 @@ mod tests {
                     format!("k{}", i % 1000).as_bytes(),
                     i.to_string().into_bytes(),
                     0,
+                    false,
                 )
                 .expect("put");
                 w.commit().expect("commit");
@@ -1297,8 +1379,13 @@ mod tests {
         for i in 0..50 {
             let mut w = a.write();
             // Some keys carry a lease, so the restored state must attach them again.
-            w.put(format!("k{}", i % 7).as_bytes(), vec![i as u8], 100 + i % 3)
-                .expect("put");
+            w.put(
+                format!("k{}", i % 7).as_bytes(),
+                vec![i as u8],
+                100 + i % 3,
+                false,
+            )
+            .expect("put");
             w.save_lease(100 + i, 60);
             w.commit().expect("commit");
         }
@@ -1314,13 +1401,13 @@ mod tests {
     fn restore_target(dir: &std::path::Path) -> MvccStore {
         let (b, _) = MvccStore::open(dir, 1 << 20).expect("open");
         let mut w = b.write();
-        w.put(b"stale", b"x".to_vec(), 0).expect("put");
+        w.put(b"stale", b"x".to_vec(), 0, true).expect("put");
         w.commit().expect("commit");
         b.flush().expect("flush");
         b.apply_overlay().expect("to sled");
         b.set_meta("member_id", b"follower").expect("meta");
         let mut w = b.write();
-        w.put(b"stale2", b"y".to_vec(), 0).expect("put");
+        w.put(b"stale2", b"y".to_vec(), 0, true).expect("put");
         w.commit().expect("commit");
         b
     }
@@ -1429,7 +1516,7 @@ mod tests {
             s.set_checkpoint_bytes(16 * 1024);
             for i in 0..n {
                 let mut w = s.write();
-                w.put(format!("c{i}").as_bytes(), vec![b'v'; 100], 0)
+                w.put(format!("c{i}").as_bytes(), vec![b'v'; 100], 0, false)
                     .expect("put");
                 w.commit().expect("commit");
                 s.flush().expect("flush");
@@ -1459,11 +1546,11 @@ mod tests {
         {
             let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
             let mut w = s.write();
-            w.put(b"a", b"1".to_vec(), 7).expect("put");
+            w.put(b"a", b"1".to_vec(), 7, false).expect("put");
             w.save_lease(7, 30);
             w.commit().expect("commit");
             let mut w = s.write();
-            w.put(b"b", b"2".to_vec(), 0).expect("put");
+            w.put(b"b", b"2".to_vec(), 0, false).expect("put");
             w.delete_range(&KeyRange::new(b"b", b"")).expect("delete");
             w.commit().expect("commit");
             s.flush().expect("flush");
@@ -1478,5 +1565,46 @@ mod tests {
             Some(b"1".to_vec())
         );
         assert_eq!(view.get(b"b").expect("get"), None);
+    }
+
+    #[test]
+    fn puts_after_reopening_continue_versions_and_leases_without_reading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
+            for v in [b"1", b"2"] {
+                let mut w = s.write();
+                w.put(b"a", v.to_vec(), 7, false).expect("put");
+                w.commit().expect("commit");
+            }
+            // The first put's record goes: only the newest one is left to rebuild from.
+            s.compact(3).expect("compact");
+            s.flush().expect("flush");
+        }
+        let (s, _) = reopen(dir.path());
+        let mut w = s.write();
+        assert_eq!(w.lease_of(b"a"), 7);
+        assert_eq!(w.put(b"a", b"3".to_vec(), 0, false).expect("put"), None);
+        let done = w.commit().expect("commit");
+        let kv = done.events[0].kv.clone().expect("kv");
+        assert_eq!((kv.create_revision, kv.version, kv.lease), (2, 3, 0));
+        assert_eq!(
+            done.lease_moves,
+            vec![LeaseMove {
+                key: b"a".to_vec(),
+                from: 7,
+                to: 0
+            }]
+        );
+        s.log_staged().expect("log staged");
+        s.publish(4);
+        let mut ev = done.events[0].clone();
+        assert_eq!(ev.prev_kv, None);
+        s.read().fill_prev(&mut ev).expect("fill prev");
+        assert_eq!(
+            ev.prev_kv.map(|p| (p.value, p.version)),
+            Some((b"2".to_vec(), 2))
+        );
+        assert_eq!(s.read().get(b"a").expect("get"), Some(kv));
     }
 }

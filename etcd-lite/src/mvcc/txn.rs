@@ -314,16 +314,24 @@ fn execute_op(
 
 /// Applies a validated Put.
 pub fn put(w: &mut WriteTxn<'_>, p: &PutRequest) -> Result<PutResponse> {
+    // The previous value is read only when the request needs it (as etcd, which otherwise
+    // takes what it needs from its key index).
+    let read = p.prev_kv || p.ignore_value;
+    let lease = if p.ignore_lease {
+        w.lease_of(&p.key)
+    } else {
+        p.lease
+    };
+    if !read {
+        w.put(&p.key, p.value.clone(), lease, false)?;
+        return Ok(PutResponse::default());
+    }
     let prev = w.get(&p.key)?;
     let value = match (&prev, p.ignore_value) {
         (Some(prev), true) => prev.value.clone(),
         _ => p.value.clone(),
     };
-    let lease = match (&prev, p.ignore_lease) {
-        (Some(prev), true) => prev.lease,
-        _ => p.lease,
-    };
-    let prev = w.put(&p.key, value, lease)?;
+    let prev = w.put(&p.key, value, lease, true)?;
     Ok(PutResponse {
         header: None,
         prev_kv: if p.prev_kv { prev } else { None },
