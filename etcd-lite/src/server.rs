@@ -161,7 +161,13 @@ pub struct EtcdServer {
     pub limits: Limits,
     pub metrics: Metrics,
     pub started: Instant,
+    /// The backend size the quota check last read, and when (see [`QUOTA_SIZE_TTL`]).
+    quota_size: Mutex<Option<(Instant, u64)>>,
 }
+
+/// How old the backend size a write's quota check compares may be: reading it walks the
+/// store's files, which cost close to a tenth of a member's CPU when done for every write.
+const QUOTA_SIZE_TTL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl EtcdServer {
     /// Opens the data directory and starts the raft node (messages to peers go through
@@ -254,6 +260,7 @@ impl EtcdServer {
             limits,
             metrics,
             started: Instant::now(),
+            quota_size: Mutex::new(None),
         }))
     }
 
@@ -559,11 +566,22 @@ impl EtcdServer {
         if self.alarms.read().iter().any(|(_, a)| *a == ALARM_NOSPACE) {
             return Err(EtcdError::NoSpace);
         }
-        if self.backend_bytes() <= self.limits.quota_backend_bytes {
+        let size = {
+            let mut cached = self.quota_size.lock();
+            match *cached {
+                Some((at, size)) if at.elapsed() < QUOTA_SIZE_TTL => size,
+                _ => {
+                    let size = self.backend_bytes();
+                    *cached = Some((Instant::now(), size));
+                    size
+                }
+            }
+        };
+        if size <= self.limits.quota_backend_bytes {
             return Ok(());
         }
         tracing::warn!(
-            size = self.backend_bytes(),
+            size,
             quota = self.limits.quota_backend_bytes,
             "backend over its quota; raising NOSPACE"
         );
