@@ -81,6 +81,10 @@ pub enum ConsensusError {
     Raft(String),
 }
 
+/// Entries the log keeps behind a snapshot for members that are a little behind (etcd's
+/// `SnapshotCatchUpEntries`); at most half of [`NodeConfig::snapshot_every`].
+const CATCH_UP_ENTRIES: u64 = 5000;
+
 /// Tunables (etcd's defaults: 100 ms heartbeat, 1 s election).
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -809,6 +813,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             // The bootstrap snapshot carries no data: nothing to restore from it.
             if !snap.data.is_empty() {
                 self.sm.restore(index, &snap.data);
+                self.fail_skipped();
             }
         }
         for rs in rd.take_read_states() {
@@ -866,6 +871,27 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         self.answer_reads();
         self.maybe_snapshot()?;
         Ok(())
+    }
+
+    /// After a snapshot replaced the state: this member's own proposals may have been applied
+    /// inside it, where nobody learns their results. Their callers get a timeout (the outcome
+    /// is unknown, as for any timeout) now instead of after the request timeout. A proposal
+    /// that commits later still applies; only its answer is gone.
+    fn fail_skipped(&mut self) {
+        let n = self.proposals.len();
+        for (_, p) in self.proposals.drain() {
+            let _ = p.reply.send(Err(ConsensusError::Timeout));
+        }
+        for (_, p) in self.conf_changes.drain() {
+            let _ = p.reply.send(Err(ConsensusError::Timeout));
+        }
+        self.cfg.metrics.proposals_failed.inc_by(n as u64);
+        if n > 0 {
+            tracing::info!(
+                proposals = n,
+                "a snapshot replaced the state: pending proposals answered with a timeout"
+            );
+        }
     }
 
     /// Tells raft which Readies are durable, in order, and sends the messages that waited for
@@ -983,7 +1009,15 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         // The log is about to forget the entries up to `index`: after a crash, the state
         // machine must not resume from before them.
         self.sm.make_durable();
-        let index = self.sm.applied();
+        // With snapshots made on demand, the log keeps the newest entries (as etcd's catch-up
+        // entries): a member a little behind catches up from them instead of needing a
+        // snapshot of the whole state.
+        let keep = if self.lazy_snapshots {
+            (self.cfg.snapshot_every / 2).min(CATCH_UP_ENTRIES)
+        } else {
+            0
+        };
+        let index = self.sm.applied().saturating_sub(keep);
         let data = if self.lazy_snapshots {
             Vec::new()
         } else {

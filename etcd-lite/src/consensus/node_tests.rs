@@ -20,7 +20,11 @@ struct Kv {
 
 /// Shared so that tests can look at a node's state while it runs.
 #[derive(Clone, Default)]
-struct SharedKv(Arc<Mutex<Kv>>);
+struct SharedKv(Arc<Mutex<Kv>>, Lazy);
+
+/// Whether the state machine makes snapshots on demand (as the server's does).
+#[derive(Clone, Copy, Default)]
+struct Lazy(bool);
 
 impl StateMachine for SharedKv {
     type Output = u64;
@@ -47,6 +51,15 @@ impl StateMachine for SharedKv {
         kv.map = serde_json::from_slice(data).expect("snapshot json");
         kv.applied = index;
         kv.history.clear();
+    }
+    fn snapshot_source(&self) -> Option<SnapshotSource> {
+        let kv = self.0.clone();
+        self.1 .0.then(|| -> SnapshotSource {
+            Box::new(move || {
+                let kv = kv.lock();
+                Some((kv.applied, serde_json::to_vec(&kv.map).expect("json")))
+            })
+        })
     }
 }
 
@@ -91,6 +104,7 @@ struct Cluster {
     kvs: HashMap<u64, SharedKv>,
     cfg: NodeConfig,
     rt: tokio::runtime::Runtime,
+    lazy: Lazy,
 }
 
 impl Cluster {
@@ -99,6 +113,10 @@ impl Cluster {
     }
 
     fn with_election_ticks(ids: &[u64], snapshot_every: u64, election_ticks: usize) -> Self {
+        Self::build(ids, snapshot_every, election_ticks, Lazy(false))
+    }
+
+    fn build(ids: &[u64], snapshot_every: u64, election_ticks: usize, lazy: Lazy) -> Self {
         let cfg = NodeConfig {
             id: 0,
             initial_voters: ids.to_vec(),
@@ -118,6 +136,7 @@ impl Cluster {
                 .enable_all()
                 .build()
                 .expect("runtime"),
+            lazy,
         };
         for id in ids {
             c.dirs.insert(*id, tempfile::tempdir().expect("tempdir"));
@@ -128,12 +147,16 @@ impl Cluster {
 
     /// Starts (or restarts) a node over its directory with a fresh, empty state machine.
     fn start(&mut self, id: u64, voters: Vec<u64>) {
+        self.start_with(id, voters, SharedKv(Default::default(), self.lazy));
+    }
+
+    /// Starts (or restarts) a node over its directory with the state machine `kv`.
+    fn start_with(&mut self, id: u64, voters: Vec<u64>, kv: SharedKv) {
         let dir = self
             .dirs
             .entry(id)
             .or_insert_with(|| tempfile::tempdir().expect("tempdir"));
         let log = RaftLog::open(&dir.path().join("raft")).expect("open log");
-        let kv = SharedKv::default();
         let cfg = NodeConfig {
             id,
             initial_voters: voters,
@@ -412,4 +435,91 @@ fn followers_told_their_leader_is_gone_elect_without_waiting_out_the_timeout() {
     c.put(new, "b=2").expect("put on the new leader");
     c.wait_applied(&rest, 3);
     assert_eq!(c.map(new).get("b").map(String::as_str), Some("2"));
+}
+
+#[test]
+fn a_proposal_applied_inside_a_snapshot_is_answered_without_waiting_out_its_timeout() {
+    let mut c = Cluster::new(&[1, 2, 3], 5);
+    let leader = c.leader(&[1, 2, 3]);
+    let f = [1, 2, 3]
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("follower");
+    // A long request timeout on the follower, so that only the snapshot can answer early.
+    c.stop(f);
+    c.cfg.request_timeout = Duration::from_secs(60);
+    c.start(f, vec![1, 2, 3]);
+    c.cfg.request_timeout = Duration::from_secs(2);
+    c.wait_applied(&[f], c.kvs[&leader].0.lock().applied);
+    // The follower hears nothing from the leader, but its proposal reaches it.
+    c.router.cut.lock().insert((leader, f));
+    let node = c.node(f);
+    let waiter = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let started = Instant::now();
+        (
+            rt.block_on(node.propose(b"p=1".to_vec())),
+            started.elapsed(),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.map(leader).contains_key("p") {
+        assert!(
+            Instant::now() < deadline,
+            "the forwarded proposal did not commit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The log moves on well past it, so the follower can only catch up by snapshot.
+    let mut last = 0;
+    for i in 0..40 {
+        last = c.put(leader, &format!("s{i}={i}")).expect("put");
+    }
+    c.router.heal();
+    let (result, took) = waiter.join().expect("proposer");
+    assert_eq!(result, Err(ConsensusError::Timeout));
+    assert!(
+        took < Duration::from_secs(30),
+        "answered only after {took:?}"
+    );
+    c.wait_applied(&[f], last);
+    assert_eq!(c.map(f).get("p").map(String::as_str), Some("1"));
+}
+
+#[test]
+fn with_snapshots_made_on_demand_the_log_keeps_entries_for_members_a_little_behind() {
+    let mut c = Cluster::build(&[1, 2, 3], 10, 10, Lazy(true));
+    let leader = c.leader(&[1, 2, 3]);
+    let f = [1, 2, 3]
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("follower");
+    let mut last = 0;
+    for i in 0..27 {
+        last = c.put(leader, &format!("a{i}={i}")).expect("put");
+    }
+    c.wait_applied(&[1, 2, 3], last);
+    c.stop(f);
+    let before = c.history(f).len();
+    // Three more: the 30th put of the interval takes a snapshot and compacts the log.
+    for i in 0..3 {
+        last = c.put(leader, &format!("b{i}={i}")).expect("put");
+    }
+    let st = c.rt.block_on(c.node(leader).status()).expect("status");
+    assert!(st.first_index > 1, "log not compacted: {st:?}");
+    // Half a snapshot interval (5 entries) stays behind the snapshot.
+    assert!(
+        st.first_index + 4 <= last,
+        "catch-up entries dropped: {st:?}"
+    );
+    // The stopped member, 3 entries behind, catches up from the log: no snapshot replaces
+    // its history. It resumes with its state machine as it was (the server's persists).
+    let kv = c.kvs[&f].clone();
+    c.start_with(f, vec![1, 2, 3], kv);
+    c.wait_applied(&[f], last);
+    assert_eq!(c.map(f), c.map(leader));
+    assert_eq!(c.history(f).len(), before + 3, "{:?}", c.history(f));
 }
