@@ -142,7 +142,8 @@ enum Input<O> {
     Propose(Vec<u8>, Reply<O>),
     ConfChange(ConfChange, Reply<NodeStatus>),
     Read(Reply<u64>),
-    Step(Message),
+    /// Messages from peers (one batch off the wire: one hand-off to the node's thread).
+    Step(Vec<Message>),
     Status(oneshot::Sender<NodeStatus>),
     TransferLeader(u64),
     /// The syncer made the Readies up to this number durable.
@@ -371,7 +372,14 @@ impl<O: Send + 'static> Node<O> {
 
     /// Hands a message from a peer to raft.
     pub fn step(&self, m: Message) {
-        let _ = self.tx.send(Input::Step(m));
+        self.step_all(vec![m]);
+    }
+
+    /// Hands messages from peers to raft, in order.
+    pub fn step_all(&self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            let _ = self.tx.send(Input::Step(msgs));
+        }
     }
 
     pub async fn status(&self) -> Result<NodeStatus, ConsensusError> {
@@ -650,18 +658,20 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
                 self.read_batch.push(Pending { reply, deadline });
             }
-            Input::Step(m) => {
-                // Messages from a member we do not know, or for another node, are dropped.
-                if m.to != self.cfg.id {
-                    tracing::warn!(
-                        to = m.to,
-                        from = m.from,
-                        "raft message for another member dropped"
-                    );
-                    return;
-                }
-                if let Err(e) = self.raw.step(m) {
-                    tracing::debug!(error = %e, "raft message refused");
+            Input::Step(msgs) => {
+                for m in msgs {
+                    // Messages for another node are dropped.
+                    if m.to != self.cfg.id {
+                        tracing::warn!(
+                            to = m.to,
+                            from = m.from,
+                            "raft message for another member dropped"
+                        );
+                        continue;
+                    }
+                    if let Err(e) = self.raw.step(m) {
+                        tracing::debug!(error = %e, "raft message refused");
+                    }
                 }
             }
             Input::Status(reply) => {

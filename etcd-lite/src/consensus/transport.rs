@@ -22,9 +22,9 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::node::{Node, Transport};
 
-/// Messages waiting for one peer before new ones are dropped.
-const PEER_QUEUE: usize = 4096;
-/// Most messages in one batch.
+/// Groups of messages (one per Ready) waiting for one peer before new ones are dropped.
+const PEER_QUEUE: usize = 1024;
+/// A batch takes no more queued groups once it holds this many messages.
 const MAX_BATCH: usize = 256;
 /// Batches handed to a stream before the sender waits for it (its own flow control).
 const STREAM_QUEUE: usize = 16;
@@ -34,7 +34,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// Sends to peers by member id; peers come and go with membership changes. Cheap to clone.
 #[derive(Clone)]
 pub struct PeerTransport {
-    queues: Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>,
+    queues: Arc<Mutex<HashMap<u64, mpsc::Sender<Vec<Message>>>>>,
     cluster_id: u64,
     me: u64,
     runtime: tokio::runtime::Handle,
@@ -158,7 +158,7 @@ async fn send_loop(
     to: u64,
     url: String,
     tls: Option<ClientTlsConfig>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Vec<Message>>,
     down: PeerDownHook,
 ) {
     let channel = match endpoint(&url, tls.as_ref()) {
@@ -196,10 +196,10 @@ async fn send_loop(
                         let _ = call.await;
                         return;
                     };
-                    let mut batch = vec![first];
+                    let mut batch = first;
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(m) => batch.push(m),
+                            Ok(mut more) => batch.append(&mut more),
                             Err(_) => break,
                         }
                     }
@@ -235,14 +235,22 @@ async fn send_loop(
 
 impl Transport for PeerTransport {
     fn send(&self, msgs: Vec<Message>) {
-        let queues = self.queues.lock();
+        // One hand-off per peer: a Ready's messages to each peer go together.
+        let mut by_peer: Vec<(u64, Vec<Message>)> = Vec::new();
         for m in msgs {
-            match queues.get(&m.to) {
+            match by_peer.iter_mut().find(|(to, _)| *to == m.to) {
+                Some((_, group)) => group.push(m),
+                None => by_peer.push((m.to, vec![m])),
+            }
+        }
+        let queues = self.queues.lock();
+        for (to, group) in by_peer {
+            match queues.get(&to) {
                 // Full: the peer is behind or down; raft will resend what matters.
                 Some(q) => {
-                    let _ = q.try_send(m);
+                    let _ = q.try_send(group);
                 }
-                None => tracing::debug!(to = m.to, "message for an unknown member dropped"),
+                None => tracing::debug!(to, "message for an unknown member dropped"),
             }
         }
     }
@@ -353,9 +361,7 @@ impl<O: Send + 'static> PeerService<O> {
             msgs.push(m);
         }
         let n = msgs.len() as u64;
-        for m in msgs {
-            self.node.step(m);
-        }
+        self.node.step_all(msgs);
         Ok(n)
     }
 }
