@@ -225,16 +225,7 @@ fn v2_in_order_keys_ttl_and_wait() {
         m.curl(&[], "/v2/keys/tmp").0 == 404
     });
     // wait=true long-polls until the next change.
-    let url = m.url("/v2/keys/watched?wait=true");
-    let waiter = Command::new(require_tool("curl"))
-        .args(["-sS", "--max-time", "20", &url])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl wait");
-    std::thread::sleep(Duration::from_millis(500));
-    m.curl(&["-XPUT", "-d", "value=changed"], "/v2/keys/watched");
-    let out = waiter.wait_with_output().expect("curl wait output");
-    let j = json(&String::from_utf8_lossy(&out.stdout));
+    let j = live_wait(&m, "/v2/keys/watched", "changed");
     assert_eq!(
         (j["action"].as_str(), j["node"]["value"].as_str()),
         (Some("set"), Some("changed"))
@@ -250,15 +241,7 @@ fn v2_in_order_keys_ttl_and_wait() {
     );
     assert_eq!(json(&body)["node"]["value"], "again");
     // A live wait on a replaced key reports the node it replaced.
-    let waiter = Command::new(require_tool("curl"))
-        .args(["-sS", "--max-time", "20", &url])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl wait");
-    std::thread::sleep(Duration::from_millis(500));
-    m.curl(&["-XPUT", "-d", "value=third"], "/v2/keys/watched");
-    let out = waiter.wait_with_output().expect("curl wait output");
-    let j = json(&String::from_utf8_lossy(&out.stdout));
+    let j = live_wait(&m, "/v2/keys/watched", "third");
     assert_eq!(
         (j["node"]["value"].as_str(), j["prevNode"]["value"].as_str()),
         (Some("third"), Some("again"))
@@ -266,6 +249,24 @@ fn v2_in_order_keys_ttl_and_wait() {
     // Recursive wait sees changes below a directory.
     let (_, body, _) = m.curl(&[], "/v2/keys/queue?wait=true&recursive=true&waitIndex=1");
     assert_eq!(json(&body)["node"]["value"], "job1");
+}
+
+/// Long-polls `path` with wait=true, sets it to `value` meanwhile, and returns the answer.
+fn live_wait(m: &EtcdLite, path: &str, value: &str) -> serde_json::Value {
+    let waiter = Command::new(require_tool("curl"))
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            &m.url(&format!("{path}?wait=true")),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl wait");
+    std::thread::sleep(Duration::from_millis(500));
+    m.curl(&["-XPUT", "-d", &format!("value={value}")], path);
+    let out = waiter.wait_with_output().expect("curl wait output");
+    json(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]
