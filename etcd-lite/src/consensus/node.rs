@@ -1022,7 +1022,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         // With snapshots made on demand, the log keeps the newest entries (as etcd's catch-up
         // entries): a member a little behind catches up from them instead of needing a
         // snapshot of the whole state.
-        let keep = if self.lazy_snapshots {
+        // A member alone has nobody to keep them for.
+        let cs = self.raw.store().conf_state();
+        let alone = cs.voters.len() <= 1 && cs.learners.is_empty();
+        let keep = if self.lazy_snapshots && !alone {
             (self.cfg.snapshot_every / 2).min(CATCH_UP_ENTRIES)
         } else {
             0

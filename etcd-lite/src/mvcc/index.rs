@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use smallvec::SmallVec;
+
 use super::revision::Revision;
 
 /// One change of one key.
@@ -26,7 +28,8 @@ pub struct Live {
 /// One key's history and, when its newest change is a put, what that put made it.
 #[derive(Debug, Clone, Default)]
 struct History {
-    changes: Vec<Change>,
+    /// Most keys have one change between compactions: it is kept inline, without an allocation.
+    changes: SmallVec<[Change; 1]>,
     /// Meaningful only while the newest change is not a tombstone.
     create_revision: i64,
     version: i64,
@@ -161,11 +164,7 @@ impl KeyIndex {
     /// Records a change read back from the store: a put (`live`, as its record says) or a
     /// tombstone (`None`).
     pub fn record(&mut self, key: &[u8], rev: Revision, live: Option<Live>) {
-        // Most keys change rarely: start with room for one change, not Vec's default four.
-        let h = self.keys.entry(key.to_vec()).or_insert_with(|| History {
-            changes: Vec::with_capacity(1),
-            ..Default::default()
-        });
+        let h = self.keys.entry(key.to_vec()).or_default();
         assert!(
             h.changes.last().is_none_or(|l| l.rev < rev),
             "index changes are recorded in revision order"
