@@ -182,31 +182,34 @@ impl WatchStream {
 
     async fn deliver(&mut self, rev: &RevEvents) -> Sent {
         let mut sends = Vec::new();
-        {
-            // A put's previous value is read only for watchers that ask for it.
-            let mut view = None;
-            for (id, w) in self.watchers.iter_mut() {
-                if w.next_rev > rev.rev {
-                    continue;
-                }
-                w.next_rev = rev.rev + 1;
-                let mut evs: Vec<Event> = rev
-                    .events
-                    .iter()
-                    .filter(|e| w.wants(e))
-                    .map(|e| w.shape(e))
-                    .collect();
-                if w.prev_kv {
-                    let view = view.get_or_insert_with(|| self.server.store.read());
+        // A put's previous value is read only if a watcher asks for it, and once for all.
+        let mut filled: Option<Vec<Event>> = None;
+        for (id, w) in self.watchers.iter_mut() {
+            if w.next_rev > rev.rev {
+                continue;
+            }
+            w.next_rev = rev.rev + 1;
+            let source = if w.prev_kv {
+                filled.get_or_insert_with(|| {
+                    let view = self.server.store.read();
+                    let mut evs = rev.events.clone();
                     for ev in &mut evs {
                         if let Err(e) = view.fill_prev(ev) {
                             tracing::error!(error = %e, "reading a watch event's previous value");
                         }
                     }
-                }
-                if !evs.is_empty() {
-                    sends.push((*id, evs));
-                }
+                    evs
+                })
+            } else {
+                &rev.events
+            };
+            let evs: Vec<Event> = source
+                .iter()
+                .filter(|e| w.wants(e))
+                .map(|e| w.shape(e))
+                .collect();
+            if !evs.is_empty() {
+                sends.push((*id, evs));
             }
         }
         for (id, evs) in sends {
