@@ -171,20 +171,29 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     }
     c.members[leader].restart();
     let deadline = Instant::now() + Duration::from_secs(20);
-    for m in &c.members {
+    for (n, m) in c.members.iter().enumerate() {
         loop {
             // Serializable: what this member itself has.
-            let out = m
-                .try_etcdctl(&["get", "", "--prefix", "--keys-only", "--consistency", "s"])
-                .unwrap_or_default();
-            let have: BTreeSet<&str> = out.lines().filter(|l| !l.is_empty()).collect();
-            if acked.iter().all(|k| have.contains(k.as_str())) {
+            let out = m.try_etcdctl(&["get", "", "--prefix", "--keys-only", "--consistency", "s"]);
+            let have: BTreeSet<&str> = match &out {
+                Ok(out) => out.lines().filter(|l| !l.is_empty()).collect(),
+                Err(_) => BTreeSet::new(),
+            };
+            let missing: Vec<&String> = acked
+                .iter()
+                .filter(|k| !have.contains(k.as_str()))
+                .collect();
+            if missing.is_empty() {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "member {} is missing acknowledged writes",
-                m.endpoint()
+                "member m{n} ({}; the killed leader was m{leader}) is missing acknowledged \
+                 writes {missing:?}; its last answer: {out:?}\n\
+                 its status: {:?}\nits log:\n{}",
+                m.endpoint(),
+                m.try_etcdctl(&["endpoint", "status", "-w", "json"]),
+                m.log()
             );
             std::thread::sleep(Duration::from_millis(200));
         }

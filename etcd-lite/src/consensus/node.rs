@@ -482,6 +482,18 @@ struct Driver<S: StateMachine, T> {
     synced_upto: u64,
 }
 
+/// Where this process starts numbering its requests: the wall clock in milliseconds, shifted
+/// past any count one process can reach in a millisecond of its life. The log may hold entries
+/// this member proposed before a restart, with their numbers in their context; they commit
+/// and apply after the restart like any other, and must not answer a new request that reused
+/// a number (as etcd's request ids, which carry a timestamp for the same reason).
+fn first_request_number() -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (ms & ((1 << 43) - 1)) << 20
+}
+
 /// Entry context: proposer id and request number (16 bytes).
 fn context(node: u64, request: u64) -> Vec<u8> {
     let mut c = node.to_be_bytes().to_vec();
@@ -506,7 +518,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             raw,
             sm,
             transport,
-            next_request: 1,
+            next_request: first_request_number(),
             proposals: HashMap::new(),
             leaderless: Vec::new(),
             conf_changes: HashMap::new(),

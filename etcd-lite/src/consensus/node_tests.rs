@@ -523,3 +523,41 @@ fn with_snapshots_made_on_demand_the_log_keeps_entries_for_members_a_little_behi
     assert_eq!(c.map(f), c.map(leader));
     assert_eq!(c.history(f).len(), before + 3, "{:?}", c.history(f));
 }
+
+#[test]
+fn a_restarted_member_never_takes_an_old_entry_of_its_own_for_a_new_proposal() {
+    let mut c = Cluster::new(&[1, 2, 3], 1_000_000);
+    let a = c.leader(&[1, 2, 3]);
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != a).collect();
+    let (b, other) = (rest[0], rest[1]);
+    // The leader's first proposal reaches `b` only: nobody tells it the entry is stored, so
+    // it does not commit while this process lives.
+    {
+        let mut cut = c.router.cut.lock();
+        cut.extend([(a, other), (other, a), (b, a)]);
+    }
+    let first = c.put(a, "old=1");
+    assert!(first.is_err(), "committed without a quorum: {first:?}");
+    c.stop(a);
+    c.router.heal();
+    // `b` holds the longer log, so it is elected, and commits the old entry in its term.
+    let leader = c.leader(&rest);
+    assert_eq!(leader, b);
+    c.put(b, "after=1").expect("put on the new leader");
+    // The member comes back with its log and at once proposes again. Its new request must be
+    // answered by its own entry, not by the old entry it proposed before the restart.
+    c.start(a, vec![1, 2, 3]);
+    let index = c.put(a, "new=2").expect("put on the restarted member");
+    c.wait_applied(&[1, 2, 3], index);
+    let history = c.history(b);
+    let at = history
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map(|(_, d)| d.as_str());
+    assert_eq!(
+        at,
+        Some("new=2"),
+        "answered with another entry: {history:?}"
+    );
+    assert!(history.iter().any(|(_, d)| d == "old=1"), "{history:?}");
+}
