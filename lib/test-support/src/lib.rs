@@ -31,10 +31,54 @@ pub fn require_tool(name: &str) -> PathBuf {
     panic!("required tool `{name}` is not installed; run `make deps`");
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel's pick; released before use).
+/// Ports [`free_port`] handed out in this process: never handed out twice.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A free TCP port on 127.0.0.1 (the kernel's pick; released before use), never one this
+/// process was given before: a member that is down for a while (killed, restarted) leaves its
+/// ports free, and a test running beside it must not start a member on them.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port");
-    l.local_addr().expect("bound socket has an address").port()
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port");
+        let port = l.local_addr().expect("bound socket has an address").port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (or on any address
+/// at that port), as /proc tells: not some other process that took the port meanwhile.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let want = [
+        format!("0100007F:{port:04X}"),
+        format!("00000000:{port:04X}"),
+    ];
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local address, state (0A: LISTEN), inode
+            (f.len() > 9 && want.iter().any(|w| w == f[1]) && f[3] == "0A")
+                .then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+    })
 }
 
 /// One running etcd-lite member.
@@ -114,7 +158,11 @@ impl EtcdLite {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("etcd-lite exited early with {status}; log:\n{}", self.log());
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // The port must be this member's: another process may have taken it while the
+            // member was down, and then the member fails to listen and exits.
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && listens_on(self.pid(), self.port)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -340,4 +388,32 @@ pub fn start_cluster(bin: &str, n: usize, extra: &[&str]) -> Vec<EtcdLite> {
             EtcdLite::start(bin, &args)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[test]
+    fn a_port_belongs_only_to_the_process_listening_on_it() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert!(listens_on(std::process::id(), port));
+        let mut other = Command::new("sleep").arg("5").spawn().expect("sleep");
+        assert!(
+            !listens_on(other.id(), port),
+            "a process that does not hold the port"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+        drop(l);
+        assert!(!listens_on(std::process::id(), port), "a closed listener");
+    }
 }
