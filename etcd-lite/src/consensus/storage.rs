@@ -119,23 +119,31 @@ impl RaftLog {
         };
         let snap_index = snapshot.get_metadata().index;
         let mut entries = VecDeque::new();
-        let mut dropped = 0usize;
+        let (mut compacted, mut dropped) = (0usize, 0usize);
         for (k, v) in state.range(b"e".to_vec()..b"f".to_vec()) {
             let index = k
                 .get(1..9)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| store_err("malformed entry key"))?;
-            if index <= snap_index || index != snap_index + 1 + entries.len() as u64 {
+            if index <= snap_index {
+                // A snapshot compacts by its record alone: the entries under it go here.
+                compacted += 1;
+                continue;
+            }
+            if index != snap_index + 1 + entries.len() as u64 {
                 dropped += 1;
                 continue;
             }
             entries.push_back(Entry::parse_from_bytes(v).map_err(store_err)?);
         }
+        if compacted > 0 {
+            tracing::debug!(entries = compacted, "entries under the snapshot skipped");
+        }
         if dropped > 0 {
             tracing::warn!(
                 entries = dropped,
-                "dropping raft log entries left by a crash (compacted or never synced)"
+                "dropping raft log entries after a gap (left by a crash)"
             );
         }
         let mut log = RaftLog {
