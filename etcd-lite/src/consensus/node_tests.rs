@@ -530,7 +530,12 @@ fn a_restarted_member_never_takes_an_old_entry_of_its_own_for_a_new_proposal() {
     let a = c.leader(&[1, 2, 3]);
     let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != a).collect();
     let (b, other) = (rest[0], rest[1]);
-    // The leader's first proposal reaches `b` only: nobody tells it the entry is stored, so
+    // One write with every link up: the leader then sends `b` appends without waiting for
+    // its answers (raft's replicate state). Proposed through `b`, so that the leader's own
+    // first request is the one below.
+    let warm = c.put(b, "warm=1").expect("put");
+    c.wait_applied(&[b], warm);
+    // The leader's next proposal reaches `b` only: nobody tells it the entry is stored, so
     // it does not commit while this process lives.
     {
         let mut cut = c.router.cut.lock();
