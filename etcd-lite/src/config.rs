@@ -144,6 +144,12 @@ pub struct Config {
     /// CA certificates (PEM) that peers' certificates must chain to.
     #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Start even though a write-ahead log holds a corrupt record with intact records after
+    /// it, by cutting the log at that record (everything after it is lost). Without this flag
+    /// such a member refuses to start. Last resort: prefer removing the member and adding it
+    /// again, so that it copies the cluster's data from a peer.
+    #[arg(long, default_value_t = false)]
+    pub unsafe_wal_cut_corrupt: bool,
 }
 
 /// The TLS settings between members (etcd's --peer-* flags).

@@ -69,6 +69,23 @@ impl LeaseTable {
         }
     }
 
+    /// Picks an unused id from `seed` alone, for ids chosen while a committed entry is applied
+    /// (a v2 key's TTL): every member applies the same entries to the same table, so every
+    /// member picks the same id. Never uses the clock; always positive.
+    pub fn id_for_entry(&self, seed: u64) -> i64 {
+        // splitmix64, so ids of consecutive revisions are spread over the id space and do not
+        // run into the ids clients ask for (small numbers).
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let mut id = (z & i64::MAX as u64) as i64;
+        while id <= 0 || self.leases.contains_key(&id) {
+            id = id.wrapping_add(1) & i64::MAX;
+        }
+        id
+    }
+
     pub fn contains(&self, id: i64) -> bool {
         self.leases.contains_key(&id)
     }
@@ -184,5 +201,19 @@ mod tests {
         t.insert(a, 10, Instant::now());
         let b = t.new_id(i64::MAX);
         assert!(a > 0 && b > 0 && a != b);
+    }
+
+    #[test]
+    fn ids_for_entries_depend_on_the_entry_only() {
+        let mut t = LeaseTable::default();
+        let a = t.id_for_entry(42);
+        assert!(a > 0);
+        assert_eq!(LeaseTable::default().id_for_entry(42), a);
+        assert_ne!(t.id_for_entry(43), a);
+        // A taken id is passed over, the same way on every member.
+        t.insert(a, 10, Instant::now());
+        let b = t.id_for_entry(42);
+        assert!(b > 0 && b != a);
+        assert_eq!(t.id_for_entry(42), b);
     }
 }

@@ -71,7 +71,21 @@ async fn main() -> anyhow::Result<()> {
     let mut cluster = cfg.cluster()?;
     let clustered = cfg.initial_cluster.is_some() || !cluster.new_cluster;
     let mut member = member;
-    if !cluster.new_cluster {
+    etcd_lite::wal::cut_corrupt_records(cfg.unsafe_wal_cut_corrupt);
+    let opened = EtcdServer::open_store(&data_dir, cfg.cache_bytes)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    if let Some((id, cluster_id)) = opened.identity() {
+        // A restart: this member is who its data directory says, whatever the flags say now.
+        if (id, cluster_id) != (member.id, member.cluster_id) {
+            tracing::info!(
+                member_id = %format!("{id:x}"),
+                cluster_id = %format!("{cluster_id:x}"),
+                "the data directory's member and cluster ids win over --initial-cluster*"
+            );
+        }
+        member.id = id;
+        member.cluster_id = cluster_id;
+    } else if !cluster.new_cluster {
         // Joining: the cluster's id is the existing members' (it includes members that were
         // added and removed since their --initial-cluster).
         let urls: Vec<String> = cluster
@@ -124,9 +138,9 @@ async fn main() -> anyhow::Result<()> {
     });
     let server = EtcdServer::open(
         &data_dir,
+        opened,
         member,
         cfg.limits(),
-        cfg.cache_bytes,
         cluster,
         transport,
         on_peer,

@@ -169,26 +169,80 @@ pub struct EtcdServer {
 /// store's files, which cost close to a tenth of a member's CPU when done for every write.
 const QUOTA_SIZE_TTL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// A member's store, opened before its server so that the member's identity is known before
+/// anything is sent to a peer (see [`EtcdServer::open_store`]).
+pub struct OpenedStore {
+    store: MvccStore,
+    recovered: crate::mvcc::store::Recovered,
+    identity: Option<(u64, u64)>,
+}
+
+impl OpenedStore {
+    /// The member id and cluster id fixed at this data directory's first start, if it had one.
+    /// They win over anything the flags say: a member restarted with another
+    /// `--initial-cluster-token` (or `--initial-cluster-state`) is still the same member, as
+    /// with etcd, which ignores the `--initial-cluster*` flags once its data directory exists.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.identity
+    }
+}
+
 impl EtcdServer {
-    /// Opens the data directory and starts the raft node (messages to peers go through
-    /// `transport`).
+    /// Opens the store in `data_dir` (replaying its write-ahead log) and reads the identity it
+    /// holds.
+    pub fn open_store(data_dir: &std::path::Path, cache_bytes: u64) -> Result<OpenedStore> {
+        let (store, recovered) = MvccStore::open(&data_dir.join("member"), cache_bytes)?;
+        let identity = match store.get_meta("member_id")? {
+            Some(b) if b.len() == 16 => Some((
+                u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
+            )),
+            _ => None,
+        };
+        Ok(OpenedStore {
+            store,
+            recovered,
+            identity,
+        })
+    }
+
+    /// Starts the member on an opened store and starts its raft node (messages to peers go
+    /// through `transport`, which must send as `member`: take its ids from
+    /// [`OpenedStore::identity`] when there is one).
     pub fn open(
         data_dir: &std::path::Path,
-        mut member: MemberInfo,
+        opened: OpenedStore,
+        member: MemberInfo,
         limits: Limits,
-        cache_bytes: u64,
         cluster: ClusterSpec,
         transport: impl Transport,
         on_peer: PeerHook,
     ) -> Result<Arc<Self>> {
-        let (store, recovered) = MvccStore::open(&data_dir.join("member"), cache_bytes)?;
+        let OpenedStore {
+            store,
+            recovered,
+            identity,
+        } = opened;
         // The member id is fixed at the first start, like etcd's.
-        match store.get_meta("member_id")? {
-            Some(b) if b.len() == 16 => {
-                member.id = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
-                member.cluster_id = u64::from_be_bytes(b[8..].try_into().expect("8 bytes"));
+        match identity {
+            Some(ids) => {
+                if ids != (member.id, member.cluster_id) {
+                    return Err(EtcdError::Storage(format!(
+                        "this data directory belongs to member {:x} of cluster {:x}, not to {:x} of {:x}",
+                        ids.0, ids.1, member.id, member.cluster_id
+                    )));
+                }
             }
-            _ => {
+            None => {
+                // The first start: the members it begins with are stored with its identity, so
+                // that a restart knows its peers' ids from its data, not from flags that may
+                // have changed since (another token gives every member another id).
+                if crate::machine::load_registry(&store)?.is_none() {
+                    let b = serde_json::to_vec(&cluster.members).map_err(|e| {
+                        EtcdError::Storage(format!("encoding the member registry: {e}"))
+                    })?;
+                    store.set_meta(crate::machine::MEMBERS_META, &b)?;
+                }
                 let mut b = member.id.to_be_bytes().to_vec();
                 b.extend_from_slice(&member.cluster_id.to_be_bytes());
                 store.set_meta("member_id", &b)?;

@@ -453,10 +453,13 @@ fn ensure_parents(w: &mut WriteTxn<'_>, path: &str) -> Result<std::result::Resul
     Ok(Ok(()))
 }
 
+/// A lease for a key with a TTL. Its id comes from the revision being written, never from this
+/// member's clock: every replica must give the key the same lease, or the leader's revoke of it
+/// misses the followers' copies and they serve the key forever.
 fn grant_for(w: &mut WriteTxn<'_>, table: &mut LeaseTable, ttl: Option<i64>, now: Instant) -> i64 {
     match ttl {
         Some(ttl) if ttl > 0 => {
-            let id = table.new_id(now.elapsed().as_nanos() as i64 ^ w.rev());
+            let id = table.id_for_entry(w.rev() as u64);
             w.save_lease(id, ttl);
             table.insert(id, ttl, now);
             id
@@ -708,6 +711,38 @@ mod tests {
         assert_eq!(prefix_end(b"a/"), b"a0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    /// Applying the same entry on two members, whose clocks differ, gives a key with a TTL the
+    /// same lease (the leader's revoke must reach every copy).
+    #[test]
+    fn a_ttl_key_gets_the_same_lease_on_every_member() {
+        let lease_of = |now: Instant| {
+            let store = crate::mvcc::MvccStore::temporary().expect("store");
+            let leases = Mutex::new(LeaseTable::default());
+            let mut w = store.write();
+            let cmd = V2Command::Set {
+                path: "/t".into(),
+                value: "x".into(),
+                dir: false,
+                ttl: Some(5),
+                prev_exist: None,
+                prev_value: None,
+                prev_index: None,
+                refresh: false,
+            };
+            assert!(matches!(
+                apply(&mut w, &leases, cmd, now).expect("apply"),
+                V2Outcome::Done(_)
+            ));
+            let kv = w.get(b"t").expect("read").expect("the key");
+            w.commit().expect("commit");
+            kv.lease
+        };
+        let a = lease_of(Instant::now());
+        let b = lease_of(Instant::now() + Duration::from_secs(3600));
+        assert!(a > 0);
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! Recovery replays every record in order on top of whatever sled persisted. That is correct
 //! because the log always holds a contiguous suffix of history starting at or before sled's last
 //! checkpoint, and replaying puts and removes in order is idempotent. A torn final record (crash
-//! mid-append) fails its checksum and is cut off: it was never acknowledged.
+//! mid-append) fails its checksum and is cut off: it was never acknowledged. A bad record with
+//! intact records after it is not a torn tail but corruption of synced, acknowledged data: the
+//! log refuses to open (cutting there would silently lose them), unless the operator asked for
+//! the cut with `--unsafe-wal-cut-corrupt` (see [`cut_corrupt_records`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -23,6 +26,50 @@ pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_RECORD: usize = u32::MAX as usize;
 /// Largest append buffer kept for reuse after a sync.
 const REUSED_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Sector size for telling unwritten space from corruption: a torn write leaves whole sectors
+/// that never reached the disk, which read back as zeros.
+const SECTOR: usize = 512;
+
+static CUT_CORRUPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every log opened after this call cut at its first bad record even when intact records
+/// follow (the operator's last resort to start a member whose log is corrupt; what follows the
+/// bad record is lost). Off by default.
+pub fn cut_corrupt_records(yes: bool) {
+    CUT_CORRUPT.store(yes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The intact record at `pos`, if there is one: its body and its end.
+fn record_at(data: &[u8], pos: usize) -> Option<(Vec<Change>, usize)> {
+    let header = data.get(pos..pos + 8)?;
+    let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
+    let body = data.get(pos + 8..(pos + 8).checked_add(len)?)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Some((decode_body(body)?, pos + 8 + len))
+}
+
+/// Where the first intact, non-empty record after `pos` starts (records are never empty), if
+/// any: a bad record followed by good ones is corruption, not a torn tail.
+fn next_intact(data: &[u8], pos: usize) -> Option<usize> {
+    (pos + 1..data.len().saturating_sub(8)).find(|&q| {
+        let len = u32::from_be_bytes(data[q..q + 4].try_into().expect("4 bytes")) as usize;
+        len > 0
+            && q + 8 + len <= data.len()
+            && record_at(data, q).is_some_and(|(r, _)| !r.is_empty())
+    })
+}
+
+/// Whether `data[from..to]` covers a whole sector of zeros: space a torn write never wrote.
+fn has_unwritten_sector(data: &[u8], from: usize, to: usize) -> bool {
+    let first = from.div_ceil(SECTOR) * SECTOR;
+    (first..to)
+        .step_by(SECTOR)
+        .any(|s| s + SECTOR <= to && data[s..s + SECTOR].iter().all(|b| *b == 0))
+}
 
 pub struct Wal {
     path: PathBuf,
@@ -115,23 +162,29 @@ impl Wal {
         file.read_to_end(&mut data).map_err(io)?;
         let mut records = Vec::new();
         let mut pos = 0usize;
-        while pos + 8 <= data.len() {
-            let len = u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
-            if pos + 8 + len > data.len() {
-                break;
-            }
-            let body = &data[pos + 8..pos + 8 + len];
-            if crc32fast::hash(body) != crc {
-                break;
-            }
-            match decode_body(body) {
-                Some(r) => records.push(r),
-                None => break,
-            }
-            pos += 8 + len;
+        while let Some((r, end)) = record_at(&data, pos) {
+            records.push(r);
+            pos = end;
         }
         if pos < data.len() {
+            if let Some(next) = next_intact(&data, pos) {
+                if has_unwritten_sector(&data, pos, next) {
+                    // The last group's write was torn with a later page on disk before an
+                    // earlier one: none of it was synced, so none of it was acknowledged.
+                } else if CUT_CORRUPT.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::error!(path = %path.display(), offset = pos, next_intact = next, total = data.len(), "cutting a corrupt write-ahead log at its first bad record, as --unsafe-wal-cut-corrupt asks: the records after it are lost");
+                } else {
+                    return Err(EtcdError::Storage(format!(
+                        "write-ahead log {}: the record at byte {pos} is corrupt and intact records \
+                         follow it at byte {next} (of {}): this is not a torn tail, so nothing is \
+                         cut. Restore the member from a peer (remove and re-add it) or a backup, or \
+                         start it once with --unsafe-wal-cut-corrupt to drop everything from byte \
+                         {pos} on",
+                        path.display(),
+                        data.len()
+                    )));
+                }
+            }
             tracing::warn!(path = %path.display(), valid = pos, total = data.len(), "cutting a torn write-ahead log tail (unacknowledged writes)");
             file.set_len(pos as u64).map_err(io)?;
             file.sync_data().map_err(io)?;
@@ -370,5 +423,58 @@ mod tests {
         std::fs::write(&p, data).expect("write");
         let (_, recs) = Wal::open(&p).expect("reopen");
         assert!(recs.is_empty());
+    }
+
+    /// Writes three records and returns the file's bytes and where the second one starts.
+    fn three_records(p: &Path) -> (Vec<u8>, usize) {
+        let (mut w, _) = Wal::open(p).expect("open");
+        let r: Vec<Change> = vec![(b"key".to_vec(), Some(vec![5; 1000]))];
+        w.append(&r);
+        w.sync().expect("sync");
+        let second = w.size as usize;
+        w.append(&r);
+        w.append(&r);
+        w.sync().expect("sync");
+        (std::fs::read(p).expect("read"), second)
+    }
+
+    #[test]
+    fn a_bad_record_with_good_ones_after_it_stops_the_open_and_nothing_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("wal");
+        let (mut data, second) = three_records(&p);
+        data[second + 20] ^= 0x01; // a flipped bit inside the second record
+        std::fs::write(&p, &data).expect("write");
+        let err = Wal::open(&p).err().expect("a corrupt log must not open");
+        assert!(
+            err.to_string()
+                .contains("is corrupt and intact records follow it"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&p).expect("read"),
+            data,
+            "the file was changed"
+        );
+        // A corrupt length (it points past the end) is caught the same way.
+        let (mut data, second) = three_records(&dir.path().join("wal2"));
+        data[second] = 0xff;
+        std::fs::write(dir.path().join("wal2"), &data).expect("write");
+        assert!(Wal::open(&dir.path().join("wal2")).is_err());
+    }
+
+    #[test]
+    fn a_torn_group_with_an_unwritten_sector_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("wal");
+        let (mut data, second) = three_records(&p);
+        // The last group (records two and three) was being written when the power went: a
+        // sector of record two never reached the disk, record three's did.
+        let sector = second.div_ceil(SECTOR) * SECTOR;
+        data[sector..sector + SECTOR].fill(0);
+        std::fs::write(&p, &data).expect("write");
+        let (_, recs) = Wal::open(&p).expect("a torn tail opens");
+        assert_eq!(recs.len(), 1);
+        assert_eq!(std::fs::metadata(&p).expect("meta").len(), second as u64);
     }
 }

@@ -200,6 +200,57 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     }
 }
 
+/// The failover benchmark's rounds: kill -9 the leader, restart it with other bootstrap flags
+/// (as etcd allows: they are ignored once the data directory exists), and do it again. The
+/// restarted member must rejoin, catch up and take part in the next election, or a second
+/// failover leaves two members of which one is deaf, and no leader.
+#[test]
+fn leaders_keep_being_elected_over_repeated_failovers_and_restarts() {
+    let mut c = Cluster::start(3);
+    c.members[0].ok(&["put", "start", "x"]);
+    let restart_flags = [
+        ("--initial-cluster-token", "another-token"),
+        ("--initial-cluster-state", "existing"),
+        ("--initial-cluster-token", "a-third-token"),
+        ("--initial-cluster-state", "new"),
+    ];
+    for (round, (flag, value)) in restart_flags.into_iter().enumerate() {
+        let leader = c.leader();
+        c.members[leader].kill9();
+        let survivor = &c.members[(leader + 1) % 3];
+        let key = format!("round{round}");
+        eventually(
+            Duration::from_secs(20),
+            "a write after the failover",
+            || survivor.try_etcdctl(&["put", &key, "y"]).is_ok(),
+        );
+        c.members[leader].set_flag(flag, value);
+        c.members[leader].respawn();
+        // The restarted member catches up: it holds the write made while it was down.
+        let restarted = &c.members[leader];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out =
+                restarted.try_etcdctl(&["get", &key, "--consistency", "s", "--print-value-only"]);
+            if out.as_deref().map(str::trim) == Ok("y") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: m{leader}, restarted with {flag} {value}, never caught up \
+                 (last answer {out:?}); its log:\n{}",
+                restarted.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Every member still serves linearizable writes and reads.
+    for m in &c.members {
+        m.ok(&["put", "end", "z"]);
+        assert_eq!(m.ok(&["get", "round3", "--print-value-only"]).trim(), "y");
+    }
+}
+
 #[test]
 fn restarting_every_member_keeps_data_and_revision() {
     let mut c = Cluster::start(3);

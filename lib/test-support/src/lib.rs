@@ -221,6 +221,14 @@ impl EtcdLite {
         self.spawn();
     }
 
+    /// Sets `flag`'s value for the next starts (adds the flag if the member had none).
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        match self.extra.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.extra.len() => self.extra[i + 1] = value.to_string(),
+            _ => self.extra.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+
     /// Starts the member again after [`EtcdLite::terminate`] or [`EtcdLite::kill9`].
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "member is still running");
