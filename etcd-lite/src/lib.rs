@@ -20,6 +20,7 @@ pub mod consensus;
 pub mod deadline;
 pub mod durable;
 pub mod error;
+pub mod failpoint;
 pub mod grpc;
 pub mod http;
 pub mod http_v2;

@@ -166,6 +166,9 @@ impl StateMachine for EtcdMachine {
             return Err(EtcdError::Storage("no command in this entry".into()));
         }
         let cmd = Command::decode(data)?;
+        if matches!(cmd, Command::Compact(_)) && crate::failpoint::on("panic-on-compact") {
+            panic!("failpoint panic-on-compact");
+        }
         if let Command::Alarm {
             activate,
             member,

@@ -49,10 +49,22 @@ async fn shutdown_signal() {
     }
 }
 
+/// A panic on any thread ends the process: a member whose raft or apply thread died would
+/// otherwise keep its ports open and answer nothing useful, and no supervisor would restart it.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(panic = %info, "a thread panicked; stopping the process");
+        std::process::abort();
+    }));
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     init_logs(&cfg);
+    exit_on_panic();
     let addrs = cfg.listen_addrs()?;
     let tls = match cfg.client_tls()? {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(

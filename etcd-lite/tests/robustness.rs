@@ -229,3 +229,28 @@ fn a_stream_with_a_malformed_deadline_is_refused_without_waiting_for_its_end() {
         drop(tx);
     });
 }
+
+/// A panic on the raft node's thread ends the process (a supervisor then restarts it), instead
+/// of leaving a member that keeps its ports open and never answers a write again.
+#[test]
+fn a_panic_on_the_raft_thread_ends_the_process() {
+    let mut m = EtcdLite::start_env(
+        env!("CARGO_BIN_EXE_etcd-lite"),
+        &[],
+        &[("ETCD_LITE_FAILPOINTS", "panic-on-compact")],
+    );
+    m.ok(&["put", "k", "v"]);
+    // The compaction is applied on the raft thread, which panics there.
+    let _ = m.try_etcdctl(&["compact", "2", "--command-timeout", "3s"]);
+    let status = m.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the member outlived its raft thread ({status:?}); log:\n{}",
+        m.log()
+    );
+    assert!(
+        m.log().contains("failpoint panic-on-compact"),
+        "{}",
+        m.log()
+    );
+}

@@ -145,6 +145,8 @@ enum Input<O> {
     /// Messages from peers (one batch off the wire: one hand-off to the node's thread).
     Step(Vec<Message>),
     Status(oneshot::Sender<NodeStatus>),
+    /// Make everything applied durable, on the node's thread (the state machine's only writer).
+    MakeDurable(oneshot::Sender<()>),
     TransferLeader(u64),
     /// The syncer made the Readies up to this number durable.
     Persisted(u64),
@@ -386,6 +388,16 @@ impl<O: Send + 'static> Node<O> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Input::Status(reply))
+            .map_err(|_| ConsensusError::Stopped)?;
+        rx.await.map_err(|_| ConsensusError::Stopped)
+    }
+
+    /// Makes everything applied so far durable ([`StateMachine::make_durable`]), on the node's
+    /// thread: request handlers never write the state machine themselves.
+    pub async fn make_durable(&self) -> Result<(), ConsensusError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::MakeDurable(reply))
             .map_err(|_| ConsensusError::Stopped)?;
         rx.await.map_err(|_| ConsensusError::Stopped)
     }
@@ -688,6 +700,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             Input::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Input::MakeDurable(reply) => {
+                self.sm.make_durable();
+                let _ = reply.send(());
             }
             Input::TransferLeader(to) => self.raw.transfer_leader(to),
             Input::Persisted(number) => {

@@ -95,11 +95,17 @@ pub struct EtcdLite {
     pub port: u16,
     child: Option<Child>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl EtcdLite {
     /// Starts a member with a fresh data directory; waits until it serves.
     pub fn start(bin: &str, extra: &[&str]) -> Self {
+        Self::start_env(bin, extra, &[])
+    }
+
+    /// [`EtcdLite::start`] with environment variables set for the member's process.
+    pub fn start_env(bin: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("etcd-lite-test")
             .tempdir()
@@ -110,6 +116,10 @@ impl EtcdLite {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         m.spawn();
         m
@@ -144,6 +154,7 @@ impl EtcdLite {
             ])
             .args(&self.extra)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
@@ -187,6 +198,19 @@ impl EtcdLite {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// kill -9, then wait for the process.
