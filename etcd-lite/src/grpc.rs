@@ -51,9 +51,7 @@ impl Services {
 #[tonic::async_trait]
 impl Kv for Services {
     async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        if !r.get_ref().serializable {
-            self.0.refuse_on_learner()?;
-        }
+        self.0.admit(r.get_ref())?;
         Ok(Response::new(self.0.range(r.get_ref()).await?))
     }
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

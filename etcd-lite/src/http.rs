@@ -60,17 +60,9 @@ fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
     })
 }
 
-/// Whether a learner serves this request (etcd's rule: Status and serializable ranges only).
-fn served_by_learners(req: &dyn std::any::Any) -> bool {
-    req.is::<StatusRequest>()
-        || req
-            .downcast_ref::<RangeRequest>()
-            .is_some_and(|r| r.serializable)
-}
-
-/// Parses a JSON request, runs `f` and answers in the gateway's JSON; `learner`: this member
-/// is a learner, which refuses what etcd's learners refuse.
-async fn gateway<Req, Resp, F, Fut>(learner: bool, body: Bytes, f: F) -> Response
+/// Parses a JSON request, runs `f` and answers in the gateway's JSON; a learner refuses what
+/// [`EtcdServer::admit`] says (the gRPC services' rule).
+async fn gateway<Req, Resp, F, Fut>(s: &EtcdServer, body: Bytes, f: F) -> Response
 where
     Req: DeserializeOwned + Default + 'static,
     Resp: Serialize,
@@ -78,150 +70,124 @@ where
     Fut: Future<Output = Result<Resp, EtcdError>>,
 {
     match parse::<Req>(&body) {
-        Ok(req) if learner && !served_by_learners(&req) => {
-            EtcdError::NotSupportedForLearner.into_response()
-        }
-        Ok(req) => match f(req).await {
-            Ok(resp) => json(200, &resp),
+        Ok(req) => match s.admit(&req) {
             Err(e) => e.into_response(),
+            Ok(()) => match f(req).await {
+                Ok(resp) => json(200, &resp),
+                Err(e) => e.into_response(),
+            },
         },
         Err(r) => r,
     }
 }
 
 async fn kv_range(State(s): Srv, body: Bytes) -> Response {
-    gateway(s.node.is_learner(), body, |r: RangeRequest| async move {
+    gateway(&s.clone(), body, |r: RangeRequest| async move {
         s.range(&r).await
     })
     .await
 }
 async fn kv_put(State(s): Srv, body: Bytes) -> Response {
-    gateway(s.node.is_learner(), body, |r: PutRequest| async move {
-        s.put(r).await
-    })
+    gateway(
+        &s.clone(),
+        body,
+        |r: PutRequest| async move { s.put(r).await },
+    )
     .await
 }
 async fn kv_delete(State(s): Srv, body: Bytes) -> Response {
-    gateway(
-        s.node.is_learner(),
-        body,
-        |r: DeleteRangeRequest| async move { s.delete_range(r).await },
-    )
-    .await
-}
-async fn kv_txn(State(s): Srv, body: Bytes) -> Response {
-    gateway(s.node.is_learner(), body, |r: TxnRequest| async move {
-        s.txn(r).await
+    gateway(&s.clone(), body, |r: DeleteRangeRequest| async move {
+        s.delete_range(r).await
     })
     .await
 }
-async fn kv_compact(State(s): Srv, body: Bytes) -> Response {
+async fn kv_txn(State(s): Srv, body: Bytes) -> Response {
     gateway(
-        s.node.is_learner(),
+        &s.clone(),
         body,
-        |r: CompactionRequest| async move {
-            let rev = s.compact(r.revision).await?;
-            Ok(CompactionResponse {
-                header: s.header(rev),
-            })
-        },
+        |r: TxnRequest| async move { s.txn(r).await },
     )
+    .await
+}
+async fn kv_compact(State(s): Srv, body: Bytes) -> Response {
+    gateway(&s.clone(), body, |r: CompactionRequest| async move {
+        let rev = s.compact(r.revision).await?;
+        Ok(CompactionResponse {
+            header: s.header(rev),
+        })
+    })
     .await
 }
 async fn lease_grant(State(s): Srv, body: Bytes) -> Response {
-    gateway(
-        s.node.is_learner(),
-        body,
-        |r: LeaseGrantRequest| async move {
-            let (id, ttl, rev) = s.lease_grant(r.ttl, r.id).await?;
-            Ok(LeaseGrantResponse {
-                header: s.header(rev),
-                id,
-                ttl,
-                error: String::new(),
-            })
-        },
-    )
+    gateway(&s.clone(), body, |r: LeaseGrantRequest| async move {
+        let (id, ttl, rev) = s.lease_grant(r.ttl, r.id).await?;
+        Ok(LeaseGrantResponse {
+            header: s.header(rev),
+            id,
+            ttl,
+            error: String::new(),
+        })
+    })
     .await
 }
 async fn lease_revoke(State(s): Srv, body: Bytes) -> Response {
-    gateway(
-        s.node.is_learner(),
-        body,
-        |r: LeaseRevokeRequest| async move {
-            let rev = s.lease_revoke(r.id).await?;
-            Ok(LeaseRevokeResponse {
-                header: s.header(rev),
-            })
-        },
-    )
+    gateway(&s.clone(), body, |r: LeaseRevokeRequest| async move {
+        let rev = s.lease_revoke(r.id).await?;
+        Ok(LeaseRevokeResponse {
+            header: s.header(rev),
+        })
+    })
     .await
 }
 async fn lease_ttl(State(s): Srv, body: Bytes) -> Response {
-    gateway(
-        s.node.is_learner(),
-        body,
-        |r: LeaseTimeToLiveRequest| async move {
-            let (ttl, granted_ttl, keys) = s.lease_ttl(r.id, r.keys)?;
-            Ok(LeaseTimeToLiveResponse {
-                header: s.header(s.store.published()),
-                id: r.id,
-                ttl,
-                granted_ttl,
-                keys,
-            })
-        },
-    )
+    gateway(&s.clone(), body, |r: LeaseTimeToLiveRequest| async move {
+        let (ttl, granted_ttl, keys) = s.lease_ttl(r.id, r.keys)?;
+        Ok(LeaseTimeToLiveResponse {
+            header: s.header(s.store.published()),
+            id: r.id,
+            ttl,
+            granted_ttl,
+            keys,
+        })
+    })
     .await
 }
 async fn lease_leases(State(s): Srv, body: Bytes) -> Response {
-    gateway(
-        s.node.is_learner(),
-        body,
-        |_: LeaseLeasesRequest| async move {
-            Ok(LeaseLeasesResponse {
-                header: s.header(s.store.published()),
-                leases: s
-                    .lease_ids()
-                    .into_iter()
-                    .map(|id| LeaseStatus { id })
-                    .collect(),
-            })
-        },
-    )
+    gateway(&s.clone(), body, |_: LeaseLeasesRequest| async move {
+        Ok(LeaseLeasesResponse {
+            header: s.header(s.store.published()),
+            leases: s
+                .lease_ids()
+                .into_iter()
+                .map(|id| LeaseStatus { id })
+                .collect(),
+        })
+    })
     .await
 }
 async fn lease_keepalive(State(s): Srv, body: Bytes) -> Response {
-    gateway(
-        s.node.is_learner(),
-        body,
-        |r: LeaseKeepAliveRequest| async move {
-            let ttl = s.lease_keepalive(r.id).await?;
-            let resp = LeaseKeepAliveResponse {
-                header: s.header(s.store.published()),
-                id: r.id,
-                ttl,
-            };
-            Ok(serde_json::json!({ "result": resp }))
-        },
-    )
+    gateway(&s.clone(), body, |r: LeaseKeepAliveRequest| async move {
+        let ttl = s.lease_keepalive(r.id).await?;
+        let resp = LeaseKeepAliveResponse {
+            header: s.header(s.store.published()),
+            id: r.id,
+            ttl,
+        };
+        Ok(serde_json::json!({ "result": resp }))
+    })
     .await
 }
 async fn member_list(State(s): Srv, body: Bytes) -> Response {
-    gateway(
-        s.node.is_learner(),
-        body,
-        |_: MemberListRequest| async move {
-            Ok(MemberListResponse {
-                header: s.header(s.store.published()),
-                members: s.members().await?,
-            })
-        },
-    )
+    gateway(&s.clone(), body, |_: MemberListRequest| async move {
+        Ok(MemberListResponse {
+            header: s.header(s.store.published()),
+            members: s.members().await?,
+        })
+    })
     .await
 }
 async fn maint_status(State(s): Srv, body: Bytes) -> Response {
-    gateway(s.node.is_learner(), body, |_: StatusRequest| async move {
+    gateway(&s.clone(), body, |_: StatusRequest| async move {
         Services(s).status().await
     })
     .await
@@ -230,6 +196,9 @@ async fn maint_status(State(s): Srv, body: Bytes) -> Response {
 /// POST /v3/watch: the body holds one or more WatchRequest objects; the answer is a stream of
 /// `{"result": WatchResponse}` lines until the client hangs up.
 async fn watch(State(s): Srv, body: Bytes) -> Response {
+    if let Err(e) = s.refuse_on_learner() {
+        return e.into_response();
+    }
     let mut reqs = Vec::new();
     for item in serde_json::Deserializer::from_slice(&body).into_iter::<WatchRequest>() {
         match item {

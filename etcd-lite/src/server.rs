@@ -583,7 +583,17 @@ impl EtcdServer {
     /// Like etcd, a learner answers only Status and serializable reads: it is not a voter,
     /// so it cannot confirm what is linearizable, and clients are meant to use the voters.
     pub fn refuse_on_learner(&self) -> Result<()> {
-        if self.node.is_learner() {
+        self.admit(&())
+    }
+
+    /// etcd's rule for learners, for every API (gRPC, the JSON gateway, its watch): a learner
+    /// serves Status and serializable ranges only, and refuses the rest with etcd's error.
+    pub fn admit(&self, req: &dyn std::any::Any) -> Result<()> {
+        let served_by_learners = req.is::<etcd_api::etcdserverpb::StatusRequest>()
+            || req
+                .downcast_ref::<RangeRequest>()
+                .is_some_and(|r| r.serializable);
+        if self.node.is_learner() && !served_by_learners {
             return Err(EtcdError::NotSupportedForLearner);
         }
         Ok(())

@@ -752,6 +752,20 @@ fn learners_catch_up_and_are_promoted() {
     assert!(body.contains("\"value\":\"eA==\""), "{body}");
     let (code, body, _) = post("/v3/maintenance/status", "{}");
     assert_eq!(code, 200, "{body}");
+    // Watches, too, as over gRPC (the gateway served them). etcdctl's watch retries the
+    // error (Unavailable) for ever, so only the gateway is asked here.
+    let (code, body, _) = learner.curl(
+        &[
+            "-XPOST",
+            "-m",
+            "5",
+            "-d",
+            r#"{"create_request":{"key":"bDA=","start_revision":1}}"#,
+        ],
+        "/v3/watch",
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("rpc not supported for learner"), "{body}");
 
     // Promoting a voter, or nobody: etcd's errors.
     let leader = c.leader();

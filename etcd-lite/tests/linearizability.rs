@@ -15,6 +15,7 @@ use etcd_api::etcdserverpb::{
 };
 use rand::{Rng, SeedableRng};
 use test_support::linearizability::{check, Event, Op, Ret};
+use test_support::netcluster::NetCluster;
 use test_support::{require_tool, start_cluster, EtcdLite};
 
 const BIN: &str = env!("CARGO_BIN_EXE_etcd-lite");
@@ -33,6 +34,10 @@ fn seed() -> u64 {
     }
 }
 
+/// How long a set of keys is used before the clients move on to fresh ones: each key's history
+/// stays short, so its check stays tractable however long the run.
+const EPOCH: Duration = Duration::from_secs(5);
+
 fn key(k: u64) -> Vec<u8> {
     format!("lin/{k}").into_bytes()
 }
@@ -41,7 +46,16 @@ fn value_of(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-async fn client(id: usize, endpoint: String, seed: u64, start: Instant) -> Vec<Event> {
+/// One client's closed loop of random operations on the current epoch's keys, until `run_for`
+/// has passed since `start` or it made `max_ops` operations.
+async fn client(
+    id: usize,
+    endpoint: String,
+    seed: u64,
+    start: Instant,
+    run_for: Duration,
+    max_ops: usize,
+) -> Vec<Event> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9E37_79B9));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
         .expect("endpoint")
@@ -50,19 +64,20 @@ async fn client(id: usize, endpoint: String, seed: u64, start: Instant) -> Vec<E
     let mut kv = KvClient::new(channel);
     let now = || start.elapsed().as_micros() as u64;
     let mut history = Vec::new();
-    let mut last_seen: Vec<Option<u64>> = vec![None; KEYS as usize];
-    for n in 0..OPS_PER_CLIENT {
-        if start.elapsed() > RUN_FOR {
+    let mut last_seen: std::collections::HashMap<u64, Option<u64>> = Default::default();
+    for n in 0..max_ops {
+        if start.elapsed() > run_for {
             break;
         }
-        let k = rng.gen_range(0..KEYS);
+        let epoch = (start.elapsed().as_millis() / EPOCH.as_millis()) as u64;
+        let k = epoch * KEYS + rng.gen_range(0..KEYS);
         let unique = (id as u64 + 1) * 1_000_000 + n as u64;
         let roll: u32 = rng.gen_range(0..100);
         let op = match roll {
             0..=39 => Op::Get,
             40..=69 => Op::Put(unique),
             70..=89 => Op::Cas {
-                expect: last_seen[k as usize],
+                expect: last_seen.get(&k).copied().flatten(),
                 new: unique,
             },
             _ => Op::Delete,
@@ -82,7 +97,7 @@ async fn client(id: usize, endpoint: String, seed: u64, start: Instant) -> Vec<E
                             .kvs
                             .first()
                             .and_then(|kv| value_of(&kv.value));
-                        last_seen[k as usize] = v;
+                        last_seen.insert(k, v);
                         Ret::Value(v)
                     }
                     Err(_) => Ret::Unknown,
@@ -237,6 +252,8 @@ fn histories_under_kills_and_pauses_are_linearizable() {
                     endpoints[i % endpoints.len()].clone(),
                     seed,
                     start,
+                    RUN_FOR,
+                    OPS_PER_CLIENT,
                 ))
             })
             .collect();
@@ -260,5 +277,288 @@ fn histories_under_kills_and_pauses_are_linearizable() {
     assert!(!fault_log.is_empty(), "no fault was injected");
     if let Err(e) = check(&history) {
         panic!("history is not linearizable (seed {seed}; replay with LINEARIZABILITY_SEED={seed}):\n{e}");
+    }
+}
+
+/// The chaos run's length: `CHAOS_MINUTES` (fractions allowed), 45 s by default (`make test`);
+/// `make chaos MINUTES=30` runs long.
+fn chaos_length() -> Duration {
+    match std::env::var("CHAOS_MINUTES") {
+        Ok(m) => {
+            Duration::from_secs_f64(m.parse::<f64>().expect("CHAOS_MINUTES is a number") * 60.0)
+        }
+        Err(_) => Duration::from_secs(45),
+    }
+}
+
+/// What the fault schedule did, and when each member was out (kill -9 until it serves again,
+/// frozen, cut off, or out of disk), in microseconds since the start.
+#[derive(Default)]
+struct FaultLog {
+    done: Vec<String>,
+    out: Vec<(usize, u64, u64)>,
+}
+
+impl FaultLog {
+    fn record(&mut self, what: String, member: usize, from: u64, to: u64) {
+        self.done.push(what);
+        self.out.push((member, from, to));
+    }
+
+    /// The times during which at least two of three members were out (no majority).
+    fn no_majority(&self) -> Vec<(u64, u64)> {
+        let mut points: Vec<(u64, i32)> = Vec::new();
+        for &(_, a, b) in &self.out {
+            points.push((a, 1));
+            points.push((b, -1));
+        }
+        points.sort();
+        let (mut depth, mut since, mut spans) = (0, 0, Vec::new());
+        for (t, d) in points {
+            if depth < 2 && depth + d >= 2 {
+                since = t;
+            } else if depth >= 2 && depth + d < 2 {
+                spans.push((since, t));
+            }
+            depth += d;
+        }
+        spans
+    }
+}
+
+/// The longest time in `[from, to]` with no answered write while a majority was up: gaps
+/// between answered writes, less the parts of them without a majority. (length, start), in µs.
+fn longest_unavailability(history: &[Event], faults: &FaultLog, from: u64, to: u64) -> (u64, u64) {
+    let mut done: Vec<u64> = history
+        .iter()
+        .filter(|e| !matches!(e.op, Op::Get) && e.ret != Ret::Unknown)
+        .map(|e| e.done)
+        .collect();
+    done.push(from);
+    done.push(to);
+    done.sort_unstable();
+    let no_majority = faults.no_majority();
+    let mut worst = (0, 0);
+    for w in done.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let excused: u64 = no_majority
+            .iter()
+            .map(|&(x, y)| y.min(b).saturating_sub(x.max(a)))
+            .sum();
+        let gap = (b - a).saturating_sub(excused);
+        if gap > worst.0 {
+            worst = (gap, a);
+        }
+    }
+    worst
+}
+
+/// Sleeps a random time in `range` (milliseconds).
+fn pause(rng: &mut rand::rngs::StdRng, range: std::ops::Range<u64>) {
+    std::thread::sleep(Duration::from_millis(rng.gen_range(range)));
+}
+
+/// Starts member `i` again and waits until it answers (the end of its outage).
+fn bring_back(c: &mut NetCluster, i: usize) {
+    c.spawn(i);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.status(i).is_none() {
+        assert!(
+            c.running(i),
+            "m{i} exited on restart; its log:\n{}",
+            c.log(i)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "m{i} did not serve within 30 s of its restart; its log:\n{}",
+            c.log(i)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A steady client load against 3 members in network namespaces while a seeded schedule
+/// injects faults back to back: kill -9 of the leader or of a follower with fast and slow
+/// restarts, a restart followed at once by the kill of the new leader, SIGSTOP, a member cut
+/// off the network, a member whose disk fills up. At the end: the history is linearizable,
+/// every replica has the same revision and HashKV, and the longest time without an answered
+/// write while a majority was up is printed.
+///
+/// `CHAOS_SEED=<seed> CHAOS_MINUTES=<m> cargo test --release -p etcd-lite --test
+/// linearizability chaos -- --nocapture` (or `make chaos SEED=.. MINUTES=..`) replays a seed's
+/// schedule or runs long.
+#[test]
+fn chaos_keeps_histories_linearizable_and_replicas_identical() {
+    use nix::sched::{setns, CloneFlags};
+    let seed = match std::env::var("CHAOS_SEED") {
+        Ok(s) => s.parse().expect("CHAOS_SEED is a number"),
+        Err(_) => seed(),
+    };
+    let length = chaos_length();
+    eprintln!("chaos seed: {seed}, {length:?} (CHAOS_SEED={seed} replays the schedule)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut c = NetCluster::network(BIN, 3, 218);
+    let disk_member = rng.gen_range(0..3);
+    c.small_disk(disk_member, 1 << 30);
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.leader_index(Duration::from_secs(20));
+    let endpoints: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| format!("{}:2379", m.addr))
+        .collect();
+
+    let start = Instant::now();
+    let now = move || start.elapsed().as_micros() as u64;
+    // The clients live in the hub's network namespace, where every member is reachable.
+    let hub = std::fs::File::open(c.hub_path()).expect("opening the hub namespace");
+    let clients = std::thread::spawn(move || {
+        setns(&hub, CloneFlags::CLONE_NEWNET).expect("joining the hub namespace");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..CLIENTS)
+                .map(|i| {
+                    tokio::spawn(client(
+                        i,
+                        endpoints[i % endpoints.len()].clone(),
+                        seed,
+                        start,
+                        length,
+                        usize::MAX,
+                    ))
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.expect("client task"));
+            }
+            all
+        })
+    });
+
+    let mut faults = FaultLog::default();
+    while start.elapsed() + Duration::from_secs(3) < length {
+        pause(&mut rng, 300..1500);
+        let leader = c.leader_now();
+        let any = rng.gen_range(0..3);
+        match rng.gen_range(0..6) {
+            0 => {
+                let i = leader.unwrap_or(any);
+                let from = now();
+                c.kill9(i);
+                pause(&mut rng, 0..1500);
+                bring_back(&mut c, i);
+                faults.record(
+                    format!("kill -9 m{i} (leader: {})", leader == Some(i)),
+                    i,
+                    from,
+                    now(),
+                );
+            }
+            1 => {
+                let i = (leader.unwrap_or(any) + 1 + rng.gen_range(0..2)) % 3;
+                let from = now();
+                c.kill9(i);
+                // A restart that takes seconds (a slow disk, a supervisor's back-off).
+                pause(&mut rng, 1000..4000);
+                bring_back(&mut c, i);
+                faults.record(format!("kill -9 m{i}, slow restart"), i, from, now());
+            }
+            2 => {
+                // The failover benchmark's round: the restarted member must take part in the
+                // very next election.
+                let i = leader.unwrap_or(any);
+                let from = now();
+                c.kill9(i);
+                bring_back(&mut c, i);
+                faults.record(format!("kill -9 m{i}, restart"), i, from, now());
+                if let Some(j) = c.leader_now().filter(|j| *j != i) {
+                    let from = now();
+                    c.kill9(j);
+                    pause(&mut rng, 0..1000);
+                    bring_back(&mut c, j);
+                    faults.record(format!("then kill -9 the new leader m{j}"), j, from, now());
+                }
+            }
+            3 => {
+                let from = now();
+                c.signal(any, "STOP");
+                pause(&mut rng, 500..3000);
+                c.signal(any, "CONT");
+                faults.record(format!("SIGSTOP m{any}"), any, from, now());
+            }
+            4 => {
+                let from = now();
+                c.cut(any);
+                pause(&mut rng, 1000..3000);
+                c.heal(any);
+                faults.record(format!("partition m{any}"), any, from, now());
+            }
+            _ => {
+                let i = disk_member;
+                let from = now();
+                c.fill_disk(i);
+                pause(&mut rng, 500..2000);
+                c.free_disk(i);
+                // A member may stop on a failed write (it cannot know what is durable); it is
+                // restarted like any crashed member.
+                let died = !c.running(i);
+                if died {
+                    bring_back(&mut c, i);
+                }
+                faults.record(
+                    format!("disk of m{i} full (stopped: {died})"),
+                    i,
+                    from,
+                    now(),
+                );
+            }
+        }
+    }
+    let history = clients.join().expect("client thread");
+    // The clients invoke nothing after `length`.
+    let end = (length.as_micros() as u64).min(now());
+
+    // Every replica ends identical: same revision, same hash of the whole key space.
+    let mut views = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        views = (0..3).map(|i| c.hashkv(i)).collect();
+        if views.iter().all(|v| v.is_some() && *v == views[0]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let answered = history.iter().filter(|e| e.ret != Ret::Unknown).count();
+    let (gap, at) = longest_unavailability(&history, &faults, 0, end);
+    eprintln!(
+        "chaos: {} operations ({answered} answered), {} faults, longest time without an \
+         answered write while a majority was up: {:.2} s (from {:.1} s); replicas (hash, \
+         revision): {views:?}\nfaults: {}",
+        history.len(),
+        faults.done.len(),
+        gap as f64 / 1e6,
+        at as f64 / 1e6,
+        faults.done.join(", ")
+    );
+    assert!(
+        views.iter().all(|v| v.is_some() && *v == views[0]),
+        "replicas diverged (seed {seed}): {views:?}\nlogs:\n{}\n{}\n{}",
+        c.log(0),
+        c.log(1),
+        c.log(2)
+    );
+    assert!(
+        answered > 200,
+        "too few operations answered to mean anything: {answered}"
+    );
+    assert!(faults.done.len() >= 3, "too few faults: {:?}", faults.done);
+    if let Err(e) = check(&history) {
+        panic!("history is not linearizable (seed {seed}; replay with CHAOS_SEED={seed}):\n{e}");
     }
 }

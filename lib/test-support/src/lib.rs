@@ -4,10 +4,12 @@
 //! fails.
 //!
 //! Tools the tests need are installed by `make deps`; a missing tool is a loud failure, never a
-//! skip. [`vm`] boots qemu nodes (the image tests) on a private network; [`linearizability`]
-//! checks key-value histories.
+//! skip. [`vm`] boots qemu nodes (the image tests) on a private network; [`netcluster`] runs
+//! members in network namespaces of their own (partitions, faults); [`linearizability`] checks
+//! key-value histories.
 
 pub mod linearizability;
+pub mod netcluster;
 pub mod pki;
 pub mod vm;
 
