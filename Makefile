@@ -1,5 +1,5 @@
 # corelite: one-line targets; logic lives in scripts/ and Rust.
-.PHONY: deps build dist image test lint bench demo demo-down clean
+.PHONY: deps build dist image test lint bench chaos demo demo-down clean
 
 deps:
 	./scripts/deps.sh
@@ -10,6 +10,14 @@ build: deps
 # The image tests boot target/image, so the image is built (or refreshed) first.
 test: deps image
 	cargo test --workspace --release -- --test-threads=4
+
+# The chaos test (faults under load, linearizability, identical replicas), long:
+# make chaos MINUTES=30 [SEED=n]. `make test` runs it for 45 s with a random seed.
+MINUTES ?= 30
+SEED ?=
+chaos: deps
+	CHAOS_MINUTES=$(MINUTES) CHAOS_SEED=$(SEED) cargo test --release -p etcd-lite \
+		--test linearizability chaos -- --nocapture
 
 lint:
 	cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings

@@ -200,6 +200,9 @@ async fn main() -> anyhow::Result<()> {
                 server.member.id,
                 server.node.clone(),
                 server.registry.clone(),
+                etcd_lite::consensus::transport::max_peer_message(
+                    server.limits.quota_backend_bytes,
+                ),
             );
             let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {

@@ -412,6 +412,32 @@ fn bad_input_on_the_peer_port_is_refused_without_harm() {
         ],
     );
     m.ok(&["put", "before", "1"]);
+    // A message that says it is 4 GiB long (over the default quota's bound) is refused from
+    // its length alone: nobody reaching the port can make the member buffer that much.
+    let frame = m.dir.path().join("huge-frame");
+    std::fs::write(&frame, [0u8, 0xff, 0xff, 0xff, 0xff]).expect("writing the frame");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("--data-binary")
+        .arg(format!("@{}", frame.display()))
+        .arg(format!("{peer}/raftpeer.Peer/Send"))
+        .output()
+        .expect("running curl");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("grpc-status: 11") && answer.contains("too%20large"),
+        "expected OutOfRange, got: {answer}"
+    );
     let status = m.ok(&["endpoint", "status", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&status).expect("json");
     let me = v[0]["Status"]["header"]["member_id"].as_u64().expect("id");

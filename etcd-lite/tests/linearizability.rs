@@ -284,10 +284,10 @@ fn histories_under_kills_and_pauses_are_linearizable() {
 /// `make chaos MINUTES=30` runs long.
 fn chaos_length() -> Duration {
     match std::env::var("CHAOS_MINUTES") {
-        Ok(m) => {
+        Ok(m) if !m.is_empty() => {
             Duration::from_secs_f64(m.parse::<f64>().expect("CHAOS_MINUTES is a number") * 60.0)
         }
-        Err(_) => Duration::from_secs(45),
+        _ => Duration::from_secs(45),
     }
 }
 
@@ -391,8 +391,8 @@ fn bring_back(c: &mut NetCluster, i: usize) {
 fn chaos_keeps_histories_linearizable_and_replicas_identical() {
     use nix::sched::{setns, CloneFlags};
     let seed = match std::env::var("CHAOS_SEED") {
-        Ok(s) => s.parse().expect("CHAOS_SEED is a number"),
-        Err(_) => seed(),
+        Ok(s) if !s.is_empty() => s.parse().expect("CHAOS_SEED is a number"),
+        _ => seed(),
     };
     let length = chaos_length();
     eprintln!("chaos seed: {seed}, {length:?} (CHAOS_SEED={seed} replays the schedule)");

@@ -166,7 +166,8 @@ async fn run(
 struct Server {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    peer: u16,
+    dir: tempfile::TempDir,
     startup: Duration,
 }
 
@@ -187,6 +188,29 @@ fn free_port() -> Result<u16> {
 async fn start(bin: &Path, lite: bool) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let (port, peer) = (free_port()?, free_port()?);
+    spawn(bin, lite, dir, port, peer).await
+}
+
+/// kill -9 the server, start it again on its data, and measure the time until its first
+/// successful Range.
+async fn restart(bin: &Path, lite: bool, server: Server) -> Result<Server> {
+    let mut server = server;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (port, peer) = (server.port, server.peer);
+    // The old server's Drop kills a process that is gone already.
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir()?);
+    drop(server);
+    spawn(bin, lite, dir, port, peer).await
+}
+
+async fn spawn(
+    bin: &Path,
+    lite: bool,
+    dir: tempfile::TempDir,
+    port: u16,
+    peer: u16,
+) -> Result<Server> {
     let client = format!("http://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut cmd = Command::new(bin);
@@ -217,13 +241,14 @@ async fn start(bin: &Path, lite: bool) -> Result<Server> {
     let mut server = Server {
         child,
         port,
-        _dir: dir,
+        peer,
+        dir,
         startup: Duration::ZERO,
     };
-    let deadline = t0 + Duration::from_secs(30);
+    let deadline = t0 + Duration::from_secs(60);
     loop {
         if Instant::now() > deadline {
-            bail!("{} did not serve within 30 s", bin.display());
+            bail!("{} did not serve within 60 s", bin.display());
         }
         if let Ok(ch) = Channel::from_shared(client.clone())?.connect().await {
             if KvClient::new(ch)
@@ -296,6 +321,16 @@ async fn measure(bin: &Path, lite: bool, scale: f64) -> Result<Vec<Metric>> {
     out.push((
         "RSS after 100k keys (MiB)".to_string(),
         rss_mib(srv.child.id()),
+        false,
+    ));
+    // A crash with those keys (and their write-ahead log) on disk: back to serving.
+    let srv = restart(bin, lite, srv).await?;
+    out.push((
+        format!(
+            "restart after kill -9 with {}k keys, to first request (ms)",
+            s(100_000) / 1000
+        ),
+        srv.startup.as_secs_f64() * 1000.0,
         false,
     ));
     Ok(out)

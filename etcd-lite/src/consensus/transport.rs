@@ -269,15 +269,37 @@ pub struct PeerService<O> {
     registry: Registry,
 }
 
+/// The largest message the peer port decodes when the backend quota is small (etcd's rafthttp
+/// refuses messages over 512 MiB the same way).
+pub const MIN_PEER_MESSAGE: usize = 512 << 20;
+
+/// The largest message the peer port decodes for a member whose backend may hold
+/// `quota_bytes`: a whole-state snapshot arrives in one message and must fit.
+pub fn max_peer_message(quota_bytes: u64) -> usize {
+    let snapshot = quota_bytes.saturating_add(64 << 20);
+    usize::try_from(snapshot)
+        .unwrap_or(usize::MAX)
+        .max(MIN_PEER_MESSAGE)
+}
+
 impl<O: Send + 'static> PeerService<O> {
-    pub fn server(cluster_id: u64, me: u64, node: Node<O>, registry: Registry) -> PeerServer<Self> {
+    /// The service; a message over `max_message` bytes is refused before it is decoded (see
+    /// [`max_peer_message`]), so anyone reaching the port cannot make the member allocate
+    /// without bound.
+    pub fn server(
+        cluster_id: u64,
+        me: u64,
+        node: Node<O>,
+        registry: Registry,
+        max_message: usize,
+    ) -> PeerServer<Self> {
         PeerServer::new(PeerService {
             cluster_id,
             me,
             node,
             registry,
         })
-        .max_decoding_message_size(usize::MAX)
+        .max_decoding_message_size(max_message)
     }
 }
 
