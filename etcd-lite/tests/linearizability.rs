@@ -442,8 +442,21 @@ fn chaos_keeps_histories_linearizable_and_replicas_identical() {
     });
 
     let mut faults = FaultLog::default();
+    let mut compacted = Instant::now();
+    let mut compactions = 0;
     while start.elapsed() + Duration::from_secs(3) < length {
         pause(&mut rng, 300..1500);
+        // Compact as a real cluster does, so that a long run's store (and the small disk)
+        // does not fill up with history; the clients only read the newest values.
+        if compacted.elapsed() > Duration::from_secs(10) {
+            if let Some(rev) = (0..3).find_map(|i| c.revision(i)) {
+                let to = rev.saturating_sub(1000).max(1).to_string();
+                if c.etcdctl(&[0, 1, 2], &["compact", &to]).status.success() {
+                    compactions += 1;
+                }
+            }
+            compacted = Instant::now();
+        }
         let leader = c.leader_now();
         let any = rng.gen_range(0..3);
         match rng.gen_range(0..6) {
@@ -537,9 +550,9 @@ fn chaos_keeps_histories_linearizable_and_replicas_identical() {
     let answered = history.iter().filter(|e| e.ret != Ret::Unknown).count();
     let (gap, at) = longest_unavailability(&history, &faults, 0, end);
     eprintln!(
-        "chaos: {} operations ({answered} answered), {} faults, longest time without an \
-         answered write while a majority was up: {:.2} s (from {:.1} s); replicas (hash, \
-         revision): {views:?}\nfaults: {}",
+        "chaos: {} operations ({answered} answered), {} faults, {compactions} compactions, \
+         longest time without an answered write while a majority was up: {:.2} s (from {:.1} \
+         s); replicas (hash, revision): {views:?}\nfaults: {}",
         history.len(),
         faults.done.len(),
         gap as f64 / 1e6,
@@ -548,7 +561,15 @@ fn chaos_keeps_histories_linearizable_and_replicas_identical() {
     );
     assert!(
         views.iter().all(|v| v.is_some() && *v == views[0]),
-        "replicas diverged (seed {seed}): {views:?}\nlogs:\n{}\n{}\n{}",
+        "replicas diverged (seed {seed}): {views:?}\nstatus:\n{}\nlogs:\n{}\n{}\n{}",
+        (0..3)
+            .map(|i| String::from_utf8_lossy(
+                &c.etcdctl_inside(i, &["endpoint", "status", "-w", "json"])
+                    .stdout
+            )
+            .into_owned())
+            .collect::<Vec<_>>()
+            .join(""),
         c.log(0),
         c.log(1),
         c.log(2)

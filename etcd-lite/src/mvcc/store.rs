@@ -729,10 +729,16 @@ impl MvccStore {
             .map(|c| (c.rev.to_key(c.tombstone).to_vec(), None))
             .collect();
         changes.push((META_COMPACTED.to_vec(), Some(at.to_be_bytes().to_vec())));
-        self.db.apply_batch(to_batch(&changes))?;
+        // The log first, synced: sled writes its own files as its buffers fill, so a batch
+        // given to sled may be on disk after a crash even though sled was never flushed. Were
+        // the compaction's removals there but not in the log, the replay at restart would put
+        // the removed revisions back from older records while the compaction itself counted as
+        // done, and this member's history would differ from the others' for good.
         if let Some(w) = self.wal.lock().as_mut() {
             w.append(&changes);
+            w.sync()?;
         }
+        self.db.apply_batch(to_batch(&changes))?;
         st.compacted = at;
         Ok(())
     }

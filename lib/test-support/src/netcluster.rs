@@ -320,6 +320,13 @@ impl NetCluster {
         ))
     }
 
+    /// Member `i`'s current revision, if it answers.
+    pub fn revision(&self, i: usize) -> Option<u64> {
+        let out = self.etcdctl_inside(i, &["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v[0]["Status"]["header"]["revision"].as_u64()
+    }
+
     /// Member `i`'s (HashKV hash, revision) at its current revision, if it answers.
     pub fn hashkv(&self, i: usize) -> Option<(u64, u64)> {
         let out = self.etcdctl_inside(i, &["endpoint", "hashkv", "-w", "json"]);
