@@ -104,6 +104,11 @@ pub struct Config {
     /// (0: etcd's default, 2 GiB).
     #[arg(long, default_value_t = 0, env = "ETCD_QUOTA_BACKEND_BYTES")]
     pub quota_backend_bytes: u64,
+    /// Bytes that Range answers being built or sent may hold at once. A Range that would go
+    /// past it gets etcd's "too many requests" (ResourceExhausted) instead of memory the
+    /// machine may not have; one answer larger than all of it is served when it is alone.
+    #[arg(long, default_value_t = crate::server::DEFAULT_INFLIGHT_READ_BYTES, env = "ETCD_MAX_INFLIGHT_READ_BYTES")]
+    pub max_inflight_read_bytes: usize,
     /// Interval of watch progress notifications, in seconds.
     #[arg(long, default_value_t = 600)]
     pub watch_progress_notify_interval: u64,
@@ -417,6 +422,7 @@ impl Config {
             progress_interval: std::time::Duration::from_secs(
                 self.watch_progress_notify_interval.max(1),
             ),
+            max_inflight_read_bytes: self.max_inflight_read_bytes,
         }
     }
 }

@@ -57,6 +57,8 @@ pub enum EtcdError {
     LeaderTransferTimeout,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
 }
@@ -110,7 +112,7 @@ impl EtcdError {
             | EtcdError::NotLearner
             | EtcdError::LearnerNotReady => Code::FailedPrecondition,
             EtcdError::LeaderTransferTimeout => Code::DeadlineExceeded,
-            EtcdError::NoSpace => Code::ResourceExhausted,
+            EtcdError::NoSpace | EtcdError::TooManyRequests => Code::ResourceExhausted,
             EtcdError::Unsupported(_) => Code::Unimplemented,
             EtcdError::Stopped
             | EtcdError::NoLeader

@@ -15,6 +15,7 @@ use etcd_api::etcdserverpb::{
     *,
 };
 use futures::{Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -396,5 +397,132 @@ impl Maintenance for Services {
         Ok(Response::new(MoveLeaderResponse {
             header: self.0.header(self.0.store.published()),
         }))
+    }
+}
+
+/// Bytes of a Range answer handed to HTTP/2 at a time: the answer is sent in slices of its one
+/// buffer, so the connection's flow control paces it and nothing is copied.
+const ANSWER_SLICE: usize = 1 << 20;
+/// A gRPC message's frame header: compression flag and big-endian length.
+const FRAME_HEADER: usize = 5;
+
+/// `/etcdserverpb.KV/Range`, served before tonic's codec sees it: the answer is encoded once,
+/// at its exact size, straight from the stored records (see [`crate::mvcc::answer`]) and sent
+/// from that buffer, which holds its share of the read budget until it is sent. The rules are
+/// the other methods' (learners, deadlines, etcd's errors).
+pub async fn range_route(
+    axum::extract::State(s): axum::extract::State<Arc<EtcdServer>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    match range_call(&s, req).await {
+        Ok(resp) => resp,
+        Err(status) => status.into_http().map(axum::body::Body::new),
+    }
+}
+
+async fn range_call(
+    s: &EtcdServer,
+    req: axum::extract::Request,
+) -> Result<axum::response::Response, Status> {
+    if let Some(enc) = req.headers().get("grpc-encoding") {
+        if enc.as_bytes() != b"identity" {
+            return Err(Status::unimplemented(format!(
+                "Content is compressed with `{}` which isn't supported",
+                String::from_utf8_lossy(enc.as_bytes())
+            )));
+        }
+    }
+    let max = s.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let body = axum::body::to_bytes(req.into_body(), max + FRAME_HEADER)
+        .await
+        .map_err(|e| Status::out_of_range(format!("reading the request: {e}")))?;
+    let request = RangeRequest::decode(unary_message(&body)?)
+        .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
+    s.admit(&request)?;
+    let answer = s.range_encoded(&request, FRAME_HEADER).await?;
+    let mut bytes = answer.bytes;
+    let len = u32::try_from(bytes.len() - FRAME_HEADER).map_err(|_| {
+        Status::resource_exhausted("etcdserver: range answer is larger than gRPC can send (4 GiB)")
+    })?;
+    bytes[1..FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
+    let mut trailers = axum::http::HeaderMap::new();
+    trailers.insert("grpc-status", axum::http::HeaderValue::from_static("0"));
+    let body = Answer {
+        data: bytes.into(),
+        sent: 0,
+        trailers: Some(trailers),
+        _permit: answer.permit,
+    };
+    axum::response::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(axum::body::Body::new(body))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+/// The one message of a unary call's body.
+fn unary_message(body: &[u8]) -> Result<&[u8], Status> {
+    let Some((head, msg)) = body.split_first_chunk::<FRAME_HEADER>() else {
+        return Err(Status::internal("Missing request message."));
+    };
+    match head[0] {
+        0 => {}
+        1 => {
+            return Err(Status::internal(
+                "protocol error: received a compressed message without grpc-encoding",
+            ))
+        }
+        f => {
+            return Err(Status::internal(format!(
+                "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1)"
+            )))
+        }
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if msg.len() != len {
+        return Err(Status::internal(format!(
+            "protocol error: a unary request must be one message of {len} bytes, got {} bytes",
+            msg.len()
+        )));
+    }
+    Ok(msg)
+}
+
+/// A unary gRPC answer: the message in slices, then `grpc-status: 0`.
+struct Answer {
+    data: axum::body::Bytes,
+    sent: usize,
+    trailers: Option<axum::http::HeaderMap>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.sent < this.data.len() {
+            let end = (this.sent + ANSWER_SLICE).min(this.data.len());
+            let slice = this.data.slice(this.sent..end);
+            this.sent = end;
+            if end == this.data.len() {
+                // HTTP/2 holds the slices until they are written; let go of ours.
+                this.data = axum::body::Bytes::new();
+                this.sent = 0;
+            }
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))));
+        }
+        std::task::Poll::Ready(
+            this.trailers
+                .take()
+                .map(|t| Ok(hyper::body::Frame::trailers(t))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.data.len() && self.trailers.is_none()
     }
 }

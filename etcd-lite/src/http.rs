@@ -81,11 +81,102 @@ where
     }
 }
 
+/// Answers of up to this many keys are sent whole; longer ones are streamed.
+const STREAM_FROM_KEYS: usize = 1000;
+/// Keys per streamed piece of a long answer.
+const STREAM_KEYS: usize = 256;
+
+/// A Range in the gateway's JSON. A long answer is streamed: its keys are chosen at one
+/// revision, then read and written a few hundred at a time, so a read of everything holds
+/// only a piece of its answer. The bytes are those of the whole answer. Should a compaction
+/// drop a revision the stream has not reached, the answer ends early with an error (the
+/// client sees a broken transfer, never a short answer that looks whole).
 async fn kv_range(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |r: RangeRequest| async move {
-        s.range(&r).await
-    })
-    .await
+    let req = match parse::<RangeRequest>(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Err(e) = s.admit(&req) {
+        return e.into_response();
+    }
+    let (plan, header) = match s.range_plan(&req).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if plan.revs.len() <= STREAM_FROM_KEYS {
+        let kvs = plan
+            .revs
+            .iter()
+            .map(|rev| range_kv(&s, *rev, plan.keys_only));
+        return match kvs.collect::<Result<Vec<_>, _>>() {
+            Ok(kvs) => json(
+                200,
+                &RangeResponse {
+                    header: Some(header),
+                    kvs,
+                    more: plan.more,
+                    count: plan.count,
+                },
+            ),
+            Err(e) => e.into_response(),
+        };
+    }
+    let (head, tail) = range_json_ends(&header, plan.more, plan.count);
+    let (keys_only, revs) = (plan.keys_only, Arc::new(plan.revs));
+    let pieces = futures::stream::iter((0..revs.len()).step_by(STREAM_KEYS)).map(move |at| {
+        let mut piece = Vec::new();
+        for (i, rev) in revs[at..(at + STREAM_KEYS).min(revs.len())]
+            .iter()
+            .enumerate()
+        {
+            let kv = range_kv(&s, *rev, keys_only).map_err(|e| {
+                tracing::info!(error = %e, "a streamed range ended early");
+                std::io::Error::other(e)
+            })?;
+            if at + i > 0 {
+                piece.push(b',');
+            }
+            serde_json::to_writer(&mut piece, &kv).map_err(std::io::Error::other)?;
+        }
+        Ok::<_, std::io::Error>(Bytes::from(piece))
+    });
+    let stream = futures::stream::once(async move { Ok(head) })
+        .chain(pieces)
+        .chain(futures::stream::once(async move { Ok(tail) }));
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn range_kv(
+    s: &EtcdServer,
+    rev: crate::mvcc::Revision,
+    keys_only: bool,
+) -> Result<etcd_api::mvccpb::KeyValue, EtcdError> {
+    let mut kv = s.store.kv_at(rev)?;
+    if keys_only {
+        kv.value.clear();
+    }
+    Ok(kv)
+}
+
+/// What a streamed Range answer in JSON starts and ends with, around its keys: the fields
+/// pbjson writes for a `RangeResponse` with keys, in its order and form.
+fn range_json_ends(header: &ResponseHeader, more: bool, count: i64) -> (Bytes, Bytes) {
+    let mut head = br#"{"header":"#.to_vec();
+    head.extend(serde_json::to_vec(header).unwrap_or_default());
+    head.extend(br#","kvs":["#);
+    let mut tail = b"]".to_vec();
+    if more {
+        tail.extend(br#","more":true"#);
+    }
+    if count != 0 {
+        tail.extend(format!(r#","count":"{count}""#).bytes());
+    }
+    tail.push(b'}');
+    (head.into(), tail.into())
 }
 async fn kv_put(State(s): Srv, body: Bytes) -> Response {
     gateway(
@@ -321,8 +412,63 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
     let r = crate::http_v2::routes(r);
     let grpc = Services::routes(server.clone())
         .into_axum_router()
+        .route(
+            "/etcdserverpb.KV/Range",
+            post(crate::grpc::range_route).with_state(server.clone()),
+        )
         .layer(axum::middleware::from_fn(crate::deadline::grpc_deadline));
     r.layer(DefaultBodyLimit::max(limit))
         .with_state(server)
         .merge(grpc)
+}
+
+#[cfg(test)]
+mod tests {
+    use etcd_api::mvccpb::KeyValue;
+
+    use super::*;
+
+    #[test]
+    fn a_streamed_range_is_the_json_of_the_whole_answer() {
+        let header = ResponseHeader {
+            cluster_id: u64::MAX,
+            member_id: 3,
+            revision: 77,
+            raft_term: 0,
+        };
+        let kv = |i: i64| KeyValue {
+            key: format!("key/{i}").into_bytes(),
+            create_revision: i,
+            mod_revision: i + 1,
+            version: i % 3,
+            value: if i % 2 == 0 {
+                vec![0xff; i as usize]
+            } else {
+                vec![]
+            },
+            lease: i * 1000,
+        };
+        for (n, more, count) in [(1, false, 1), (3, true, 10), (5, false, 0), (2, true, 0)] {
+            let kvs: Vec<KeyValue> = (0..n).map(kv).collect();
+            let (head, tail) = range_json_ends(&header, more, count);
+            let mut streamed = head.to_vec();
+            for (i, kv) in kvs.iter().enumerate() {
+                if i > 0 {
+                    streamed.push(b',');
+                }
+                serde_json::to_writer(&mut streamed, kv).unwrap();
+            }
+            streamed.extend(&tail[..]);
+            let whole = RangeResponse {
+                header: Some(header),
+                kvs,
+                more,
+                count,
+            };
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                serde_json::to_string(&whole).unwrap()
+            );
+        }
+    }
 }

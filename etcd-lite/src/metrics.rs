@@ -10,6 +10,8 @@ pub struct Metrics {
     registry: Registry,
     pub put_total: IntCounter,
     pub range_total: IntCounter,
+    /// Ranges refused because answers in flight held the whole read budget.
+    pub range_refused_total: IntCounter,
     pub delete_total: IntCounter,
     pub txn_total: IntCounter,
     pub leases_expired: IntCounter,
@@ -137,6 +139,11 @@ impl Metrics {
                 &r,
                 "etcd_mvcc_range_total",
                 "Total number of ranges seen by this member.",
+            ),
+            range_refused_total: counter(
+                &r,
+                "etcd_lite_range_refused_total",
+                "Ranges refused with too many requests: answers in flight held the read budget.",
             ),
             delete_total: counter(
                 &r,

@@ -12,7 +12,7 @@ use etcd_api::etcdserverpb::{
 };
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
 use crate::applier::{Applied, Command, Outcome, RevEvents};
 use crate::consensus::node::{Node, NodeConfig, NodeStatus, Transport};
@@ -56,6 +56,9 @@ impl MemberInfo {
     }
 }
 
+/// Default of [`Limits::max_inflight_read_bytes`].
+pub const DEFAULT_INFLIGHT_READ_BYTES: usize = 1 << 30;
+
 /// Tunables with etcd's defaults.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -65,6 +68,10 @@ pub struct Limits {
     pub quota_backend_bytes: u64,
     /// Interval of progress notifications for watchers that asked for them.
     pub progress_interval: Duration,
+    /// Bytes that Range answers being built or sent may hold at once; past it a Range is
+    /// refused with etcd's "too many requests" (one answer larger than all of it is served
+    /// when it is the only one).
+    pub max_inflight_read_bytes: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +80,7 @@ impl Default for Limits {
             max_request_bytes: 1536 * 1024,
             quota_backend_bytes: DEFAULT_QUOTA_BYTES,
             progress_interval: Duration::from_secs(600),
+            max_inflight_read_bytes: DEFAULT_INFLIGHT_READ_BYTES,
         }
     }
 }
@@ -163,6 +171,15 @@ pub struct EtcdServer {
     pub started: Instant,
     /// The backend size the quota check last read, and when (see [`QUOTA_SIZE_TTL`]).
     quota_size: Mutex<Option<(Instant, u64)>>,
+    /// What Range answers in flight hold, in KiB (see [`Limits::max_inflight_read_bytes`]).
+    read_budget: Arc<Semaphore>,
+    read_budget_kib: u32,
+}
+
+/// A Range answer, encoded, with its share of the read budget: drop it once it is sent.
+pub struct EncodedRange {
+    pub bytes: Vec<u8>,
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// How old the backend size a write's quota check compares may be: reading it walks the
@@ -285,6 +302,9 @@ impl EtcdServer {
             on_peer,
         )?;
         let metrics = Metrics::new();
+        let read_budget_kib = u32::try_from(limits.max_inflight_read_bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
         let log = RaftLog::open(&data_dir.join("member").join("raft"))
             .map_err(|e| EtcdError::Storage(format!("opening the raft log: {e}")))?;
         let cfg = NodeConfig {
@@ -315,6 +335,8 @@ impl EtcdServer {
             metrics,
             started: Instant::now(),
             quota_size: Mutex::new(None),
+            read_budget: Arc::new(Semaphore::new(read_budget_kib as usize)),
+            read_budget_kib,
         }))
     }
 
@@ -691,6 +713,57 @@ impl EtcdServer {
         let mut resp = txn::range(&view, req)?;
         resp.header = self.header(view.rev);
         Ok(resp)
+    }
+
+    /// The keys a Range answers and the header to answer with, after the same checks as
+    /// [`Self::range`]: for answers streamed by revision (see [`MvccStore::kv_at`]).
+    pub async fn range_plan(&self, req: &RangeRequest) -> Result<(txn::RangePlan, ResponseHeader)> {
+        if req.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        self.metrics.range_total.inc();
+        if !req.serializable {
+            self.linearizable().await?;
+        }
+        let view = self.store.read();
+        let plan = txn::plan_range(&view, req)?;
+        Ok((plan, self.header(view.rev).unwrap_or_default()))
+    }
+
+    /// [`Self::range`], answered as the encoded `RangeResponse` after `prefix` zero bytes. The
+    /// answer is built once at its exact size from the stored records, and only if the read
+    /// budget has room for it; otherwise [`EtcdError::TooManyRequests`].
+    pub async fn range_encoded(&self, req: &RangeRequest, prefix: usize) -> Result<EncodedRange> {
+        if req.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        self.metrics.range_total.inc();
+        if !req.serializable {
+            self.linearizable().await?;
+        }
+        let view = self.store.read();
+        let plan = txn::plan_range(&view, req)?;
+        let header = self.header(view.rev);
+        let mut permit = None;
+        let bytes =
+            crate::mvcc::answer::encode_range(&view, &plan, header.as_ref(), prefix, |len| {
+                let kib = u32::try_from(len.div_ceil(1024))
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, self.read_budget_kib);
+                match self.read_budget.clone().try_acquire_many_owned(kib) {
+                    Ok(p) => {
+                        permit = Some(p);
+                        Ok(())
+                    }
+                    Err(_) => {
+                        self.metrics.range_refused_total.inc();
+                        tracing::info!(bytes = len, "range refused: the read budget is spent");
+                        Err(EtcdError::TooManyRequests)
+                    }
+                }
+            })?;
+        let permit = permit.ok_or_else(|| EtcdError::Storage("read budget not taken".into()))?;
+        Ok(EncodedRange { bytes, permit })
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {

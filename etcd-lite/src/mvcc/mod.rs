@@ -4,6 +4,7 @@
 //! Invariant: this module knows nothing of leases' lifetimes, watchers or the network; it stores
 //! a lease id on a key and a lease record when told to.
 
+pub mod answer;
 pub mod index;
 pub mod revision;
 pub mod store;

@@ -152,6 +152,13 @@ pub struct Committed {
     pub lease_moves: Vec<LeaseMove>,
 }
 
+fn missing(rev: Revision, how: &str) -> EtcdError {
+    EtcdError::Storage(format!(
+        "index points at {how} revision {}.{}",
+        rev.main, rev.sub
+    ))
+}
+
 fn decode(bytes: &[u8]) -> Result<KeyValue> {
     Ok(KeyValue::decode(bytes)?)
 }
@@ -696,19 +703,26 @@ impl MvccStore {
         if let Some(v) = ov.get(&key).or_else(|| applying.and_then(|a| a.get(&key))) {
             return match v {
                 Some(v) => decode(v),
-                None => Err(EtcdError::Storage(format!(
-                    "index points at removed revision {}.{}",
-                    rev.main, rev.sub
-                ))),
+                None => Err(missing(rev, "removed")),
             };
         }
         match self.db.get(key)? {
             Some(v) => decode(&v),
-            None => Err(EtcdError::Storage(format!(
-                "index points at missing revision {}.{}",
-                rev.main, rev.sub
-            ))),
+            None => Err(missing(rev, "missing")),
         }
+    }
+
+    /// The record of `rev`, outside any view: revisions never change once written, so a reader
+    /// that chose its revisions in a view may fetch them later, until a compaction drops them
+    /// ([`EtcdError::Compacted`] then).
+    pub fn kv_at(&self, rev: Revision) -> Result<KeyValue> {
+        self.fetch(rev).map_err(|e| {
+            if rev.main < self.state.read().compacted {
+                EtcdError::Compacted
+            } else {
+                e
+            }
+        })
     }
 
     /// Drops history older than `at` (etcd's compaction). Does not bump the revision.
@@ -888,6 +902,25 @@ impl KvRead for ReadView<'_> {
 }
 
 impl ReadView<'_> {
+    /// Calls `f` with the stored record of `rev`: an encoded `mvccpb.KeyValue`, exactly as a
+    /// response carries it, so an answer can be built without decoding it (see
+    /// [`super::answer`]).
+    pub fn with_record<T>(&self, rev: Revision, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+        let key = rev.to_key(false);
+        let staged = self
+            .overlay
+            .get(&key)
+            .or_else(|| self.applying.as_deref().and_then(|a| a.get(&key)));
+        match staged {
+            Some(Some(v)) => Ok(f(v)),
+            Some(None) => Err(missing(rev, "removed")),
+            None => match self.store.db.get(key)? {
+                Some(v) => Ok(f(&v)),
+                None => Err(missing(rev, "missing")),
+            },
+        }
+    }
+
     /// Every record with key `>= start`, in key order: sled's, with the overlay's changes merged
     /// in (an overlay removal hides the sled record).
     fn records_from(&self, start: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

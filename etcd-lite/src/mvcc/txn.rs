@@ -15,14 +15,30 @@ use etcd_api::etcdserverpb::{
 use etcd_api::mvccpb::KeyValue;
 
 use super::index::KeyRange;
+use super::revision::Revision;
 use super::store::{KvRead, WriteTxn};
 use crate::error::{EtcdError, Result};
 
 /// Most operations one transaction may hold (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS: usize = 128;
 
-/// Answers a Range request from any read access. `req.revision <= 0` reads at `r.read_rev()`.
-pub fn range<R: KvRead + ?Sized>(r: &R, req: &RangeRequest) -> Result<RangeResponse> {
+/// What a Range answers, chosen before any value is copied: the revisions of the keys it
+/// returns, in answer order. [`range`] decodes them; [`super::answer`] copies their records
+/// into an encoded answer.
+#[derive(Debug, Default)]
+pub struct RangePlan {
+    pub revs: Vec<Revision>,
+    pub count: i64,
+    pub more: bool,
+    /// Answer without values.
+    pub keys_only: bool,
+    /// Answer only `count` and `more`.
+    pub count_only: bool,
+}
+
+/// Chooses the keys a Range request answers with, from any read access. `req.revision <= 0`
+/// reads at `r.read_rev()`. Values are only read when the request sorts by them.
+pub fn plan_range<R: KvRead + ?Sized>(r: &R, req: &RangeRequest) -> Result<RangePlan> {
     let st = r.state();
     let at = if req.revision <= 0 {
         r.read_rev()
@@ -46,66 +62,87 @@ pub fn range<R: KvRead + ?Sized>(r: &R, req: &RangeRequest) -> Result<RangeRespo
         order = SortOrder::Ascend;
     }
     let needs_sort = !(target == SortTarget::Key && order != SortOrder::Descend);
-    let count = st.index.count(&kr, at) as i64;
+    let mut plan = RangePlan {
+        count: st.index.count(&kr, at) as i64,
+        keys_only: req.keys_only,
+        count_only: req.count_only,
+        ..Default::default()
+    };
     if req.count_only && !filtered {
-        return Ok(RangeResponse {
-            count,
-            ..Default::default()
-        });
+        return Ok(plan);
     }
     let limit = usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX);
-    // Without sorting or filtering, fetching one past the limit tells whether there is more.
-    let fetch_limit = if needs_sort || filtered || limit == 0 {
-        0
+    let revs = st.index.range(&kr, at);
+    let mut revs: Vec<Revision> = if !needs_sort && !filtered {
+        // Index order is key order: one past the limit tells whether there is more.
+        let take = if limit == 0 { usize::MAX } else { limit + 1 };
+        revs.into_iter().take(take).map(|(_, rev)| rev).collect()
     } else {
-        limit + 1
-    };
-    let mut kvs = r.values(&kr, at, fetch_limit)?;
-    if filtered {
-        kvs.retain(|kv| {
-            (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+        let by_value = target == SortTarget::Value;
+        let mut metas = Vec::with_capacity(revs.len());
+        for (_, rev) in revs {
+            let mut kv = r.fetch(rev)?;
+            let keep = (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
                 && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
                 && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
-                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
-        });
-    }
-    if needs_sort {
-        let key_of = |a: &KeyValue, b: &KeyValue| -> Ordering {
-            match target {
-                SortTarget::Key => a.key.cmp(&b.key),
-                SortTarget::Version => a.version.cmp(&b.version),
-                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-                SortTarget::Value => a.value.cmp(&b.value),
+                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision);
+            if keep {
+                if !by_value {
+                    kv.value = Vec::new();
+                }
+                metas.push((rev, kv));
             }
-        };
-        kvs.sort_by(key_of);
-        if order == SortOrder::Descend {
-            kvs.reverse();
         }
-    }
-    let more = limit > 0 && kvs.len() > limit;
+        if needs_sort {
+            let key_of = |a: &KeyValue, b: &KeyValue| -> Ordering {
+                match target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                }
+            };
+            // Stable, so equal targets stay in key order (then reversed, as etcd does).
+            metas.sort_by(|a, b| key_of(&a.1, &b.1));
+            if order == SortOrder::Descend {
+                metas.reverse();
+            }
+        }
+        if filtered {
+            plan.count = metas.len() as i64;
+        }
+        metas.into_iter().map(|(rev, _)| rev).collect()
+    };
+    plan.more = limit > 0 && revs.len() > limit;
     if limit > 0 {
-        kvs.truncate(limit);
+        revs.truncate(limit);
     }
-    let count = if filtered { kvs.len() as i64 } else { count };
-    if req.count_only {
-        return Ok(RangeResponse {
-            count,
-            more,
-            ..Default::default()
-        });
+    if filtered {
+        plan.count = plan.count.min(revs.len() as i64);
     }
-    if req.keys_only {
-        for kv in &mut kvs {
+    if !req.count_only {
+        plan.revs = revs;
+    }
+    Ok(plan)
+}
+
+/// Answers a Range request from any read access (see [`plan_range`]).
+pub fn range<R: KvRead + ?Sized>(r: &R, req: &RangeRequest) -> Result<RangeResponse> {
+    let plan = plan_range(r, req)?;
+    let mut kvs = Vec::with_capacity(plan.revs.len());
+    for rev in &plan.revs {
+        let mut kv = r.fetch(*rev)?;
+        if plan.keys_only {
             kv.value.clear();
         }
+        kvs.push(kv);
     }
     Ok(RangeResponse {
         header: None,
         kvs,
-        more,
-        count,
+        more: plan.more,
+        count: plan.count,
     })
 }
 
