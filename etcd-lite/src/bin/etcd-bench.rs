@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use etcd_api::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
 use hdrhistogram::Histogram;
+use prost::Message;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -268,9 +269,14 @@ async fn spawn(
 }
 
 fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field given in kB, in MiB (0 if the process is gone).
+fn status_mib(pid: u32, field: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -333,7 +339,67 @@ async fn measure(bin: &Path, lite: bool, scale: f64) -> Result<Vec<Metric>> {
         srv.startup.as_secs_f64() * 1000.0,
         false,
     ));
+    out.extend(big_reads(&srv, s(150_000)).await?);
     Ok(out)
+}
+
+/// Memory for reads of everything: `keys` keys of 1 KiB, then one Range of all of them, and
+/// four at once; the peak resident memory above the idle one (the kernel's high-water mark,
+/// reset first), and that peak over the answer's size.
+async fn big_reads(srv: &Server, keys: usize) -> Result<Vec<Metric>> {
+    let ep = vec![format!("127.0.0.1:{}", srv.port)];
+    run(&ep, 64, keys, 1024, Op::Put, keys).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = srv.child.id();
+    let mut out = Vec::new();
+    for readers in [1usize, 4] {
+        let idle = rss_mib(pid);
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+            .context("resetting the peak RSS (/proc/PID/clear_refs)")?;
+        let mut tasks = Vec::new();
+        for kv in connect(&ep, readers).await? {
+            tasks.push(tokio::spawn(async move {
+                let mut kv = kv.max_decoding_message_size(usize::MAX);
+                let resp = kv
+                    .range(RangeRequest {
+                        key: b"bench/".to_vec(),
+                        range_end: b"bench0".to_vec(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                Ok::<_, tonic::Status>((resp.kvs.len(), resp.encoded_len()))
+            }));
+        }
+        let mut answer = 0;
+        for t in tasks {
+            let (n, len) = t.await??;
+            if n < keys {
+                bail!("a read of everything returned {n} keys of {keys}");
+            }
+            answer = len;
+        }
+        let answer_mib = answer as f64 / (1024.0 * 1024.0);
+        let peak = hwm_mib(pid) - idle;
+        let what = format!("range of all {}k keys x 1 KiB", keys / 1000);
+        let what = if readers == 1 {
+            what
+        } else {
+            format!("{readers} at once, {what}")
+        };
+        out.push((format!("{what}: peak RSS above idle (MiB)"), peak, false));
+        out.push((
+            format!("{what}: peak / answers' size"),
+            peak / (answer_mib * readers as f64),
+            false,
+        ));
+    }
+    Ok(out)
+}
+
+/// The peak resident memory (since start or the last reset), in MiB.
+fn hwm_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
 }
 
 async fn compare(lite_bin: PathBuf, etcd_bin: PathBuf, scale: f64) -> Result<()> {

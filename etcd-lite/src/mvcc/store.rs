@@ -102,7 +102,7 @@ impl Overlay {
     }
 
     /// Takes `changes` in order: the last change of each key wins.
-    fn extend(&mut self, changes: Vec<Change>) {
+    fn extend(&mut self, changes: impl IntoIterator<Item = Change>) {
         for (k, v) in changes {
             self.records.insert(k, v);
         }
@@ -189,6 +189,115 @@ fn sync_sled(db: &sled::Db, files: Option<&SledFiles>) -> Result<()> {
     }
 }
 
+/// Builds the in-memory state from the store's key-value records, given in key order
+/// (revision order), then the compaction record and the lease records.
+struct IndexBuilder {
+    index: KeyIndex,
+    current: i64,
+    lease_of: HashMap<Vec<u8>, i64>,
+}
+
+impl IndexBuilder {
+    fn new() -> Self {
+        IndexBuilder {
+            index: KeyIndex::default(),
+            current: 1,
+            lease_of: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
+        let (rev, tombstone) = Revision::from_key(k)
+            .ok_or_else(|| EtcdError::Storage("malformed revision key".into()))?;
+        let kv = KeyMeta::decode(v)?;
+        let live = (!tombstone).then_some(Live {
+            rev,
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+        });
+        self.index.record(&kv.key, rev, live);
+        self.current = self.current.max(rev.main);
+        if tombstone || kv.lease == 0 {
+            self.lease_of.remove(&kv.key);
+        } else {
+            self.lease_of.insert(kv.key, kv.lease);
+        }
+        Ok(())
+    }
+
+    fn finish<K, V>(
+        self,
+        compacted: Option<&[u8]>,
+        lease_records: impl Iterator<Item = (K, V)>,
+    ) -> Result<(State, Recovered)>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let compacted = match compacted {
+            Some(v) => i64::from_be_bytes(
+                v.try_into()
+                    .map_err(|_| EtcdError::Storage("malformed compaction record".into()))?,
+            ),
+            None => 0,
+        };
+        let mut leases = Vec::new();
+        for (k, v) in lease_records {
+            let (id, ttl) = (decode_i64(&k.as_ref()[1..])?, decode_i64(v.as_ref())?);
+            leases.push((id, ttl));
+        }
+        Ok((
+            State {
+                index: self.index,
+                current: self.current.max(compacted),
+                compacted,
+            },
+            Recovered {
+                leases,
+                attached: self.lease_of.into_iter().collect(),
+            },
+        ))
+    }
+}
+
+/// Calls `f` with every record whose key starts with `prefix`, in key order: sled's, with the
+/// changes of `overlay` laid over them (an overlay removal hides the sled record).
+fn merge_prefix(
+    db: &sled::Db,
+    overlay: &Overlay,
+    prefix: u8,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let from = vec![prefix];
+    let mut ov = overlay
+        .records
+        .range(from..)
+        .take_while(|(k, _)| k.first() == Some(&prefix))
+        .peekable();
+    for item in db.scan_prefix([prefix]) {
+        let (k, v) = item?;
+        while let Some((ok, ovv)) = ov.next_if(|(ok, _)| ok.as_slice() < &k[..]) {
+            if let Some(ovv) = ovv {
+                f(ok, ovv)?;
+            }
+        }
+        if let Some((_, ovv)) = ov.next_if(|(ok, _)| ok.as_slice() == &k[..]) {
+            if let Some(ovv) = ovv {
+                f(&k, ovv)?;
+            }
+            continue;
+        }
+        f(&k, &v)?;
+    }
+    for (ok, ovv) in ov {
+        if let Some(ovv) = ovv {
+            f(ok, ovv)?;
+        }
+    }
+    Ok(())
+}
+
 impl MvccStore {
     /// Opens (or creates) the store in directory `dir` (sled in `dir/kv`, the log in `dir/wal`),
     /// replays the log and rebuilds the index from the records.
@@ -205,104 +314,48 @@ impl MvccStore {
             .open()?;
         let files = SledFiles::open(&dir.join("kv"))
             .map_err(|e| EtcdError::Storage(format!("opening the store's files: {e}")))?;
-        let (mut wal, records) = Wal::open(&dir.join("wal"))?;
+        let (wal, records) = Wal::open(&dir.join("wal"))?;
+        // The log's records go to the overlay, as if just logged: the member serves at once
+        // and the background writer gives them to sled. The log keeps them until the next
+        // checkpoint, so a crash before sled has them all replays them again.
+        let mut replayed = Overlay::default();
         if !records.is_empty() {
             let started = std::time::Instant::now();
-            // One batch of each key's last change: a key written by many records is written
-            // to sled once, and sled takes one batch instead of one per record.
             let count = records.len();
-            let mut last: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
-            for (k, v) in records.into_iter().flatten() {
-                last.insert(k, v);
-            }
-            let changes: Vec<Change> = last.into_iter().collect();
-            db.apply_batch(to_batch(&changes))?;
-            sync_sled(&db, Some(&files))?;
-            wal.reset()?;
+            replayed.extend(records.into_iter().flatten());
             tracing::info!(
                 records = count,
-                keys = changes.len(),
+                keys = replayed.records.len(),
                 took_ms = started.elapsed().as_millis() as u64,
                 "replayed the write-ahead log"
             );
         }
-        Self::from_db(db, Some(files), Some(wal))
+        Self::from_db(db, Some(files), Some(wal), replayed)
     }
 
     /// A store in memory only (tests).
     pub fn temporary() -> Result<Self> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(Self::from_db(db, None, None)?.0)
+        Ok(Self::from_db(db, None, None, Overlay::default())?.0)
     }
 
-    /// Builds the in-memory state (key index, revisions) and the lease records from sled.
-    fn load(db: &sled::Db) -> Result<(State, Recovered)> {
-        let compacted = db.get(META_COMPACTED)?;
-        Self::build(
-            db.scan_prefix([super::revision::KV_PREFIX])
-                .map(|r| r.map_err(EtcdError::from)),
-            compacted.as_deref(),
-            db.scan_prefix([LEASE_PREFIX])
-                .map(|r| r.map_err(EtcdError::from)),
-        )
-    }
-
-    /// Builds the in-memory state from the store's records: the key-value records in key
-    /// order, the compaction record and the lease records.
-    fn build<K, V>(
-        kvs: impl Iterator<Item = Result<(K, V)>>,
-        compacted: Option<&[u8]>,
-        lease_records: impl Iterator<Item = Result<(K, V)>>,
-    ) -> Result<(State, Recovered)>
-    where
-        K: AsRef<[u8]>,
-        V: AsRef<[u8]>,
-    {
-        let mut index = KeyIndex::default();
-        let mut current = 1;
-        let mut lease_of: HashMap<Vec<u8>, i64> = HashMap::new();
-        for item in kvs {
-            let (k, v) = item?;
-            let (rev, tombstone) = Revision::from_key(k.as_ref())
-                .ok_or_else(|| EtcdError::Storage("malformed revision key".into()))?;
-            let kv = KeyMeta::decode(v.as_ref())?;
-            let live = (!tombstone).then_some(Live {
-                rev,
-                create_revision: kv.create_revision,
-                version: kv.version,
-                lease: kv.lease,
-            });
-            index.record(&kv.key, rev, live);
-            current = current.max(rev.main);
-            if tombstone || kv.lease == 0 {
-                lease_of.remove(&kv.key);
-            } else {
-                lease_of.insert(kv.key, kv.lease);
-            }
-        }
-        let compacted = match compacted {
-            Some(v) => i64::from_be_bytes(
-                v.try_into()
-                    .map_err(|_| EtcdError::Storage("malformed compaction record".into()))?,
-            ),
-            None => 0,
+    /// Builds the in-memory state (key index, revisions) and the lease records from sled and
+    /// the changes of `overlay` (not yet in sled) laid over it.
+    fn load(db: &sled::Db, overlay: &Overlay) -> Result<(State, Recovered)> {
+        let compacted = match overlay.get(META_COMPACTED) {
+            Some(v) => v.cloned(),
+            None => db.get(META_COMPACTED)?.map(|v| v.to_vec()),
         };
-        current = current.max(compacted);
         let mut leases = Vec::new();
-        for item in lease_records {
-            let (k, v) = item?;
-            let (id, ttl) = (decode_i64(&k.as_ref()[1..])?, decode_i64(v.as_ref())?);
-            leases.push((id, ttl));
-        }
-        let attached = lease_of.into_iter().collect();
-        Ok((
-            State {
-                index,
-                current,
-                compacted,
-            },
-            Recovered { leases, attached },
-        ))
+        let mut index = IndexBuilder::new();
+        merge_prefix(db, overlay, super::revision::KV_PREFIX, |k, v| {
+            index.add(k, v)
+        })?;
+        merge_prefix(db, overlay, LEASE_PREFIX, |k, v| {
+            leases.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        index.finish(compacted.as_deref(), leases.iter().map(|(k, v)| (k, v)))
     }
 
     /// Replaces the whole store with a snapshot's records (a raft snapshot from the leader),
@@ -322,11 +375,13 @@ impl MvccStore {
         records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // The store will hold exactly the snapshot's records (and this member's kept
         // metadata, none of it key-values or leases): the state comes from them, in memory.
-        let (state, recovered) = Self::build(
-            records
-                .iter()
-                .filter(|(k, _)| k.first() == Some(&super::revision::KV_PREFIX))
-                .map(|(k, v)| Ok((k, v))),
+        let mut index = IndexBuilder::new();
+        for (k, v) in &records {
+            if k.first() == Some(&super::revision::KV_PREFIX) {
+                index.add(k, v)?;
+            }
+        }
+        let (state, recovered) = index.finish(
             records
                 .iter()
                 .find(|(k, _)| k.as_slice() == META_COMPACTED)
@@ -334,7 +389,7 @@ impl MvccStore {
             records
                 .iter()
                 .filter(|(k, _)| k.first() == Some(&LEASE_PREFIX))
-                .map(|(k, v)| Ok((k, v))),
+                .map(|(k, v)| (k, v)),
         )?;
         let (parsed, count) = (t0.elapsed(), records.len());
         self.log_staged()?;
@@ -474,8 +529,9 @@ impl MvccStore {
         db: sled::Db,
         files: Option<SledFiles>,
         wal: Option<Wal>,
+        replayed: Overlay,
     ) -> Result<(Self, Recovered)> {
-        let (state, recovered) = Self::load(&db)?;
+        let (state, recovered) = Self::load(&db, &replayed)?;
         let current = state.current;
         let applying: Arc<RwLock<Option<Arc<Overlay>>>> = Arc::default();
         let (to_sled, frozen) = std::sync::mpsc::sync_channel::<Arc<Overlay>>(1);
@@ -499,7 +555,7 @@ impl MvccStore {
             files,
             wal: parking_lot::Mutex::new(wal),
             staged: parking_lot::Mutex::new(Staged::default()),
-            overlay: RwLock::new(Overlay::default()),
+            overlay: RwLock::new(replayed),
             applying,
             to_sled: Some(to_sled),
             sled_writer: Some(sled_writer),
@@ -510,6 +566,9 @@ impl MvccStore {
             log_record_max: MAX_RECORD,
             snapshot_len: std::sync::atomic::AtomicUsize::new(0),
         };
+        // Replayed changes go to sled in the background, behind the synced log.
+        store.sync_wal()?;
+        store.start_apply();
         Ok((store, recovered))
     }
 
@@ -774,13 +833,15 @@ impl MvccStore {
 
     /// Stores a metadata value (outside the key space, not versioned) durably.
     pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        // A staged value of the same name must not hide this one.
+        self.apply_overlay()?;
         self.db.insert(meta_key(name), value)?;
         sync_sled(&self.db, self.files.as_ref())?;
         Ok(())
     }
 
     pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
+        self.record(&meta_key(name))
     }
 }
 
@@ -1517,7 +1578,7 @@ mod tests {
             let mut attached = rec.attached.clone();
             attached.sort();
             assert_eq!(attached.len(), 7);
-            let (c, rec2) = MvccStore::load(&b.db).expect("load");
+            let (c, rec2) = MvccStore::load(&b.db, &Overlay::default()).expect("load");
             let mut attached2 = rec2.attached.clone();
             attached2.sort();
             assert_eq!(attached, attached2);
@@ -1603,6 +1664,72 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(txn::range(&view, &all).expect("range").count, n as i64);
+    }
+
+    /// A restart serves from the log's records before sled has them, and a second crash while
+    /// sled is taking them loses nothing: the log keeps them until a checkpoint.
+    #[test]
+    fn a_replayed_log_serves_at_once_and_survives_another_crash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
+            for i in 0..300u32 {
+                let mut w = s.write();
+                w.put(
+                    format!("k{}", i % 100).as_bytes(),
+                    i.to_be_bytes().to_vec(),
+                    0,
+                    false,
+                )
+                .expect("put");
+                if i == 150 {
+                    // Half of the history reaches sled; the rest stays in the log only.
+                    w.commit().expect("commit");
+                    s.apply_overlay().expect("to sled");
+                    continue;
+                }
+                if i % 3 == 0 {
+                    w.delete_range(&KeyRange::new(format!("k{}", i % 100).as_bytes(), b""))
+                        .expect("delete");
+                }
+                w.commit().expect("commit");
+                s.stage_meta("applied", &i.to_be_bytes());
+                s.flush().expect("flush");
+            }
+            s.compact(200).expect("compact");
+            s.sync().expect("sync");
+        }
+        let want = |s: &MvccStore| {
+            let view = s.read();
+            let all = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            };
+            (
+                view.rev,
+                view.compacted(),
+                txn::range(&view, &all).expect("range").kvs,
+                s.get_meta("applied").expect("meta"),
+                view.hash(view.rev).expect("hash"),
+            )
+        };
+        let (first, _) = reopen(dir.path());
+        let expected = want(&first);
+        assert_eq!(expected.0, 301);
+        assert_eq!(expected.1, 200);
+        assert_eq!(expected.3, Some(299u32.to_be_bytes().to_vec()));
+        // Crash while the background writer may be anywhere in the replayed records.
+        let copy = tempfile::tempdir().expect("tempdir");
+        crate::durable::crash_copy(dir.path(), copy.path());
+        first.wait_applied();
+        assert_eq!(want(&first), expected);
+        drop(first);
+        let (second, _) = reopen(copy.path());
+        assert_eq!(want(&second), expected);
+        drop(second);
+        let (third, _) = reopen(dir.path());
+        assert_eq!(want(&third), expected);
     }
 
     #[test]
