@@ -439,7 +439,9 @@ fn followers_told_their_leader_is_gone_elect_without_waiting_out_the_timeout() {
 
 #[test]
 fn a_proposal_applied_inside_a_snapshot_is_answered_without_waiting_out_its_timeout() {
-    let mut c = Cluster::new(&[1, 2, 3], 5);
+    // A 3 s election timeout: a follower cut off from its leader would otherwise campaign
+    // within 100-200 ms and drop the proposal before forwarding it on a loaded machine.
+    let mut c = Cluster::with_election_ticks(&[1, 2, 3], 5, 300);
     let leader = c.leader(&[1, 2, 3]);
     let f = [1, 2, 3]
         .into_iter()
@@ -473,14 +475,37 @@ fn a_proposal_applied_inside_a_snapshot_is_answered_without_waiting_out_its_time
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The log moves on well past it, so the follower can only catch up by snapshot.
+    let p_index = c.kvs[&leader].0.lock().applied;
+    // The log moves on well past it, so the follower can only catch up by snapshot: the heal
+    // waits until the leader's log no longer holds the proposal (its compaction runs behind
+    // its snapshots, later on a loaded machine).
     let mut last = 0;
     for i in 0..40 {
         last = c.put(leader, &format!("s{i}={i}")).expect("put");
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = c.rt.block_on(c.node(leader).status()).expect("status");
+        if st.first_index > p_index {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader kept entry {p_index} in its log (first index {})",
+            st.first_index
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     c.router.heal();
     let (result, took) = waiter.join().expect("proposer");
-    assert_eq!(result, Err(ConsensusError::Timeout));
+    // Applied inside the snapshot, the outcome is unknown to the proposer (Timeout, which
+    // clients retry). Rarely, on a loaded machine, the follower still gets the entry itself
+    // (sent before the leader's log moved past it), and then it knows: Ok with its index.
+    match result {
+        Err(ConsensusError::Timeout) => {}
+        Ok(index) => assert!(index <= p_index, "answered with entry {index}"),
+        other => panic!("the proposal was answered with {other:?}"),
+    }
     assert!(
         took < Duration::from_secs(30),
         "answered only after {took:?}"

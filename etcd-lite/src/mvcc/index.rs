@@ -26,7 +26,7 @@ pub struct Live {
 }
 
 /// One key's history and, when its newest change is a put, what that put made it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct History {
     /// Most keys have one change between compactions: it is kept inline, without an allocation.
     changes: SmallVec<[Change; 1]>,
@@ -38,7 +38,7 @@ struct History {
 
 /// The key space's history. Invariant: every key's changes are in ascending revision order and a
 /// key with no changes is not in the map.
-#[derive(Default, Debug, Clone)]
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
 pub struct KeyIndex {
     keys: BTreeMap<Vec<u8>, History>,
 }
@@ -203,6 +203,93 @@ impl KeyIndex {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    /// The live keys that are attached to a lease, with it.
+    pub fn attached(&self) -> Vec<(Vec<u8>, i64)> {
+        self.keys
+            .iter()
+            .filter(|(_, h)| h.lease != 0 && h.changes.last().is_some_and(|c| !c.tombstone))
+            .map(|(k, h)| (k.clone(), h.lease))
+            .collect()
+    }
+
+    /// Appends the index to `out` in the form [`KeyIndex::decode`] reads: per key, in key
+    /// order, its length and bytes, its create revision, version and lease, then its changes.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        for (k, h) in &self.keys {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+            for n in [h.create_revision, h.version, h.lease] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            out.extend_from_slice(&(h.changes.len() as u32).to_le_bytes());
+            for c in &h.changes {
+                out.extend_from_slice(&c.rev.main.to_le_bytes());
+                out.extend_from_slice(&c.rev.sub.to_le_bytes());
+                out.push(u8::from(c.tombstone));
+            }
+        }
+    }
+
+    /// Reads what [`KeyIndex::encode`] wrote; `None` unless it is exactly that (keys in strict
+    /// order, every key with changes in strict revision order, nothing left over).
+    pub fn decode(mut b: &[u8]) -> Option<KeyIndex> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = b.split_at_checked(n)?;
+            *b = rest;
+            Some(head)
+        }
+        fn u32_(b: &mut &[u8]) -> Option<usize> {
+            Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
+        }
+        fn i64_(b: &mut &[u8]) -> Option<i64> {
+            Some(i64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+        }
+        let n = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?) as usize;
+        let mut entries: Vec<(Vec<u8>, History)> = Vec::with_capacity(n.min(b.len() / 40));
+        for _ in 0..n {
+            let klen = u32_(&mut b)?;
+            let key = take(&mut b, klen)?.to_vec();
+            if entries.last().is_some_and(|(prev, _)| *prev >= key) {
+                return None;
+            }
+            let (create_revision, version, lease) = (i64_(&mut b)?, i64_(&mut b)?, i64_(&mut b)?);
+            let count = u32_(&mut b)?;
+            let mut changes: SmallVec<[Change; 1]> = SmallVec::with_capacity(count);
+            for _ in 0..count {
+                let rev = Revision::new(i64_(&mut b)?, i64_(&mut b)?);
+                let tombstone = match take(&mut b, 1)?[0] {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
+                if changes.last().is_some_and(|c: &Change| c.rev >= rev) {
+                    return None;
+                }
+                changes.push(Change { rev, tombstone });
+            }
+            if changes.is_empty() {
+                return None;
+            }
+            entries.push((
+                key,
+                History {
+                    changes,
+                    create_revision,
+                    version,
+                    lease,
+                },
+            ));
+        }
+        if !b.is_empty() {
+            return None;
+        }
+        // In key order already: the map is built in one pass.
+        Some(KeyIndex {
+            keys: entries.into_iter().collect(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +298,38 @@ mod tests {
 
     fn r(main: i64) -> Revision {
         Revision::new(main, 0)
+    }
+
+    #[test]
+    fn the_index_reads_back_what_it_wrote_and_refuses_anything_else() {
+        let mut ix = KeyIndex::default();
+        for i in 0..50i64 {
+            let key = format!("k{}", i % 17).into_bytes();
+            if i % 5 == 4 {
+                ix.record_delete(&key, Revision::new(i + 2, 0));
+            } else {
+                ix.record_put(&key, Revision::new(i + 2, i % 3), i % 4);
+            }
+        }
+        ix.compact(20);
+        let mut b = Vec::new();
+        ix.encode(&mut b);
+        assert_eq!(KeyIndex::decode(&b).as_ref(), Some(&ix));
+        let mut attached = ix.attached();
+        attached.sort();
+        assert!(!attached.is_empty());
+        for (k, lease) in &attached {
+            assert_eq!(ix.latest(k).map(|l| l.lease), Some(*lease));
+        }
+        // Cut short, or with a byte more: refused.
+        assert_eq!(KeyIndex::decode(&b[..b.len() - 1]), None);
+        let mut longer = b.clone();
+        longer.push(0);
+        assert_eq!(KeyIndex::decode(&longer), None);
+        let empty = KeyIndex::default();
+        let mut e = Vec::new();
+        empty.encode(&mut e);
+        assert_eq!(KeyIndex::decode(&e), Some(empty));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! a lease id on a key and a lease record when told to.
 
 pub mod answer;
+pub mod image;
 pub mod index;
 pub mod revision;
 pub mod store;

@@ -19,6 +19,7 @@ use etcd_api::mvccpb::{event::EventType, Event, KeyValue};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message;
 
+use super::image;
 use super::index::{KeyIndex, KeyRange, Live};
 use super::revision::{Revision, LEASE_PREFIX, META_PREFIX};
 use crate::durable::SledFiles;
@@ -76,6 +77,8 @@ pub struct MvccStore {
     log_record_max: usize,
     /// Size of the last snapshot made: the next one allocates that much (and a bit) at once.
     snapshot_len: std::sync::atomic::AtomicUsize,
+    /// Where the index image goes (none for a store in memory).
+    dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -189,12 +192,31 @@ fn sync_sled(db: &sled::Db, files: Option<&SledFiles>) -> Result<()> {
     }
 }
 
+/// Metadata naming this store's data: a restored snapshot replaces it (in the same write), so an
+/// index image of the data before cannot be taken for the data after.
+pub const EPOCH_META: &str = "epoch";
+
+fn decode_epoch(v: Option<&[u8]>) -> u64 {
+    v.and_then(|v| v.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// A new epoch, unlike the ones before it.
+fn new_epoch() -> Vec<u8> {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ u64::from(std::process::id()).rotate_left(40) | 1)
+        .to_be_bytes()
+        .to_vec()
+}
+
 /// Builds the in-memory state from the store's key-value records, given in key order
 /// (revision order), then the compaction record and the lease records.
 struct IndexBuilder {
     index: KeyIndex,
     current: i64,
-    lease_of: HashMap<Vec<u8>, i64>,
 }
 
 impl IndexBuilder {
@@ -202,7 +224,14 @@ impl IndexBuilder {
         IndexBuilder {
             index: KeyIndex::default(),
             current: 1,
-            lease_of: HashMap::new(),
+        }
+    }
+
+    /// Goes on from an index image that covers every record up to revision `covered`.
+    fn from_image(index: KeyIndex, covered: i64) -> Self {
+        IndexBuilder {
+            index,
+            current: covered.max(1),
         }
     }
 
@@ -218,11 +247,6 @@ impl IndexBuilder {
         });
         self.index.record(&kv.key, rev, live);
         self.current = self.current.max(rev.main);
-        if tombstone || kv.lease == 0 {
-            self.lease_of.remove(&kv.key);
-        } else {
-            self.lease_of.insert(kv.key, kv.lease);
-        }
         Ok(())
     }
 
@@ -235,29 +259,30 @@ impl IndexBuilder {
         K: AsRef<[u8]>,
         V: AsRef<[u8]>,
     {
-        let compacted = match compacted {
-            Some(v) => i64::from_be_bytes(
-                v.try_into()
-                    .map_err(|_| EtcdError::Storage("malformed compaction record".into()))?,
-            ),
-            None => 0,
-        };
+        let compacted = decode_compacted(compacted)?;
         let mut leases = Vec::new();
         for (k, v) in lease_records {
             let (id, ttl) = (decode_i64(&k.as_ref()[1..])?, decode_i64(v.as_ref())?);
             leases.push((id, ttl));
         }
+        let attached = self.index.attached();
         Ok((
             State {
                 index: self.index,
                 current: self.current.max(compacted),
                 compacted,
             },
-            Recovered {
-                leases,
-                attached: self.lease_of.into_iter().collect(),
-            },
+            Recovered { leases, attached },
         ))
+    }
+}
+
+fn decode_compacted(v: Option<&[u8]>) -> Result<i64> {
+    match v {
+        Some(v) => Ok(i64::from_be_bytes(v.try_into().map_err(|_| {
+            EtcdError::Storage("malformed compaction record".into())
+        })?)),
+        None => Ok(0),
     }
 }
 
@@ -267,15 +292,29 @@ fn merge_prefix(
     db: &sled::Db,
     overlay: &Overlay,
     prefix: u8,
+    f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    merge_from(db, overlay, &[prefix], f)
+}
+
+/// [`merge_prefix`] for the records from key `start` on that share its first byte.
+fn merge_from(
+    db: &sled::Db,
+    overlay: &Overlay,
+    start: &[u8],
     mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
 ) -> Result<()> {
-    let from = vec![prefix];
+    let prefix = start[0];
     let mut ov = overlay
         .records
-        .range(from..)
+        .range(start.to_vec()..)
         .take_while(|(k, _)| k.first() == Some(&prefix))
         .peekable();
-    for item in db.scan_prefix([prefix]) {
+    let in_prefix = |item: &sled::Result<(sled::IVec, sled::IVec)>| {
+        item.as_ref()
+            .map_or(true, |(k, _)| k.first() == Some(&prefix))
+    };
+    for item in db.range(start..).take_while(in_prefix) {
         let (k, v) = item?;
         while let Some((ok, ovv)) = ov.next_if(|(ok, _)| ok.as_slice() < &k[..]) {
             if let Some(ovv) = ovv {
@@ -302,6 +341,7 @@ impl MvccStore {
     /// Opens (or creates) the store in directory `dir` (sled in `dir/kv`, the log in `dir/wal`),
     /// replays the log and rebuilds the index from the records.
     pub fn open(dir: &std::path::Path, cache_bytes: u64) -> Result<(Self, Recovered)> {
+        let started = std::time::Instant::now();
         std::fs::create_dir_all(dir)
             .map_err(|e| EtcdError::Storage(format!("creating {}: {e}", dir.display())))?;
         let db = sled::Config::new()
@@ -312,9 +352,15 @@ impl MvccStore {
             // the disk a second stream of syncs.
             .flush_every_ms(None)
             .open()?;
+        let opened = std::time::Instant::now();
         let files = SledFiles::open(&dir.join("kv"))
             .map_err(|e| EtcdError::Storage(format!("opening the store's files: {e}")))?;
         let (wal, records) = Wal::open(&dir.join("wal"))?;
+        tracing::debug!(
+            sled_ms = (opened - started).as_millis() as u64,
+            wal_ms = opened.elapsed().as_millis() as u64,
+            "store files opened"
+        );
         // The log's records go to the overlay, as if just logged: the member serves at once
         // and the background writer gives them to sled. The log keeps them until the next
         // checkpoint, so a crash before sled has them all replays them again.
@@ -330,32 +376,120 @@ impl MvccStore {
                 "replayed the write-ahead log"
             );
         }
-        Self::from_db(db, Some(files), Some(wal), replayed)
+        let loading = std::time::Instant::now();
+        let image = std::fs::read(dir.join(image::FILE)).ok().and_then(|b| {
+            let img = image::decode(&b);
+            if img.is_none() {
+                tracing::info!("the index image does not check out; reading every record");
+            }
+            img
+        });
+        tracing::debug!(
+            took_ms = loading.elapsed().as_millis() as u64,
+            found = image.is_some(),
+            "index image read"
+        );
+        let (mut store, recovered) = Self::from_db(db, Some(files), Some(wal), replayed, image)?;
+        tracing::debug!(
+            took_ms = loading.elapsed().as_millis() as u64,
+            "index and leases loaded"
+        );
+        store.dir = Some(dir.to_path_buf());
+        Ok((store, recovered))
     }
 
     /// A store in memory only (tests).
     pub fn temporary() -> Result<Self> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(Self::from_db(db, None, None, Overlay::default())?.0)
+        Ok(Self::from_db(db, None, None, Overlay::default(), None)?.0)
     }
 
     /// Builds the in-memory state (key index, revisions) and the lease records from sled and
-    /// the changes of `overlay` (not yet in sled) laid over it.
-    fn load(db: &sled::Db, overlay: &Overlay) -> Result<(State, Recovered)> {
-        let compacted = match overlay.get(META_COMPACTED) {
-            Some(v) => v.cloned(),
-            None => db.get(META_COMPACTED)?.map(|v| v.to_vec()),
+    /// the changes of `overlay` (not yet in sled) laid over it. With a usable index `image`,
+    /// only the records written after it are read.
+    fn load(
+        db: &sled::Db,
+        overlay: &Overlay,
+        image: Option<image::Image>,
+    ) -> Result<(State, Recovered)> {
+        let stored = |key: &[u8]| -> Result<Option<Vec<u8>>> {
+            Ok(match overlay.get(key) {
+                Some(v) => v.cloned(),
+                None => db.get(key)?.map(|v| v.to_vec()),
+            })
         };
+        let compacted = stored(META_COMPACTED)?;
+        let compacted_rev = decode_compacted(compacted.as_deref())?;
+        let epoch = decode_epoch(stored(&meta_key(EPOCH_META))?.as_deref());
         let mut leases = Vec::new();
-        let mut index = IndexBuilder::new();
-        merge_prefix(db, overlay, super::revision::KV_PREFIX, |k, v| {
-            index.add(k, v)
-        })?;
         merge_prefix(db, overlay, LEASE_PREFIX, |k, v| {
             leases.push((k.to_vec(), v.to_vec()));
             Ok(())
         })?;
+        // A compaction after the image may have removed records newer than the image that
+        // the image's keys need (a deletion, say): then the image cannot be completed.
+        let usable = image.filter(|img| {
+            let ok = img.epoch == epoch
+                && img.compacted <= compacted_rev
+                && compacted_rev <= img.covered;
+            if !ok {
+                tracing::info!(
+                    image_epoch = img.epoch,
+                    epoch,
+                    image_covered = img.covered,
+                    compacted = compacted_rev,
+                    "the index image is of other data or older than a compaction; reading every record"
+                );
+            }
+            ok
+        });
+        let index = match usable {
+            Some(img) => {
+                let mut index = IndexBuilder::from_image(img.index, img.covered);
+                let from = Revision::lower_bound(img.covered + 1);
+                merge_from(db, overlay, &from, |k, v| index.add(k, v))?;
+                if compacted_rev > img.compacted {
+                    index.index.compact(compacted_rev);
+                }
+                index
+            }
+            None => {
+                let mut index = IndexBuilder::new();
+                merge_prefix(db, overlay, super::revision::KV_PREFIX, |k, v| {
+                    index.add(k, v)
+                })?;
+                index
+            }
+        };
         index.finish(compacted.as_deref(), leases.iter().map(|(k, v)| (k, v)))
+    }
+
+    /// Writes an image of the index (after a checkpoint: sled then holds every record it
+    /// covers). A failure only costs the next restart its speed.
+    fn write_image(&self) {
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        let t0 = std::time::Instant::now();
+        let epoch = match self.record(&meta_key(EPOCH_META)) {
+            Ok(v) => decode_epoch(v.as_deref()),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the store's epoch; no index image");
+                return;
+            }
+        };
+        let bytes = {
+            let st = self.state.read();
+            image::encode(&st.index, st.current, st.compacted, epoch)
+        };
+        match image::write(dir, &bytes) {
+            Ok(()) => tracing::debug!(
+                bytes = bytes.len(),
+                took_ms = t0.elapsed().as_millis() as u64,
+                "index image written"
+            ),
+            Err(e) => tracing::warn!(error = %e, "writing the index image"),
+        }
     }
 
     /// Replaces the whole store with a snapshot's records (a raft snapshot from the leader),
@@ -369,6 +503,10 @@ impl MvccStore {
     /// record. Only a snapshot too large for one record is written to sled in place.
     pub fn restore_snapshot(&self, data: &[u8], keep_meta: &[&str]) -> Result<Recovered> {
         let t0 = std::time::Instant::now();
+        // The image is of the data being replaced (the new epoch would refuse it anyway).
+        if let Some(dir) = &self.dir {
+            image::remove(dir);
+        }
         let mut records = parse_snapshot(data)?;
         // Snapshots list records in key order; sorting (linear then) guarantees it for the
         // index built below and the lookups of the replacement.
@@ -473,6 +611,7 @@ impl MvccStore {
         }
         changes.extend(records.into_iter().map(|(k, v)| (k, Some(v))));
         changes.extend(ours);
+        changes.push((meta_key(EPOCH_META), Some(new_epoch())));
         let t0 = std::time::Instant::now();
         if let Some(w) = self.wal.lock().as_mut() {
             w.append(&changes);
@@ -511,6 +650,7 @@ impl MvccStore {
         for (k, v) in kept {
             batch.insert(k.as_slice(), v);
         }
+        batch.insert(meta_key(EPOCH_META), new_epoch());
         self.db.apply_batch(batch)?;
         sync_sled(&self.db, self.files.as_ref())?;
         if let Some(w) = self.wal.lock().as_mut() {
@@ -530,8 +670,9 @@ impl MvccStore {
         files: Option<SledFiles>,
         wal: Option<Wal>,
         replayed: Overlay,
+        image: Option<image::Image>,
     ) -> Result<(Self, Recovered)> {
-        let (state, recovered) = Self::load(&db, &replayed)?;
+        let (state, recovered) = Self::load(&db, &replayed, image)?;
         let current = state.current;
         let applying: Arc<RwLock<Option<Arc<Overlay>>>> = Arc::default();
         let (to_sled, frozen) = std::sync::mpsc::sync_channel::<Arc<Overlay>>(1);
@@ -565,6 +706,7 @@ impl MvccStore {
             lazy_sync: std::sync::atomic::AtomicBool::new(false),
             log_record_max: MAX_RECORD,
             snapshot_len: std::sync::atomic::AtomicUsize::new(0),
+            dir: None,
         };
         // Replayed changes go to sled in the background, behind the synced log.
         store.sync_wal()?;
@@ -708,6 +850,7 @@ impl MvccStore {
             if let Some(w) = self.wal.lock().as_mut() {
                 w.reset()?;
             }
+            self.write_image();
         }
         Ok(())
     }
@@ -813,6 +956,9 @@ impl MvccStore {
         }
         self.db.apply_batch(to_batch(&changes))?;
         st.compacted = at;
+        drop(st);
+        // An image from before the compaction is of no use to a restart (see `load`).
+        self.write_image();
         Ok(())
     }
 
@@ -1578,7 +1724,7 @@ mod tests {
             let mut attached = rec.attached.clone();
             attached.sort();
             assert_eq!(attached.len(), 7);
-            let (c, rec2) = MvccStore::load(&b.db, &Overlay::default()).expect("load");
+            let (c, rec2) = MvccStore::load(&b.db, &Overlay::default(), None).expect("load");
             let mut attached2 = rec2.attached.clone();
             attached2.sort();
             assert_eq!(attached, attached2);
@@ -1730,6 +1876,109 @@ mod tests {
         drop(second);
         let (third, _) = reopen(dir.path());
         assert_eq!(want(&third), expected);
+    }
+
+    /// The state a store's records give when every one of them is read (no image).
+    fn full_scan(s: &MvccStore) -> (State, Vec<(Vec<u8>, i64)>) {
+        s.apply_overlay().expect("to sled");
+        let (st, rec) = MvccStore::load(&s.db, &Overlay::default(), None).expect("load");
+        let mut attached = rec.attached;
+        attached.sort();
+        (st, attached)
+    }
+
+    fn same_state(s: &MvccStore, rec: &Recovered, what: &str) {
+        let (want, want_attached) = full_scan(s);
+        let st = s.state.read();
+        assert_eq!(st.index, want.index, "{what}: index");
+        assert_eq!(
+            (st.current, st.compacted),
+            (want.current, want.compacted),
+            "{what}"
+        );
+        let mut attached = rec.attached.clone();
+        attached.sort();
+        assert_eq!(attached, want_attached, "{what}: attached keys");
+    }
+
+    /// A restart from an index image and the records after it builds the index that reading
+    /// every record builds, through puts, deletions, leases and compactions after the image;
+    /// after a snapshot restore the old image is not used.
+    #[test]
+    fn an_index_image_and_the_records_after_it_give_the_whole_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
+        s.set_checkpoint_bytes(8 * 1024);
+        let mut images = 0;
+        for i in 0..1500u32 {
+            let mut w = s.write();
+            let key = format!("k{:03}", (i * 7919) % 400);
+            match i % 11 {
+                3 => {
+                    w.delete_range(&KeyRange::new(key.as_bytes(), b""))
+                        .expect("delete");
+                }
+                5 => {
+                    w.put(key.as_bytes(), vec![1; 20], i64::from(i % 4), false)
+                        .expect("put");
+                    w.save_lease(i64::from(i % 4), 30);
+                }
+                _ => {
+                    w.put(key.as_bytes(), vec![2; 20], 0, false).expect("put");
+                }
+            }
+            w.commit().expect("commit");
+            s.flush().expect("flush");
+            let compacted_now = i % 400 == 399;
+            let mut before = None;
+            if compacted_now {
+                // The image a crash between the compaction and its new image would leave.
+                s.write_image();
+                before = Some(std::fs::read(dir.path().join(image::FILE)).expect("image"));
+                let at = s.read_current() - 50;
+                s.compact(at).expect("compact");
+            }
+            // A crash now (right after a compaction: the image is older than it): whatever
+            // image there is, and the records after it.
+            if i % 250 == 125 || compacted_now {
+                let copy = tempfile::tempdir().expect("tempdir");
+                crate::durable::crash_copy(dir.path(), copy.path());
+                images += usize::from(copy.path().join(image::FILE).exists());
+                let (c, rec) = reopen(copy.path());
+                same_state(&c, &rec, &format!("after {i} writes"));
+                if let Some(before) = before {
+                    drop(c);
+                    let copy = tempfile::tempdir().expect("tempdir");
+                    crate::durable::crash_copy(dir.path(), copy.path());
+                    image::write(copy.path(), &before).expect("the older image");
+                    let (c, rec) = reopen(copy.path());
+                    same_state(
+                        &c,
+                        &rec,
+                        &format!("after {i} writes, an image older than the compaction"),
+                    );
+                }
+            }
+        }
+        assert!(images >= 4, "checkpoints wrote index images ({images})");
+        // A snapshot of other data replaces this store's: its image must not be used.
+        let (_a, snap) = snapshot_source();
+        s.restore_snapshot(&snap, &["member_id"]).expect("restore");
+        s.sync().expect("sync");
+        let copy = tempfile::tempdir().expect("tempdir");
+        crate::durable::crash_copy(dir.path(), copy.path());
+        // An image of other data that would otherwise fit (it covers more than the store
+        // holds, from before its compaction): only the epoch tells it apart.
+        let mut other = KeyIndex::default();
+        other.record_put(b"zzz", Revision::new(2, 0), 0);
+        let stale = image::encode(&other, 10_000, 0, 0);
+        image::write(copy.path(), &stale).expect("a stale image");
+        let (c, rec) = reopen(copy.path());
+        same_state(&c, &rec, "after a restore");
+        assert_eq!(
+            c.read().get(b"k0").expect("get").map(|kv| kv.value),
+            Some(vec![49])
+        );
     }
 
     #[test]
