@@ -231,7 +231,7 @@ async fn spawn(
         ])
         .args(["--initial-cluster", &format!("default={peer_url}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(member_log(lite, port));
     if !lite {
         cmd.args(["--log-level", "error"]);
     }
@@ -266,6 +266,20 @@ async fn spawn(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Where a member's stderr goes: a file in `$ETCD_BENCH_LOGS` when it names a directory (with
+/// `RUST_LOG=etcd_lite=debug`, etcd-lite logs how long each step of a start took), else nowhere.
+fn member_log(lite: bool, port: u16) -> Stdio {
+    let Some(dir) = std::env::var_os("ETCD_BENCH_LOGS") else {
+        return Stdio::null();
+    };
+    let name = format!("{}-{port}.log", if lite { "etcd-lite" } else { "etcd" });
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::path::Path::new(&dir).join(name))
+        .map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 fn rss_mib(pid: u32) -> f64 {
