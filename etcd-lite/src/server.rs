@@ -702,22 +702,16 @@ impl EtcdServer {
     /// Range: serializable reads are local; linearizable ones first confirm with the leader
     /// that this member has applied everything committed when the read arrived.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        if req.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
-        }
-        self.metrics.range_total.inc();
-        if !req.serializable {
-            self.linearizable().await?;
-        }
+        self.range_admitted(req).await?;
         let view = self.store.read();
         let mut resp = txn::range(&view, req)?;
         resp.header = self.header(view.rev);
         Ok(resp)
     }
 
-    /// The keys a Range answers and the header to answer with, after the same checks as
-    /// [`Self::range`]: for answers streamed by revision (see [`MvccStore::kv_at`]).
-    pub async fn range_plan(&self, req: &RangeRequest) -> Result<(txn::RangePlan, ResponseHeader)> {
+    /// What every Range does before it reads: etcd's key check, the count, and for a
+    /// linearizable read the wait for the read index.
+    async fn range_admitted(&self, req: &RangeRequest) -> Result<()> {
         if req.key.is_empty() {
             return Err(EtcdError::EmptyKey);
         }
@@ -725,6 +719,13 @@ impl EtcdServer {
         if !req.serializable {
             self.linearizable().await?;
         }
+        Ok(())
+    }
+
+    /// The keys a Range answers and the header to answer with, after the same checks as
+    /// [`Self::range`]: for answers streamed by revision (see [`MvccStore::kv_at`]).
+    pub async fn range_plan(&self, req: &RangeRequest) -> Result<(txn::RangePlan, ResponseHeader)> {
+        self.range_admitted(req).await?;
         let view = self.store.read();
         let plan = txn::plan_range(&view, req)?;
         Ok((plan, self.header(view.rev).unwrap_or_default()))
@@ -734,13 +735,7 @@ impl EtcdServer {
     /// answer is built once at its exact size from the stored records, and only if the read
     /// budget has room for it; otherwise [`EtcdError::TooManyRequests`].
     pub async fn range_encoded(&self, req: &RangeRequest, prefix: usize) -> Result<EncodedRange> {
-        if req.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
-        }
-        self.metrics.range_total.inc();
-        if !req.serializable {
-            self.linearizable().await?;
-        }
+        self.range_admitted(req).await?;
         let view = self.store.read();
         let plan = txn::plan_range(&view, req)?;
         let header = self.header(view.rev);
