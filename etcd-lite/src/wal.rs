@@ -78,6 +78,20 @@ pub struct Wal {
     pending: Vec<u8>,
     /// Bytes in the file.
     size: u64,
+    /// What the log's first record says of where it starts (see [`Wal::reset`]).
+    base: Option<i64>,
+}
+
+/// The key of the one change in a log's first record that says where the log starts: a key
+/// no store or raft record has.
+const BASE_KEY: &[u8] = b"\xff\xffwal-base";
+
+/// The base a record states, if it is a base record.
+fn base_of(record: &[Change]) -> Option<i64> {
+    match record {
+        [(k, Some(v))] if k == BASE_KEY => Some(i64::from_le_bytes(v.as_slice().try_into().ok()?)),
+        _ => None,
+    }
 }
 
 fn io(e: std::io::Error) -> EtcdError {
@@ -190,15 +204,26 @@ impl Wal {
             file.sync_data().map_err(io)?;
         }
         file.seek(SeekFrom::Start(pos as u64)).map_err(io)?;
+        let base = records.first().and_then(|r| base_of(r));
+        if base.is_some() {
+            records.remove(0);
+        }
         Ok((
             Wal {
                 path: path.to_path_buf(),
                 file,
                 pending: Vec::new(),
                 size: pos as u64,
+                base,
             },
             records,
         ))
+    }
+
+    /// Where the log starts, if its writer said so when it was last reset: every change the
+    /// writer made after that point (a revision, for the store) is in the log.
+    pub fn base(&self) -> Option<i64> {
+        self.base
     }
 
     /// Queues a record; it becomes durable at the next [`Wal::sync`].
@@ -255,6 +280,7 @@ impl Wal {
         }
         self.file = tmp;
         self.size = records.len() as u64;
+        self.base = None;
         Ok(())
     }
 
@@ -263,13 +289,24 @@ impl Wal {
         self.size + self.pending.len() as u64
     }
 
-    /// Empties the log. Only after everything it holds is durable elsewhere.
-    pub fn reset(&mut self) -> Result<()> {
+    /// Empties the log. Only after everything it holds is durable elsewhere. With a `base`,
+    /// the log's first record states it (read back by [`Wal::base`] when the log is opened
+    /// again); it is not one of the records [`Wal::open`] returns.
+    pub fn reset(&mut self, base: Option<i64>) -> Result<()> {
         assert!(self.pending.is_empty(), "reset only after a sync");
         self.file.set_len(0).map_err(io)?;
         self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut first = Vec::new();
+        if let Some(b) = base {
+            encode(
+                &[(BASE_KEY.to_vec(), Some(b.to_le_bytes().to_vec()))],
+                &mut first,
+            );
+            self.file.write_all(&first).map_err(io)?;
+        }
         self.file.sync_data().map_err(io)?;
-        self.size = 0;
+        self.size = first.len() as u64;
+        self.base = base;
         tracing::debug!(path = %self.path.display(), "write-ahead log checkpointed");
         Ok(())
     }
@@ -352,6 +389,41 @@ impl SharedWal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_log_states_its_base_and_a_rewritten_one_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("wal");
+        let r: Vec<Change> = vec![(b"a".to_vec(), Some(b"1".to_vec()))];
+        let (mut w, _) = Wal::open(&p).expect("open");
+        assert_eq!(w.base(), None);
+        w.append(&r);
+        w.sync().expect("sync");
+        w.reset(Some(41)).expect("reset");
+        w.append(&r);
+        w.sync().expect("sync");
+        drop(w);
+        let (w, recs) = Wal::open(&p).expect("reopen");
+        assert_eq!((w.base(), recs), (Some(41), vec![r.clone()]));
+        // A torn base record leaves a log that states nothing (and holds nothing).
+        let len = std::fs::metadata(&p).expect("meta").len();
+        drop(w);
+        let f = OpenOptions::new().write(true).open(&p).expect("open");
+        f.set_len(len - (8 + body_len(&r)) as u64 - 3).expect("cut");
+        drop(f);
+        let (mut w, recs) = Wal::open(&p).expect("reopen torn");
+        assert_eq!((w.base(), recs.len()), (None, 0));
+        w.reset(None).expect("reset");
+        drop(w);
+        let (w, recs) = Wal::open(&p).expect("reopen");
+        assert_eq!((w.base(), recs.len()), (None, 0));
+        let shared = SharedWal::new(w);
+        shared.replace(&r);
+        shared.sync().expect("sync");
+        drop(shared);
+        let (w, recs) = Wal::open(&p).expect("reopen");
+        assert_eq!((w.base(), recs), (None, vec![r]));
+    }
 
     #[test]
     fn records_roundtrip_and_torn_tail_is_cut() {

@@ -344,6 +344,32 @@ impl MvccStore {
         let started = std::time::Instant::now();
         std::fs::create_dir_all(dir)
             .map_err(|e| EtcdError::Storage(format!("creating {}: {e}", dir.display())))?;
+        // The index image and the log are read while sled opens: three files, three threads.
+        let image_file = dir.join(image::FILE);
+        let reading_image = std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            let image = std::fs::read(image_file).ok().and_then(|b| {
+                let img = image::decode(&b);
+                if img.is_none() {
+                    tracing::info!("the index image does not check out; reading every record");
+                }
+                img
+            });
+            (image, t0.elapsed())
+        });
+        let wal_file = dir.join("wal");
+        let reading_wal = std::thread::spawn(move || -> Result<_> {
+            let t0 = std::time::Instant::now();
+            let (wal, records) = Wal::open(&wal_file)?;
+            let read = t0.elapsed();
+            // The log's records go to the overlay, as if just logged: the member serves at
+            // once and the background writer gives them to sled. The log keeps them until the
+            // next checkpoint, so a crash before sled has them all replays them again.
+            let count = records.len();
+            let mut replayed = Overlay::default();
+            replayed.extend(records.into_iter().flatten());
+            Ok((wal, replayed, count, read, t0.elapsed()))
+        });
         let db = sled::Config::new()
             .path(dir.join("kv"))
             .cache_capacity(cache_bytes)
@@ -352,44 +378,36 @@ impl MvccStore {
             // the disk a second stream of syncs.
             .flush_every_ms(None)
             .open()?;
-        let opened = std::time::Instant::now();
+        let sled_ms = started.elapsed().as_millis() as u64;
         let files = SledFiles::open(&dir.join("kv"))
             .map_err(|e| EtcdError::Storage(format!("opening the store's files: {e}")))?;
-        let (wal, records) = Wal::open(&dir.join("wal"))?;
-        tracing::debug!(
-            sled_ms = (opened - started).as_millis() as u64,
-            wal_ms = opened.elapsed().as_millis() as u64,
-            "store files opened"
-        );
-        // The log's records go to the overlay, as if just logged: the member serves at once
-        // and the background writer gives them to sled. The log keeps them until the next
-        // checkpoint, so a crash before sled has them all replays them again.
-        let mut replayed = Overlay::default();
-        if !records.is_empty() {
-            let started = std::time::Instant::now();
-            let count = records.len();
-            replayed.extend(records.into_iter().flatten());
+        let (wal, replayed, count, read, replay) = reading_wal
+            .join()
+            .map_err(|_| EtcdError::Storage("reading the write-ahead log panicked".into()))??;
+        if count > 0 {
             tracing::info!(
                 records = count,
                 keys = replayed.records.len(),
-                took_ms = started.elapsed().as_millis() as u64,
+                took_ms = (replay - read).as_millis() as u64,
                 "replayed the write-ahead log"
             );
         }
-        let loading = std::time::Instant::now();
-        let image = std::fs::read(dir.join(image::FILE)).ok().and_then(|b| {
-            let img = image::decode(&b);
-            if img.is_none() {
-                tracing::info!("the index image does not check out; reading every record");
-            }
-            img
-        });
+        let (image, image_took) = reading_image
+            .join()
+            .map_err(|_| EtcdError::Storage("reading the index image panicked".into()))?;
         tracing::debug!(
-            took_ms = loading.elapsed().as_millis() as u64,
-            found = image.is_some(),
-            "index image read"
+            sled_ms,
+            wal_ms = read.as_millis() as u64,
+            replay_ms = replay.as_millis() as u64,
+            image_ms = image_took.as_millis() as u64,
+            image = image.is_some(),
+            waited_ms = started.elapsed().as_millis() as u64,
+            "store files opened"
         );
-        let (mut store, recovered) = Self::from_db(db, Some(files), Some(wal), replayed, image)?;
+        let loading = std::time::Instant::now();
+        let base = wal.base();
+        let (mut store, recovered) =
+            Self::from_db(db, Some(files), Some(wal), replayed, image, base)?;
         tracing::debug!(
             took_ms = loading.elapsed().as_millis() as u64,
             "index and leases loaded"
@@ -401,16 +419,19 @@ impl MvccStore {
     /// A store in memory only (tests).
     pub fn temporary() -> Result<Self> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(Self::from_db(db, None, None, Overlay::default(), None)?.0)
+        Ok(Self::from_db(db, None, None, Overlay::default(), None, None)?.0)
     }
 
     /// Builds the in-memory state (key index, revisions) and the lease records from sled and
     /// the changes of `overlay` (not yet in sled) laid over it. With a usable index `image`,
-    /// only the records written after it are read.
+    /// only the records written after it are read: from the replayed log alone when the log
+    /// starts at or before the image (`wal_base`, the revision at the log's last reset), since
+    /// sled then holds no record after the image that the log does not.
     fn load(
         db: &sled::Db,
         overlay: &Overlay,
         image: Option<image::Image>,
+        wal_base: Option<i64>,
     ) -> Result<(State, Recovered)> {
         let stored = |key: &[u8]| -> Result<Option<Vec<u8>>> {
             Ok(match overlay.get(key) {
@@ -447,7 +468,18 @@ impl MvccStore {
             Some(img) => {
                 let mut index = IndexBuilder::from_image(img.index, img.covered);
                 let from = Revision::lower_bound(img.covered + 1);
-                merge_from(db, overlay, &from, |k, v| index.add(k, v))?;
+                if wal_base.is_some_and(|b| b <= img.covered) {
+                    for (k, v) in overlay.records.range(from.to_vec()..) {
+                        if k.first() != Some(&super::revision::KV_PREFIX) {
+                            break;
+                        }
+                        if let Some(v) = v {
+                            index.add(k, v)?;
+                        }
+                    }
+                } else {
+                    merge_from(db, overlay, &from, |k, v| index.add(k, v))?;
+                }
                 if compacted_rev > img.compacted {
                     index.index.compact(compacted_rev);
                 }
@@ -654,7 +686,7 @@ impl MvccStore {
         self.db.apply_batch(batch)?;
         sync_sled(&self.db, self.files.as_ref())?;
         if let Some(w) = self.wal.lock().as_mut() {
-            w.reset()?;
+            w.reset(None)?;
         }
         Ok(())
     }
@@ -671,8 +703,9 @@ impl MvccStore {
         wal: Option<Wal>,
         replayed: Overlay,
         image: Option<image::Image>,
+        wal_base: Option<i64>,
     ) -> Result<(Self, Recovered)> {
-        let (state, recovered) = Self::load(&db, &replayed, image)?;
+        let (state, recovered) = Self::load(&db, &replayed, image, wal_base)?;
         let current = state.current;
         let applying: Arc<RwLock<Option<Arc<Overlay>>>> = Arc::default();
         let (to_sled, frozen) = std::sync::mpsc::sync_channel::<Arc<Overlay>>(1);
@@ -847,8 +880,11 @@ impl MvccStore {
         if checkpoint && !busy {
             self.apply_overlay()?;
             sync_sled(&self.db, self.files.as_ref())?;
+            // Every revision after this one is in the log from here on (its first record says
+            // so), which lets a restart from the image below skip reading sled.
+            let current = self.state.read().current;
             if let Some(w) = self.wal.lock().as_mut() {
-                w.reset()?;
+                w.reset(Some(current))?;
             }
             self.write_image();
         }
@@ -1724,7 +1760,7 @@ mod tests {
             let mut attached = rec.attached.clone();
             attached.sort();
             assert_eq!(attached.len(), 7);
-            let (c, rec2) = MvccStore::load(&b.db, &Overlay::default(), None).expect("load");
+            let (c, rec2) = MvccStore::load(&b.db, &Overlay::default(), None, None).expect("load");
             let mut attached2 = rec2.attached.clone();
             attached2.sort();
             assert_eq!(attached, attached2);
@@ -1881,7 +1917,7 @@ mod tests {
     /// The state a store's records give when every one of them is read (no image).
     fn full_scan(s: &MvccStore) -> (State, Vec<(Vec<u8>, i64)>) {
         s.apply_overlay().expect("to sled");
-        let (st, rec) = MvccStore::load(&s.db, &Overlay::default(), None).expect("load");
+        let (st, rec) = MvccStore::load(&s.db, &Overlay::default(), None, None).expect("load");
         let mut attached = rec.attached;
         attached.sort();
         (st, attached)
@@ -1910,6 +1946,7 @@ mod tests {
         let (s, _) = MvccStore::open(dir.path(), 1 << 20).expect("open");
         s.set_checkpoint_bytes(8 * 1024);
         let mut images = 0;
+        let mut first_image: Option<Vec<u8>> = None;
         for i in 0..1500u32 {
             let mut w = s.write();
             let key = format!("k{:03}", (i * 7919) % 400);
@@ -1946,8 +1983,24 @@ mod tests {
                 images += usize::from(copy.path().join(image::FILE).exists());
                 let (c, rec) = reopen(copy.path());
                 same_state(&c, &rec, &format!("after {i} writes"));
+                drop(c);
+                // An image from before the log's last reset (a crash before the checkpoint's
+                // own image was written): the records between the two are only in sled.
+                if let Some(old) = &first_image {
+                    let copy = tempfile::tempdir().expect("tempdir");
+                    crate::durable::crash_copy(dir.path(), copy.path());
+                    image::write(copy.path(), old).expect("an image of an older checkpoint");
+                    let (c, rec) = reopen(copy.path());
+                    same_state(
+                        &c,
+                        &rec,
+                        &format!("after {i} writes, an older checkpoint's image"),
+                    );
+                }
+                if first_image.is_none() {
+                    first_image = std::fs::read(dir.path().join(image::FILE)).ok();
+                }
                 if let Some(before) = before {
-                    drop(c);
                     let copy = tempfile::tempdir().expect("tempdir");
                     crate::durable::crash_copy(dir.path(), copy.path());
                     image::write(copy.path(), &before).expect("the older image");
