@@ -47,6 +47,14 @@ pub enum Command {
         name: String,
         client_urls: Vec<String>,
     },
+    /// A change to users, roles or the enabled flag, or a login's token.
+    Auth(crate::auth::AuthCommand),
+    /// A write made by an authenticated user: while auth is on, its permissions are checked
+    /// again when it applies, against the auth state at that point of the log.
+    AsUser {
+        user: String,
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -99,6 +107,16 @@ impl Command {
                 out.push(4);
                 out.extend_from_slice(&serde_json::to_vec(c).expect("v2 commands serialize"));
             }
+            Command::Auth(c) => {
+                out.push(8);
+                out.extend_from_slice(&serde_json::to_vec(c).expect("auth commands serialize"));
+            }
+            Command::AsUser { user, cmd } => {
+                out.push(9);
+                out.extend_from_slice(&(user.len() as u32).to_be_bytes());
+                out.extend_from_slice(user.as_bytes());
+                out.extend_from_slice(&cmd.encode());
+            }
         }
         out
     }
@@ -146,6 +164,24 @@ impl Command {
             Some(4) => Ok(Command::V2(
                 serde_json::from_slice(&b[1..]).map_err(|_| bad())?,
             )),
+            Some(8) => Ok(Command::Auth(
+                serde_json::from_slice(&b[1..]).map_err(|_| bad())?,
+            )),
+            Some(9) => {
+                let len =
+                    u32::from_be_bytes(b.get(1..5).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
+                        as usize;
+                let user = b.get(5..5 + len).ok_or_else(bad)?;
+                let user = String::from_utf8(user.to_vec()).map_err(|_| bad())?;
+                let inner = Command::decode(&b[5 + len..])?;
+                if matches!(inner, Command::AsUser { .. }) {
+                    return Err(bad());
+                }
+                Ok(Command::AsUser {
+                    user,
+                    cmd: Box::new(inner),
+                })
+            }
             _ => Err(bad()),
         }
     }
@@ -169,6 +205,8 @@ pub enum Outcome {
     Alarms(Vec<(u64, i32)>),
     /// A member's attributes were recorded.
     Published,
+    /// An auth command applied.
+    Auth,
 }
 
 /// An outcome and the store revision right after it.
@@ -192,9 +230,13 @@ pub fn apply(
     cmd: Command,
     committed: &mut Vec<RevEvents>,
 ) -> Result<Applied> {
-    if let Command::Alarm { .. } | Command::Publish { .. } = cmd {
+    if let Command::Alarm { .. }
+    | Command::Publish { .. }
+    | Command::Auth(_)
+    | Command::AsUser { .. } = cmd
+    {
         return Err(EtcdError::Storage(
-            "alarms and member attributes are applied by the state machine".into(),
+            "alarms, member attributes and auth are applied by the state machine".into(),
         ));
     }
     if let Command::Compact(rev) = cmd {
@@ -256,9 +298,13 @@ fn apply_in(w: &mut WriteTxn<'_>, leases: &Mutex<LeaseTable>, cmd: Command) -> R
             let resp = txn::txn(w, &req, &exists)?;
             Ok(Outcome::Txn(Box::new(resp)))
         }
-        Command::Compact(_) | Command::Alarm { .. } | Command::Publish { .. } => {
+        Command::Compact(_)
+        | Command::Alarm { .. }
+        | Command::Publish { .. }
+        | Command::Auth(_)
+        | Command::AsUser { .. } => {
             unreachable!(
-                "compaction, alarms and attributes are handled before a write transaction opens"
+                "compaction, alarms, attributes and auth are handled before a write transaction opens"
             )
         }
         Command::LeaseGrant { id, ttl } => {
@@ -345,6 +391,18 @@ mod tests {
                 value: "x".into(),
                 ttl: Some(5),
             }),
+            Command::Auth(crate::auth::AuthCommand::RoleGrantPermission {
+                name: "r".into(),
+                perm: crate::auth::Perm {
+                    key: b"/a".to_vec(),
+                    range_end: b"/b".to_vec(),
+                    kind: 2,
+                },
+            }),
+            Command::AsUser {
+                user: "alice".into(),
+                cmd: Box::new(Command::LeaseRevoke { id: 3 }),
+            },
         ] {
             assert_eq!(Command::decode(&c.encode()).ok(), Some(c));
         }
@@ -352,5 +410,20 @@ mod tests {
         assert!(Command::decode(&[9, 1, 2]).is_err());
         assert!(Command::decode(&[2, 1, 2]).is_err(), "truncated");
         assert!(Command::decode(&[7, b'{']).is_err(), "malformed attributes");
+        assert!(
+            Command::decode(&[9, 0, 0, 0, 9, b'a']).is_err(),
+            "truncated user"
+        );
+        let nested = Command::AsUser {
+            user: "a".into(),
+            cmd: Box::new(Command::AsUser {
+                user: "b".into(),
+                cmd: Box::new(Command::Compact(1)),
+            }),
+        };
+        assert!(
+            Command::decode(&nested.encode()).is_err(),
+            "one user per write"
+        );
     }
 }

@@ -109,6 +109,16 @@ pub struct Config {
     /// machine may not have; one answer larger than all of it is served when it is alone.
     #[arg(long, default_value_t = crate::server::DEFAULT_INFLIGHT_READ_BYTES, env = "ETCD_MAX_INFLIGHT_READ_BYTES")]
     pub max_inflight_read_bytes: usize,
+    /// How clients' tokens are made once auth is enabled: `simple` (random tokens that every
+    /// member learns through the log). etcd's `jwt,...` form is not supported yet.
+    #[arg(long, default_value = "simple", env = "ETCD_AUTH_TOKEN")]
+    pub auth_token: String,
+    /// Seconds a simple token stays valid after its last use.
+    #[arg(long, default_value_t = 300, env = "ETCD_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes (4-31).
+    #[arg(long, default_value_t = 10, env = "ETCD_BCRYPT_COST", value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
     /// Interval of watch progress notifications, in seconds.
     #[arg(long, default_value_t = 600)]
     pub watch_progress_notify_interval: u64,
@@ -423,6 +433,8 @@ impl Config {
                 self.watch_progress_notify_interval.max(1),
             ),
             max_inflight_read_bytes: self.max_inflight_read_bytes,
+            auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl.max(1)),
+            bcrypt_cost: self.bcrypt_cost,
         }
     }
 }

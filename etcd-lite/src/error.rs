@@ -59,6 +59,36 @@ pub enum EtcdError {
     Timeout,
     #[error("etcdserver: too many requests")]
     TooManyRequests,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
 }
@@ -101,7 +131,22 @@ impl EtcdError {
             | EtcdError::TooManyOps
             | EtcdError::DuplicateKey
             | EtcdError::RequestTooLarge
+            | EtcdError::UserEmpty
+            | EtcdError::RoleEmpty
+            | EtcdError::AuthFailed
+            | EtcdError::InvalidAuthMgmt
             | EtcdError::InvalidArgument(_) => Code::InvalidArgument,
+            EtcdError::RootUserNotExist
+            | EtcdError::RootRoleNotExist
+            | EtcdError::UserAlreadyExist
+            | EtcdError::UserNotFound
+            | EtcdError::RoleAlreadyExist
+            | EtcdError::RoleNotFound
+            | EtcdError::RoleNotGranted
+            | EtcdError::PermissionNotGranted
+            | EtcdError::AuthNotEnabled => Code::FailedPrecondition,
+            EtcdError::PermissionDenied => Code::PermissionDenied,
+            EtcdError::InvalidAuthToken => Code::Unauthenticated,
             EtcdError::Compacted | EtcdError::FutureRev | EtcdError::LeaseTtlTooLarge => {
                 Code::OutOfRange
             }

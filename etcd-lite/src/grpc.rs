@@ -1,4 +1,4 @@
-//! The etcd v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance) over [`EtcdServer`].
+//! The etcd v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance, Auth) over [`EtcdServer`].
 
 // tonic::Status is large by design and is what every handler returns.
 #![allow(clippy::result_large_err)]
@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use etcd_api::etcdserverpb::{
+    auth_server::{Auth, AuthServer},
     cluster_server::{Cluster, ClusterServer},
     kv_server::{Kv, KvServer},
     lease_server::{Lease, LeaseServer},
@@ -21,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::EtcdError;
-use crate::server::{EtcdServer, API_VERSION, GRPC_OVERHEAD_BYTES};
+use crate::server::{Caller, EtcdServer, API_VERSION, GRPC_OVERHEAD_BYTES};
 
 /// Bytes of snapshot per streamed message (etcd sends 32 KiB chunks).
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
@@ -33,6 +34,19 @@ pub struct Services(pub Arc<EtcdServer>);
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl Services {
+    /// Who makes request `r`: its `token` metadata (what etcdctl and clientv3 send after
+    /// Authenticate), else its client certificate's CN.
+    fn who<T>(&self, r: &Request<T>) -> Result<Caller, Status> {
+        let token = r.metadata().get("token").and_then(|v| v.to_str().ok());
+        Ok(caller_of(&self.0, token, r.extensions())?)
+    }
+
+    /// [`Self::who`], and it must be allowed to administer the cluster.
+    fn admin<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let who = self.who(r)?;
+        Ok(self.0.may_admin(&who)?)
+    }
+
     /// The tonic router with all five services, limits applied.
     pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
         let max = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -41,6 +55,7 @@ impl Services {
             .add_service(WatchServer::new(s.clone()).max_decoding_message_size(max))
             .add_service(LeaseServer::new(s.clone()).max_decoding_message_size(max))
             .add_service(ClusterServer::new(s.clone()).max_decoding_message_size(max))
+            .add_service(AuthServer::new(s.clone()).max_decoding_message_size(max))
             .add_service(
                 MaintenanceServer::new(s)
                     .max_decoding_message_size(max)
@@ -53,28 +68,35 @@ impl Services {
 impl Kv for Services {
     async fn range(&self, r: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         self.0.admit(r.get_ref())?;
-        Ok(Response::new(self.0.range(r.get_ref()).await?))
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.range(r.get_ref(), &who).await?))
     }
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.0.refuse_on_learner()?;
-        Ok(Response::new(self.0.put(r.into_inner()).await?))
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.put(r.into_inner(), &who).await?))
     }
     async fn delete_range(
         &self,
         r: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         self.0.refuse_on_learner()?;
-        Ok(Response::new(self.0.delete_range(r.into_inner()).await?))
+        let who = self.who(&r)?;
+        Ok(Response::new(
+            self.0.delete_range(r.into_inner(), &who).await?,
+        ))
     }
     async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         self.0.refuse_on_learner()?;
-        Ok(Response::new(self.0.txn(r.into_inner()).await?))
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.txn(r.into_inner(), &who).await?))
     }
     async fn compact(
         &self,
         r: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         let rev = self.0.compact(r.get_ref().revision).await?;
         Ok(Response::new(CompactionResponse {
             header: self.0.header(rev),
@@ -90,8 +112,9 @@ impl Watch for Services {
         r: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(crate::watch::serve(self.0.clone(), r.into_inner(), tx));
+        tokio::spawn(crate::watch::serve(self.0.clone(), r.into_inner(), tx, who));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -103,6 +126,7 @@ impl Lease for Services {
         r: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.who(&r)?;
         let (id, ttl, rev) = self.0.lease_grant(r.get_ref().ttl, r.get_ref().id).await?;
         Ok(Response::new(LeaseGrantResponse {
             header: self.0.header(rev),
@@ -116,7 +140,8 @@ impl Lease for Services {
         r: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         self.0.refuse_on_learner()?;
-        let rev = self.0.lease_revoke(r.get_ref().id).await?;
+        let who = self.who(&r)?;
+        let rev = self.0.lease_revoke(r.get_ref().id, &who).await?;
         Ok(Response::new(LeaseRevokeResponse {
             header: self.0.header(rev),
         }))
@@ -127,6 +152,7 @@ impl Lease for Services {
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         self.0.refuse_on_learner()?;
+        self.who(&r)?;
         let server = self.0.clone();
         let out = r.into_inner().then(move |req| {
             let server = server.clone();
@@ -147,6 +173,7 @@ impl Lease for Services {
         r: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.who(&r)?;
         let (ttl, granted, keys) = self.0.lease_ttl(r.get_ref().id, r.get_ref().keys)?;
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: self.0.header(self.0.store.published()),
@@ -158,9 +185,10 @@ impl Lease for Services {
     }
     async fn lease_leases(
         &self,
-        _r: Request<LeaseLeasesRequest>,
+        r: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.who(&r)?;
         Ok(Response::new(LeaseLeasesResponse {
             header: self.0.header(self.0.store.published()),
             leases: self
@@ -180,6 +208,7 @@ impl Cluster for Services {
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         let req = r.into_inner();
         let id = self
             .0
@@ -198,6 +227,7 @@ impl Cluster for Services {
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         self.0.member_remove(r.get_ref().id).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.0.header(self.0.store.published()),
@@ -209,6 +239,7 @@ impl Cluster for Services {
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         let req = r.into_inner();
         self.0.member_update(req.id, req.peer_ur_ls).await?;
         Ok(Response::new(MemberUpdateResponse {
@@ -231,11 +262,162 @@ impl Cluster for Services {
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         self.0.member_promote(r.get_ref().id).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.0.header(self.0.store.published()),
             members: self.0.members().await?,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for Services {
+    async fn auth_enable(
+        &self,
+        _r: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        Ok(Response::new(self.0.auth_enable().await?))
+    }
+    async fn auth_disable(
+        &self,
+        r: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.auth_disable(&who).await?))
+    }
+    async fn auth_status(
+        &self,
+        _r: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        Ok(Response::new(self.0.auth_status()))
+    }
+    async fn authenticate(
+        &self,
+        r: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        Ok(Response::new(self.0.authenticate(r.into_inner()).await?))
+    }
+    async fn user_add(
+        &self,
+        r: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.user_add(&who, r.into_inner()).await?))
+    }
+    async fn user_get(
+        &self,
+        r: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.user_get(&who, r.get_ref())?))
+    }
+    async fn user_list(
+        &self,
+        r: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.user_list(&who)?))
+    }
+    async fn user_delete(
+        &self,
+        r: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(
+            self.0.user_delete(&who, r.into_inner()).await?,
+        ))
+    }
+    async fn user_change_password(
+        &self,
+        r: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(
+            self.0.user_change_password(&who, r.into_inner()).await?,
+        ))
+    }
+    async fn user_grant_role(
+        &self,
+        r: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(
+            self.0.user_grant_role(&who, r.into_inner()).await?,
+        ))
+    }
+    async fn user_revoke_role(
+        &self,
+        r: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(
+            self.0.user_revoke_role(&who, r.into_inner()).await?,
+        ))
+    }
+    async fn role_add(
+        &self,
+        r: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.role_add(&who, r.into_inner()).await?))
+    }
+    async fn role_get(
+        &self,
+        r: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.role_get(&who, r.get_ref())?))
+    }
+    async fn role_list(
+        &self,
+        r: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(self.0.role_list(&who)?))
+    }
+    async fn role_delete(
+        &self,
+        r: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(
+            self.0.role_delete(&who, r.into_inner()).await?,
+        ))
+    }
+    async fn role_grant_permission(
+        &self,
+        r: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(
+            self.0.role_grant_permission(&who, r.into_inner()).await?,
+        ))
+    }
+    async fn role_revoke_permission(
+        &self,
+        r: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        Ok(Response::new(
+            self.0.role_revoke_permission(&who, r.into_inner()).await?,
+        ))
     }
 }
 
@@ -278,6 +460,7 @@ impl Services {
 impl Maintenance for Services {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         use etcd_api::etcdserverpb::{alarm_request::AlarmAction, AlarmMember};
         let r = r.into_inner();
         let member = |(id, alarm): (u64, i32)| AlarmMember {
@@ -323,16 +506,18 @@ impl Maintenance for Services {
     }
     async fn defragment(
         &self,
-        _r: Request<DefragmentRequest>,
+        r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         // sled reclaims space itself; defragmenting amounts to making everything durable, which
         // the raft node's thread does (the store has one writer). etcd leaves the header unset.
         self.0.node.make_durable().await.map_err(EtcdError::from)?;
         Ok(Response::new(DefragmentResponse { header: None }))
     }
-    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         let view = self.0.store.read();
         let hash = view.hash(view.rev)?;
         Ok(Response::new(HashResponse {
@@ -342,6 +527,7 @@ impl Maintenance for Services {
     }
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         let view = self.0.store.read();
         let at = if r.get_ref().revision <= 0 {
             view.rev
@@ -365,9 +551,10 @@ impl Maintenance for Services {
     type SnapshotStream = BoxStream<SnapshotResponse>;
     async fn snapshot(
         &self,
-        _r: Request<SnapshotRequest>,
+        r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         let (blob, rev) = {
             let view = self.0.store.read();
             (view.snapshot()?, view.rev)
@@ -393,6 +580,7 @@ impl Maintenance for Services {
         r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         self.0.refuse_on_learner()?;
+        self.admin(&r)?;
         self.0.move_leader(r.get_ref().target_id).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: self.0.header(self.0.store.published()),
@@ -432,6 +620,7 @@ async fn range_call(
             )));
         }
     }
+    let who = caller_of(s, token_of(req.headers()), req.extensions())?;
     let max = s.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let body = axum::body::to_bytes(req.into_body(), max + FRAME_HEADER)
         .await
@@ -439,7 +628,7 @@ async fn range_call(
     let request = RangeRequest::decode(unary_message(&body)?)
         .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
     s.admit(&request)?;
-    let answer = s.range_encoded(&request, FRAME_HEADER).await?;
+    let answer = s.range_encoded(&request, FRAME_HEADER, &who).await?;
     let mut bytes = answer.bytes;
     let len = u32::try_from(bytes.len() - FRAME_HEADER).map_err(|_| {
         Status::resource_exhausted("etcdserver: range answer is larger than gRPC can send (4 GiB)")
@@ -525,4 +714,26 @@ impl hyper::body::Body for Answer {
     fn is_end_stream(&self) -> bool {
         self.sent >= self.data.len() && self.trailers.is_none()
     }
+}
+
+/// The token a request carries: gRPC metadata `token`, or the JSON gateway's `Authorization`
+/// header.
+pub fn token_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("token")
+        .or_else(|| headers.get(axum::http::header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Who sends a request with `token` over a connection whose client certificate may name a
+/// user (see [`EtcdServer::caller`]).
+pub fn caller_of(
+    s: &EtcdServer,
+    token: Option<&str>,
+    extensions: &axum::http::Extensions,
+) -> Result<Caller, EtcdError> {
+    let cn = extensions
+        .get::<crate::tls::ClientCn>()
+        .map(|c| c.0.as_str());
+    s.caller(token, cn)
 }

@@ -20,9 +20,27 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::EtcdError;
 use crate::grpc::Services;
-use crate::server::{EtcdServer, API_VERSION};
+use crate::server::{Caller, EtcdServer, API_VERSION};
 
 type Srv = State<Arc<EtcdServer>>;
+
+/// Who makes a gateway request: the token in its `Authorization` header (what
+/// `/v3/auth/authenticate` answered) or its client certificate's CN; an error when auth is on
+/// and neither names a user.
+pub struct Who(Result<Caller, EtcdError>);
+
+#[axum::async_trait]
+impl axum::extract::FromRequestParts<Arc<EtcdServer>> for Who {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &Arc<EtcdServer>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = crate::grpc::token_of(&parts.headers);
+        Ok(Who(crate::grpc::caller_of(s, token, &parts.extensions)))
+    }
+}
 
 /// JSON with an HTTP status.
 pub fn json(status: u16, body: &impl Serialize) -> Response {
@@ -60,25 +78,41 @@ fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
     })
 }
 
-/// Parses a JSON request, runs `f` and answers in the gateway's JSON; a learner refuses what
-/// [`EtcdServer::admit`] says (the gRPC services' rule).
-async fn gateway<Req, Resp, F, Fut>(s: &EtcdServer, body: Bytes, f: F) -> Response
+/// Parses a JSON request, runs `f` for its caller and answers in the gateway's JSON; a learner
+/// refuses what [`EtcdServer::admit`] says (the gRPC services' rule), and with auth on a
+/// request that names no user is refused as gRPC refuses it.
+async fn gateway<Req, Resp, F, Fut>(s: &EtcdServer, who: Who, body: Bytes, f: F) -> Response
 where
     Req: DeserializeOwned + Default + 'static,
     Resp: Serialize,
-    F: FnOnce(Req) -> Fut,
+    F: FnOnce(Req, Caller) -> Fut,
     Fut: Future<Output = Result<Resp, EtcdError>>,
 {
+    let who = match who.0 {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
     match parse::<Req>(&body) {
         Ok(req) => match s.admit(&req) {
             Err(e) => e.into_response(),
-            Ok(()) => match f(req).await {
+            Ok(()) => match f(req, who).await {
                 Ok(resp) => json(200, &resp),
                 Err(e) => e.into_response(),
             },
         },
         Err(r) => r,
     }
+}
+
+/// [`gateway`] for requests anyone may make (no user needed even with auth on).
+async fn open_gateway<Req, Resp, F, Fut>(s: &EtcdServer, body: Bytes, f: F) -> Response
+where
+    Req: DeserializeOwned + Default + 'static,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<Resp, EtcdError>>,
+{
+    gateway(s, Who(Ok(None)), body, |r, _| f(r)).await
 }
 
 /// Answers of up to this many keys are sent whole; longer ones are streamed.
@@ -91,7 +125,11 @@ const STREAM_KEYS: usize = 256;
 /// only a piece of its answer. The bytes are those of the whole answer. Should a compaction
 /// drop a revision the stream has not reached, the answer ends early with an error (the
 /// client sees a broken transfer, never a short answer that looks whole).
-async fn kv_range(State(s): Srv, body: Bytes) -> Response {
+async fn kv_range(State(s): Srv, who: Who, body: Bytes) -> Response {
+    let who = match who.0 {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
     let req = match parse::<RangeRequest>(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -99,7 +137,7 @@ async fn kv_range(State(s): Srv, body: Bytes) -> Response {
     if let Err(e) = s.admit(&req) {
         return e.into_response();
     }
-    let (plan, header) = match s.range_plan(&req).await {
+    let (plan, header) = match s.range_plan(&req, &who).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -178,98 +216,128 @@ fn range_json_ends(header: &ResponseHeader, more: bool, count: i64) -> (Bytes, B
     tail.push(b'}');
     (head.into(), tail.into())
 }
-async fn kv_put(State(s): Srv, body: Bytes) -> Response {
+async fn kv_put(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(&s.clone(), who, body, |r: PutRequest, who| async move {
+        s.put(r, &who).await
+    })
+    .await
+}
+async fn kv_delete(State(s): Srv, who: Who, body: Bytes) -> Response {
     gateway(
         &s.clone(),
+        who,
         body,
-        |r: PutRequest| async move { s.put(r).await },
+        |r: DeleteRangeRequest, who| async move { s.delete_range(r, &who).await },
     )
     .await
 }
-async fn kv_delete(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |r: DeleteRangeRequest| async move {
-        s.delete_range(r).await
+async fn kv_txn(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(&s.clone(), who, body, |r: TxnRequest, who| async move {
+        s.txn(r, &who).await
     })
     .await
 }
-async fn kv_txn(State(s): Srv, body: Bytes) -> Response {
+async fn kv_compact(State(s): Srv, who: Who, body: Bytes) -> Response {
     gateway(
         &s.clone(),
+        who,
         body,
-        |r: TxnRequest| async move { s.txn(r).await },
+        |r: CompactionRequest, who| async move {
+            s.may_admin(&who)?;
+            let rev = s.compact(r.revision).await?;
+            Ok(CompactionResponse {
+                header: s.header(rev),
+            })
+        },
     )
     .await
 }
-async fn kv_compact(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |r: CompactionRequest| async move {
-        let rev = s.compact(r.revision).await?;
-        Ok(CompactionResponse {
-            header: s.header(rev),
-        })
-    })
+async fn lease_grant(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |r: LeaseGrantRequest, _| async move {
+            let (id, ttl, rev) = s.lease_grant(r.ttl, r.id).await?;
+            Ok(LeaseGrantResponse {
+                header: s.header(rev),
+                id,
+                ttl,
+                error: String::new(),
+            })
+        },
+    )
     .await
 }
-async fn lease_grant(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |r: LeaseGrantRequest| async move {
-        let (id, ttl, rev) = s.lease_grant(r.ttl, r.id).await?;
-        Ok(LeaseGrantResponse {
-            header: s.header(rev),
-            id,
-            ttl,
-            error: String::new(),
-        })
-    })
+async fn lease_revoke(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |r: LeaseRevokeRequest, who| async move {
+            let rev = s.lease_revoke(r.id, &who).await?;
+            Ok(LeaseRevokeResponse {
+                header: s.header(rev),
+            })
+        },
+    )
     .await
 }
-async fn lease_revoke(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |r: LeaseRevokeRequest| async move {
-        let rev = s.lease_revoke(r.id).await?;
-        Ok(LeaseRevokeResponse {
-            header: s.header(rev),
-        })
-    })
+async fn lease_ttl(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |r: LeaseTimeToLiveRequest, _| async move {
+            let (ttl, granted_ttl, keys) = s.lease_ttl(r.id, r.keys)?;
+            Ok(LeaseTimeToLiveResponse {
+                header: s.header(s.store.published()),
+                id: r.id,
+                ttl,
+                granted_ttl,
+                keys,
+            })
+        },
+    )
     .await
 }
-async fn lease_ttl(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |r: LeaseTimeToLiveRequest| async move {
-        let (ttl, granted_ttl, keys) = s.lease_ttl(r.id, r.keys)?;
-        Ok(LeaseTimeToLiveResponse {
-            header: s.header(s.store.published()),
-            id: r.id,
-            ttl,
-            granted_ttl,
-            keys,
-        })
-    })
+async fn lease_leases(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |_: LeaseLeasesRequest, _| async move {
+            Ok(LeaseLeasesResponse {
+                header: s.header(s.store.published()),
+                leases: s
+                    .lease_ids()
+                    .into_iter()
+                    .map(|id| LeaseStatus { id })
+                    .collect(),
+            })
+        },
+    )
     .await
 }
-async fn lease_leases(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |_: LeaseLeasesRequest| async move {
-        Ok(LeaseLeasesResponse {
-            header: s.header(s.store.published()),
-            leases: s
-                .lease_ids()
-                .into_iter()
-                .map(|id| LeaseStatus { id })
-                .collect(),
-        })
-    })
-    .await
-}
-async fn lease_keepalive(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |r: LeaseKeepAliveRequest| async move {
-        let ttl = s.lease_keepalive(r.id).await?;
-        let resp = LeaseKeepAliveResponse {
-            header: s.header(s.store.published()),
-            id: r.id,
-            ttl,
-        };
-        Ok(serde_json::json!({ "result": resp }))
-    })
+async fn lease_keepalive(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |r: LeaseKeepAliveRequest, _| async move {
+            let ttl = s.lease_keepalive(r.id).await?;
+            let resp = LeaseKeepAliveResponse {
+                header: s.header(s.store.published()),
+                id: r.id,
+                ttl,
+            };
+            Ok(serde_json::json!({ "result": resp }))
+        },
+    )
     .await
 }
 async fn member_list(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |_: MemberListRequest| async move {
+    open_gateway(&s.clone(), body, |_: MemberListRequest| async move {
         Ok(MemberListResponse {
             header: s.header(s.store.published()),
             members: s.members().await?,
@@ -278,18 +346,99 @@ async fn member_list(State(s): Srv, body: Bytes) -> Response {
     .await
 }
 async fn maint_status(State(s): Srv, body: Bytes) -> Response {
-    gateway(&s.clone(), body, |_: StatusRequest| async move {
+    open_gateway(&s.clone(), body, |_: StatusRequest| async move {
         Services(s).status().await
     })
     .await
 }
 
+async fn auth_enable(State(s): Srv, body: Bytes) -> Response {
+    open_gateway(&s.clone(), body, |_: AuthEnableRequest| async move {
+        s.auth_enable().await
+    })
+    .await
+}
+async fn auth_disable(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |_: AuthDisableRequest, who| async move { s.auth_disable(&who).await },
+    )
+    .await
+}
+async fn auth_status(State(s): Srv, body: Bytes) -> Response {
+    open_gateway(&s.clone(), body, |_: AuthStatusRequest| async move {
+        Ok(s.auth_status())
+    })
+    .await
+}
+async fn authenticate(State(s): Srv, body: Bytes) -> Response {
+    open_gateway(&s.clone(), body, |r: AuthenticateRequest| async move {
+        s.authenticate(r).await
+    })
+    .await
+}
+
+/// A gateway route of the Auth service whose handler takes the caller and the request.
+macro_rules! auth_route {
+    ($name:ident, $req:ty, async $call:ident) => {
+        async fn $name(State(s): Srv, who: Who, body: Bytes) -> Response {
+            gateway(&s.clone(), who, body, |r: $req, who| async move {
+                s.$call(&who, r).await
+            })
+            .await
+        }
+    };
+    ($name:ident, $req:ty, $call:ident) => {
+        async fn $name(State(s): Srv, who: Who, body: Bytes) -> Response {
+            gateway(&s.clone(), who, body, |r: $req, who| async move {
+                s.$call(&who, &r)
+            })
+            .await
+        }
+    };
+}
+auth_route!(user_add, AuthUserAddRequest, async user_add);
+auth_route!(user_get, AuthUserGetRequest, user_get);
+auth_route!(user_delete, AuthUserDeleteRequest, async user_delete);
+auth_route!(user_changepw, AuthUserChangePasswordRequest, async user_change_password);
+auth_route!(user_grant, AuthUserGrantRoleRequest, async user_grant_role);
+auth_route!(user_revoke, AuthUserRevokeRoleRequest, async user_revoke_role);
+auth_route!(role_add, AuthRoleAddRequest, async role_add);
+auth_route!(role_get, AuthRoleGetRequest, role_get);
+auth_route!(role_delete, AuthRoleDeleteRequest, async role_delete);
+auth_route!(role_grant, AuthRoleGrantPermissionRequest, async role_grant_permission);
+auth_route!(role_revoke, AuthRoleRevokePermissionRequest, async role_revoke_permission);
+async fn user_list(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |_: AuthUserListRequest, who| async move { s.user_list(&who) },
+    )
+    .await
+}
+async fn role_list(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |_: AuthRoleListRequest, who| async move { s.role_list(&who) },
+    )
+    .await
+}
+
 /// POST /v3/watch: the body holds one or more WatchRequest objects; the answer is a stream of
 /// `{"result": WatchResponse}` lines until the client hangs up.
-async fn watch(State(s): Srv, body: Bytes) -> Response {
+async fn watch(State(s): Srv, who: Who, body: Bytes) -> Response {
     if let Err(e) = s.refuse_on_learner() {
         return e.into_response();
     }
+    let who = match who.0 {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
     let mut reqs = Vec::new();
     for item in serde_json::Deserializer::from_slice(&body).into_iter::<WatchRequest>() {
         match item {
@@ -305,7 +454,7 @@ async fn watch(State(s): Srv, body: Bytes) -> Response {
     let (tx, rx) = mpsc::channel(256);
     // The request stream never ends by itself: the watch lives until the client disconnects.
     let requests = futures::stream::iter(reqs).chain(futures::stream::pending());
-    tokio::spawn(crate::watch::serve(s, Box::pin(requests), tx));
+    tokio::spawn(crate::watch::serve(s, Box::pin(requests), tx, who));
     let lines = ReceiverStream::new(rx).map(|r| {
         let v = match r {
             Ok(resp) => serde_json::json!({ "result": resp }),
@@ -327,10 +476,13 @@ async fn watch(State(s): Srv, body: Bytes) -> Response {
 async fn health(State(s): Srv) -> Response {
     // Healthy when the store answers a read (etcd checks a quorum read of the key "health").
     let ok = s
-        .range(&RangeRequest {
-            key: b"health".to_vec(),
-            ..Default::default()
-        })
+        .range(
+            &RangeRequest {
+                key: b"health".to_vec(),
+                ..Default::default()
+            },
+            &None,
+        )
         .await
         .is_ok();
     let status = if ok { 200 } else { 503 };
@@ -407,7 +559,24 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             .route(&format!("{prefix}/lease/leases"), post(lease_leases))
             .route(&format!("{prefix}/kv/lease/leases"), post(lease_leases))
             .route(&format!("{prefix}/cluster/member/list"), post(member_list))
-            .route(&format!("{prefix}/maintenance/status"), post(maint_status));
+            .route(&format!("{prefix}/maintenance/status"), post(maint_status))
+            .route(&format!("{prefix}/auth/enable"), post(auth_enable))
+            .route(&format!("{prefix}/auth/disable"), post(auth_disable))
+            .route(&format!("{prefix}/auth/status"), post(auth_status))
+            .route(&format!("{prefix}/auth/authenticate"), post(authenticate))
+            .route(&format!("{prefix}/auth/user/add"), post(user_add))
+            .route(&format!("{prefix}/auth/user/get"), post(user_get))
+            .route(&format!("{prefix}/auth/user/list"), post(user_list))
+            .route(&format!("{prefix}/auth/user/delete"), post(user_delete))
+            .route(&format!("{prefix}/auth/user/changepw"), post(user_changepw))
+            .route(&format!("{prefix}/auth/user/grant"), post(user_grant))
+            .route(&format!("{prefix}/auth/user/revoke"), post(user_revoke))
+            .route(&format!("{prefix}/auth/role/add"), post(role_add))
+            .route(&format!("{prefix}/auth/role/get"), post(role_get))
+            .route(&format!("{prefix}/auth/role/list"), post(role_list))
+            .route(&format!("{prefix}/auth/role/delete"), post(role_delete))
+            .route(&format!("{prefix}/auth/role/grant"), post(role_grant))
+            .route(&format!("{prefix}/auth/role/revoke"), post(role_revoke));
     }
     let r = crate::http_v2::routes(r);
     let grpc = Services::routes(server.clone())

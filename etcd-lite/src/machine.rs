@@ -53,6 +53,18 @@ pub fn load_alarms(store: &MvccStore) -> Result<std::collections::BTreeSet<(u64,
     }
 }
 
+/// Metadata key of the auth state (users, roles, enabled), as JSON.
+pub const AUTH_META: &str = "auth";
+
+/// The auth state as stored in the store's metadata.
+pub fn load_auth(store: &MvccStore) -> Result<crate::auth::AuthState> {
+    match store.get_meta(AUTH_META)? {
+        Some(b) => serde_json::from_slice(&b)
+            .map_err(|e| EtcdError::Storage(format!("malformed auth state: {e}"))),
+        None => Ok(Default::default()),
+    }
+}
+
 /// What a membership change carries in its context: the member's name and peer URLs.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct MemberContext {
@@ -76,8 +88,19 @@ pub struct EtcdMachine {
     alarms: Alarms,
     clients: ClientUrls,
     on_peer: PeerHook,
+    auth: Arc<crate::auth::AuthStore>,
     /// `applied`, readable by the snapshot source.
     applied_shared: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What the state machine keeps up to date for the server to read: the member registry, the
+/// alarms, the members' client URLs and the auth state.
+#[derive(Clone)]
+pub struct Kept {
+    pub registry: Registry,
+    pub alarms: Alarms,
+    pub clients: ClientUrls,
+    pub auth: Arc<crate::auth::AuthStore>,
 }
 
 impl EtcdMachine {
@@ -86,11 +109,15 @@ impl EtcdMachine {
         store: Arc<MvccStore>,
         leases: Arc<Mutex<LeaseTable>>,
         events: broadcast::Sender<Arc<RevEvents>>,
-        registry: Registry,
-        alarms: Alarms,
-        clients: ClientUrls,
+        kept: Kept,
         on_peer: PeerHook,
     ) -> Result<Self> {
+        let Kept {
+            registry,
+            alarms,
+            clients,
+            auth,
+        } = kept;
         let applied = match store.get_meta(APPLIED_META)? {
             Some(b) => u64::from_be_bytes(
                 b.as_slice()
@@ -104,6 +131,7 @@ impl EtcdMachine {
         store.set_lazy_sync(true);
         *alarms.write() = load_alarms(&store)?;
         *clients.write() = load_clients(&store)?;
+        auth.reset(load_auth(&store)?);
         Ok(EtcdMachine {
             store,
             leases,
@@ -114,6 +142,7 @@ impl EtcdMachine {
             alarms,
             clients,
             on_peer,
+            auth,
             applied_shared: Arc::new(std::sync::atomic::AtomicU64::new(applied)),
         })
     }
@@ -157,6 +186,39 @@ pub fn load_registry(store: &MvccStore) -> Result<Option<Vec<MemberEntry>>> {
     }
 }
 
+impl EtcdMachine {
+    /// Whether `user` may still make the write `cmd` (auth on): the check its member made
+    /// before proposing, made again at this point of the log, where every member agrees.
+    fn check_write(&self, user: &str, cmd: &Command) -> Result<()> {
+        let state = self.auth.state();
+        if !state.enabled {
+            return Ok(());
+        }
+        let ok = match cmd {
+            Command::Txn(t) => {
+                let mut needs = Vec::new();
+                crate::auth::txn_needs(t, &mut needs);
+                needs.iter().all(|(k, e, a)| state.permits(user, k, e, *a))
+            }
+            Command::LeaseRevoke { id } => {
+                let table = self.leases.lock();
+                table.get(*id).is_none_or(|l| {
+                    l.keys
+                        .iter()
+                        .all(|k| state.permits(user, k, b"", crate::auth::Access::Write))
+                })
+            }
+            Command::LeaseGrant { .. } | Command::LeaseRenew { .. } => true,
+            _ => state.is_root(user),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(EtcdError::PermissionDenied)
+        }
+    }
+}
+
 impl StateMachine for EtcdMachine {
     type Output = Result<Applied>;
 
@@ -165,7 +227,28 @@ impl StateMachine for EtcdMachine {
         if data.is_empty() {
             return Err(EtcdError::Storage("no command in this entry".into()));
         }
-        let cmd = Command::decode(data)?;
+        let cmd = match Command::decode(data)? {
+            Command::AsUser { user, cmd } => {
+                self.check_write(&user, &cmd)?;
+                *cmd
+            }
+            cmd => cmd,
+        };
+        if let Command::Auth(c) = &cmd {
+            if let Some(state) = self.auth.apply(c)? {
+                let b = serde_json::to_vec(&state).expect("the auth state serializes");
+                self.store.stage_meta(AUTH_META, &b);
+                tracing::info!(
+                    command = c.name(),
+                    revision = state.revision,
+                    "auth changed"
+                );
+            }
+            return Ok(Applied {
+                outcome: applier::Outcome::Auth,
+                rev: self.store.read_current(),
+            });
+        }
         if matches!(cmd, Command::Compact(_)) {
             if crate::failpoint::on("panic-on-compact") {
                 panic!("failpoint panic-on-compact");
@@ -328,6 +411,10 @@ impl StateMachine for EtcdMachine {
             Ok(c) => *self.clients.write() = c,
             Err(e) => tracing::warn!(error = %e, "client URLs in the snapshot are unreadable"),
         }
+        match load_auth(&self.store) {
+            Ok(a) => self.auth.reset(a),
+            Err(e) => applier::fatal(e),
+        }
         // Members added or removed while this one was behind come with the snapshot.
         match load_registry(&self.store) {
             Ok(Some(list)) => {
@@ -370,9 +457,16 @@ mod tests {
             Arc::new(store),
             Arc::default(),
             broadcast::channel(16).0,
-            Arc::default(),
-            Arc::default(),
-            Arc::default(),
+            Kept {
+                registry: Arc::default(),
+                alarms: Arc::default(),
+                clients: Arc::default(),
+                auth: Arc::new(crate::auth::AuthStore::new(
+                    Default::default(),
+                    std::time::Duration::from_secs(300),
+                    4,
+                )),
+            },
             Box::new(|_, _| {}),
         )
         .expect("machine")

@@ -65,6 +65,12 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     init_logs(&cfg);
     exit_on_panic();
+    if cfg.auth_token != "simple" {
+        anyhow::bail!(
+            "--auth-token {}: only \"simple\" tokens are supported (JWT tokens are not yet)",
+            cfg.auth_token.split(',').next().unwrap_or_default()
+        );
+    }
     let addrs = cfg.listen_addrs()?;
     let tls = match cfg.client_tls()? {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(

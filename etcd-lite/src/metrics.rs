@@ -12,6 +12,7 @@ pub struct Metrics {
     pub range_total: IntCounter,
     /// Ranges refused because answers in flight held the whole read budget.
     pub range_refused_total: IntCounter,
+    pub auth_failures_total: IntCounter,
     pub delete_total: IntCounter,
     pub txn_total: IntCounter,
     pub leases_expired: IntCounter,
@@ -144,6 +145,11 @@ impl Metrics {
                 &r,
                 "etcd_lite_range_refused_total",
                 "Ranges refused with too many requests: answers in flight held the read budget.",
+            ),
+            auth_failures_total: counter(
+                &r,
+                "etcd_lite_auth_failures_total",
+                "Logins refused for a wrong user name or password.",
             ),
             delete_total: counter(
                 &r,

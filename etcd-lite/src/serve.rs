@@ -49,7 +49,20 @@ pub async fn serve(
             None => conns.spawn(connection(stream, app, builder, stop, peer)),
             Some(acceptor) => conns.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => connection(s, app, builder, stop, peer).await,
+                    Ok(Ok(s)) => {
+                        // A verified client certificate's CN names the connection's user.
+                        let cn = s
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| crate::tls::common_name(c));
+                        let app = match cn {
+                            Some(cn) => app.layer(axum::Extension(crate::tls::ClientCn(cn))),
+                            None => app,
+                        };
+                        connection(s, app, builder, stop, peer).await
+                    }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 }

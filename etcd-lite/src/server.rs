@@ -15,6 +15,7 @@ use prost::Message;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
 use crate::applier::{Applied, Command, Outcome, RevEvents};
+use crate::auth::Access;
 use crate::consensus::node::{Node, NodeConfig, NodeStatus, Transport};
 use crate::consensus::storage::RaftLog;
 use crate::consensus::transport::Registry;
@@ -72,6 +73,10 @@ pub struct Limits {
     /// refused with etcd's "too many requests" (one answer larger than all of it is served
     /// when it is the only one).
     pub max_inflight_read_bytes: usize,
+    /// How long a simple token lives unused (etcd's `--auth-token-ttl`, 300 s).
+    pub auth_token_ttl: Duration,
+    /// bcrypt's cost for password hashes (etcd's `--bcrypt-cost`, 10).
+    pub bcrypt_cost: u32,
 }
 
 impl Default for Limits {
@@ -81,6 +86,8 @@ impl Default for Limits {
             quota_backend_bytes: DEFAULT_QUOTA_BYTES,
             progress_interval: Duration::from_secs(600),
             max_inflight_read_bytes: DEFAULT_INFLIGHT_READ_BYTES,
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: 10,
         }
     }
 }
@@ -174,7 +181,13 @@ pub struct EtcdServer {
     /// What Range answers in flight hold, in KiB (see [`Limits::max_inflight_read_bytes`]).
     read_budget: Arc<Semaphore>,
     read_budget_kib: u32,
+    /// Users, roles and tokens, kept by the state machine.
+    pub auth: Arc<crate::auth::AuthStore>,
 }
+
+/// Who makes a request: `None` while auth is off (anything goes), else the user a token or a
+/// client certificate named.
+pub type Caller = Option<String>;
 
 /// A Range answer, encoded, with its share of the read budget: drop it once it is sent.
 pub struct EncodedRange {
@@ -292,13 +305,21 @@ impl EtcdServer {
         }
         let alarms: crate::machine::Alarms = Arc::default();
         let clients: crate::machine::ClientUrls = Arc::default();
+        let auth = Arc::new(crate::auth::AuthStore::new(
+            Default::default(),
+            limits.auth_token_ttl,
+            limits.bcrypt_cost,
+        ));
         let machine = EtcdMachine::new(
             store.clone(),
             leases.clone(),
             events.clone(),
-            registry.clone(),
-            alarms.clone(),
-            clients.clone(),
+            crate::machine::Kept {
+                registry: registry.clone(),
+                alarms: alarms.clone(),
+                clients: clients.clone(),
+                auth: auth.clone(),
+            },
             on_peer,
         )?;
         let metrics = Metrics::new();
@@ -337,6 +358,7 @@ impl EtcdServer {
             quota_size: Mutex::new(None),
             read_budget: Arc::new(Semaphore::new(read_budget_kib as usize)),
             read_budget_kib,
+            auth,
         }))
     }
 
@@ -638,6 +660,53 @@ impl EtcdServer {
         Ok(())
     }
 
+    /// Replicates a write made by `who` (checked again where it applies, see
+    /// [`Command::AsUser`]) and returns how it applied.
+    pub async fn submit_as(&self, who: &Caller, cmd: Command) -> Result<Applied> {
+        match who {
+            Some(user) => {
+                self.submit(Command::AsUser {
+                    user: user.clone(),
+                    cmd: Box::new(cmd),
+                })
+                .await
+            }
+            None => self.submit(cmd).await,
+        }
+    }
+
+    /// Who a request comes from: nobody in particular while auth is off; else the user its
+    /// token names (`token`, the gRPC metadata or the gateway's Authorization header) or,
+    /// without a token, the user its client certificate names (`cert_user`, its CN).
+    pub fn caller(&self, token: Option<&str>, cert_user: Option<&str>) -> Result<Caller> {
+        if !self.auth.enabled() {
+            return Ok(None);
+        }
+        match (token, cert_user) {
+            (Some(t), _) if !t.is_empty() => Ok(Some(self.auth.user_of(t)?)),
+            (_, Some(cn)) if self.auth.state().users.contains_key(cn) => Ok(Some(cn.to_string())),
+            _ => Err(EtcdError::UserEmpty),
+        }
+    }
+
+    /// Whether `who` may `access` the key or range (etcd's key/range_end convention).
+    pub fn may(&self, who: &Caller, key: &[u8], end: &[u8], access: Access) -> Result<()> {
+        match who {
+            Some(u) if !self.auth.state().permits(u, key, end, access) => {
+                Err(EtcdError::PermissionDenied)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `who` may administer the cluster (the root role; anyone while auth is off).
+    pub fn may_admin(&self, who: &Caller) -> Result<()> {
+        match who {
+            Some(u) if !self.auth.state().is_root(u) => Err(EtcdError::PermissionDenied),
+            _ => Ok(()),
+        }
+    }
+
     /// Replicates a write and returns how it applied.
     pub async fn submit(&self, cmd: Command) -> Result<Applied> {
         if grows_store(&cmd) {
@@ -701,8 +770,8 @@ impl EtcdServer {
 
     /// Range: serializable reads are local; linearizable ones first confirm with the leader
     /// that this member has applied everything committed when the read arrived.
-    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        self.range_admitted(req).await?;
+    pub async fn range(&self, req: &RangeRequest, who: &Caller) -> Result<RangeResponse> {
+        self.range_admitted(req, who).await?;
         let view = self.store.read();
         let mut resp = txn::range(&view, req)?;
         resp.header = self.header(view.rev);
@@ -711,10 +780,11 @@ impl EtcdServer {
 
     /// What every Range does before it reads: etcd's key check, the count, and for a
     /// linearizable read the wait for the read index.
-    async fn range_admitted(&self, req: &RangeRequest) -> Result<()> {
+    async fn range_admitted(&self, req: &RangeRequest, who: &Caller) -> Result<()> {
         if req.key.is_empty() {
             return Err(EtcdError::EmptyKey);
         }
+        self.may(who, &req.key, &req.range_end, Access::Read)?;
         self.metrics.range_total.inc();
         if !req.serializable {
             self.linearizable().await?;
@@ -724,8 +794,12 @@ impl EtcdServer {
 
     /// The keys a Range answers and the header to answer with, after the same checks as
     /// [`Self::range`]: for answers streamed by revision (see [`MvccStore::kv_at`]).
-    pub async fn range_plan(&self, req: &RangeRequest) -> Result<(txn::RangePlan, ResponseHeader)> {
-        self.range_admitted(req).await?;
+    pub async fn range_plan(
+        &self,
+        req: &RangeRequest,
+        who: &Caller,
+    ) -> Result<(txn::RangePlan, ResponseHeader)> {
+        self.range_admitted(req, who).await?;
         let view = self.store.read();
         let plan = txn::plan_range(&view, req)?;
         Ok((plan, self.header(view.rev).unwrap_or_default()))
@@ -734,8 +808,13 @@ impl EtcdServer {
     /// [`Self::range`], answered as the encoded `RangeResponse` after `prefix` zero bytes. The
     /// answer is built once at its exact size from the stored records, and only if the read
     /// budget has room for it; otherwise [`EtcdError::TooManyRequests`].
-    pub async fn range_encoded(&self, req: &RangeRequest, prefix: usize) -> Result<EncodedRange> {
-        self.range_admitted(req).await?;
+    pub async fn range_encoded(
+        &self,
+        req: &RangeRequest,
+        prefix: usize,
+        who: &Caller,
+    ) -> Result<EncodedRange> {
+        self.range_admitted(req, who).await?;
         let view = self.store.read();
         let plan = txn::plan_range(&view, req)?;
         let header = self.header(view.rev);
@@ -761,13 +840,17 @@ impl EtcdServer {
         Ok(EncodedRange { bytes, permit })
     }
 
-    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+    pub async fn put(&self, req: PutRequest, who: &Caller) -> Result<PutResponse> {
         if req.key.is_empty() {
             return Err(EtcdError::EmptyKey);
         }
         self.check_size(&req)?;
+        self.may(who, &req.key, b"", Access::Write)?;
+        if req.prev_kv {
+            self.may(who, &req.key, b"", Access::Read)?;
+        }
         self.metrics.put_total.inc();
-        let (mut resp, rev) = self.single(Request::RequestPut(req)).await?;
+        let (mut resp, rev) = self.single(Request::RequestPut(req), who).await?;
         match resp.pop() {
             Some(Response::ResponsePut(mut p)) => {
                 p.header = self.header(rev);
@@ -777,12 +860,20 @@ impl EtcdServer {
         }
     }
 
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+    pub async fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+        who: &Caller,
+    ) -> Result<DeleteRangeResponse> {
         if req.key.is_empty() {
             return Err(EtcdError::EmptyKey);
         }
+        self.may(who, &req.key, &req.range_end, Access::Write)?;
+        if req.prev_kv {
+            self.may(who, &req.key, &req.range_end, Access::Read)?;
+        }
         self.metrics.delete_total.inc();
-        let (mut resp, rev) = self.single(Request::RequestDeleteRange(req)).await?;
+        let (mut resp, rev) = self.single(Request::RequestDeleteRange(req), who).await?;
         match resp.pop() {
             Some(Response::ResponseDeleteRange(mut d)) => {
                 d.header = self.header(rev);
@@ -794,13 +885,13 @@ impl EtcdServer {
         }
     }
 
-    async fn single(&self, op: Request) -> Result<(Vec<Response>, i64)> {
+    async fn single(&self, op: Request, who: &Caller) -> Result<(Vec<Response>, i64)> {
         let req = TxnRequest {
             compare: vec![],
             success: vec![RequestOp { request: Some(op) }],
             failure: vec![],
         };
-        let applied = self.submit(Command::Txn(req)).await?;
+        let applied = self.submit_as(who, Command::Txn(req)).await?;
         match applied.outcome {
             Outcome::Txn(t) => Ok((
                 t.responses.into_iter().filter_map(|r| r.response).collect(),
@@ -810,9 +901,16 @@ impl EtcdServer {
         }
     }
 
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+    pub async fn txn(&self, req: TxnRequest, who: &Caller) -> Result<TxnResponse> {
         self.check_size(&req)?;
         txn::check_txn(&req)?;
+        if who.is_some() {
+            let mut needs = Vec::new();
+            crate::auth::txn_needs(&req, &mut needs);
+            for (k, e, a) in &needs {
+                self.may(who, k, e, *a)?;
+            }
+        }
         self.metrics.txn_total.inc();
         let read_only = [&req.success, &req.failure].iter().all(|b| {
             b.iter()
@@ -846,7 +944,7 @@ impl EtcdServer {
                 responses,
             });
         }
-        let applied = self.submit(Command::Txn(req)).await?;
+        let applied = self.submit_as(who, Command::Txn(req)).await?;
         match applied.outcome {
             Outcome::Txn(mut t) => {
                 set_headers(&mut t, self.header(applied.rev));
@@ -884,8 +982,19 @@ impl EtcdServer {
         }
     }
 
-    pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
-        Ok(self.submit(Command::LeaseRevoke { id }).await?.rev)
+    pub async fn lease_revoke(&self, id: i64, who: &Caller) -> Result<i64> {
+        if who.is_some() {
+            let keys: Vec<Vec<u8>> = self
+                .leases
+                .lock()
+                .get(id)
+                .map(|l| l.keys.iter().cloned().collect())
+                .unwrap_or_default();
+            for k in &keys {
+                self.may(who, k, b"", Access::Write)?;
+            }
+        }
+        Ok(self.submit_as(who, Command::LeaseRevoke { id }).await?.rev)
     }
 
     /// Restarts a lease's countdown on every member; `Ok(0)` for an unknown lease, as etcd

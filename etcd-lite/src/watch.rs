@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::applier::RevEvents;
 use crate::error::EtcdError;
 use crate::mvcc::KeyRange;
-use crate::server::EtcdServer;
+use crate::server::{Caller, EtcdServer};
 
 /// Most events put in one response while catching up.
 const MAX_EVENTS_PER_RESPONSE: usize = 1000;
@@ -37,6 +37,8 @@ struct Watcher {
     progress_notify: bool,
     /// The first revision not yet delivered.
     next_rev: i64,
+    /// The auth revision its permission was last checked at.
+    auth_rev: u64,
 }
 
 impl Watcher {
@@ -64,6 +66,8 @@ struct WatchStream {
     out: mpsc::Sender<Result<WatchResponse, tonic::Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// Who opened the stream (see [`crate::server::Caller`]).
+    who: Caller,
 }
 
 /// Outcome of sending: `Err` means the client is gone.
@@ -106,6 +110,13 @@ impl WatchStream {
         } else {
             self.next_id = self.next_id.max(c.watch_id + 1);
         }
+        if let Err(e) = self.may_read(&c.key, &c.range_end) {
+            let mut r = self.response(id, published);
+            r.created = true;
+            r.canceled = true;
+            r.cancel_reason = e.to_string();
+            return self.send(r).await;
+        }
         let filters: Vec<i32> = c.filters.clone();
         let w = Watcher {
             key: c.key,
@@ -119,6 +130,7 @@ impl WatchStream {
             } else {
                 published + 1
             },
+            auth_rev: self.server.auth.state().revision,
         };
         let mut r = self.response(id, published);
         r.created = true;
@@ -128,8 +140,55 @@ impl WatchStream {
         self.catch_up(id).await
     }
 
+    /// Whether the stream's user may read the range (with auth off: anyone).
+    fn may_read(&self, key: &[u8], end: &[u8]) -> Result<(), EtcdError> {
+        let state = self.server.auth.state();
+        match &self.who {
+            _ if !state.enabled => Ok(()),
+            None => Err(EtcdError::UserEmpty),
+            Some(u) if state.permits(u, key, end, crate::auth::Access::Read) => Ok(()),
+            Some(_) => Err(EtcdError::PermissionDenied),
+        }
+    }
+
+    /// Cancels the watchers whose user may no longer read their range (users, roles or the
+    /// enabled flag changed since they were checked): nothing more reaches them.
+    async fn recheck(&mut self) -> Sent {
+        let now = self.server.auth.state().revision;
+        let stale: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.auth_rev != now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            let (key, end) = {
+                let w = &self.watchers[&id];
+                (w.key.clone(), w.end.clone())
+            };
+            match self.may_read(&key, &end) {
+                Ok(()) => {
+                    if let Some(w) = self.watchers.get_mut(&id) {
+                        w.auth_rev = now;
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(watch_id = id, reason = %e, "watcher cancelled: its user may no longer read its keys");
+                    self.watchers.remove(&id);
+                    self.server.metrics.watchers.dec();
+                    let mut r = self.response(id, self.server.store.published());
+                    r.canceled = true;
+                    r.cancel_reason = e.to_string();
+                    self.send(r).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Delivers history from the watcher's next revision to the published revision.
     async fn catch_up(&mut self, id: i64) -> Sent {
+        self.recheck().await?;
         let Some(w) = self.watchers.get(&id) else {
             return Ok(());
         };
@@ -181,6 +240,7 @@ impl WatchStream {
     }
 
     async fn deliver(&mut self, rev: &RevEvents) -> Sent {
+        self.recheck().await?;
         let mut sends = Vec::new();
         // A put's previous value is read only if a watcher asks for it, and once for all.
         let mut filled: Option<Vec<Event>> = None;
@@ -248,6 +308,7 @@ pub async fn serve<S>(
     server: Arc<EtcdServer>,
     mut requests: S,
     out: mpsc::Sender<Result<WatchResponse, tonic::Status>>,
+    who: Caller,
 ) where
     S: Stream<Item = Result<WatchRequest, tonic::Status>> + Unpin + Send,
 {
@@ -258,6 +319,7 @@ pub async fn serve<S>(
         out,
         watchers: BTreeMap::new(),
         next_id: 0,
+        who,
     };
     server.metrics.watch_streams.inc();
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);

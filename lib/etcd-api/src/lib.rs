@@ -13,7 +13,13 @@ pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
-/// `etcdserverpb`: requests, responses and the KV, Watch, Lease, Cluster and Maintenance services.
+/// `authpb`: users' options and roles' permissions.
+pub mod authpb {
+    include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
+}
+
+/// `etcdserverpb`: requests, responses and the KV, Watch, Lease, Cluster, Maintenance and Auth services.
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
