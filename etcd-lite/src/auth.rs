@@ -398,6 +398,9 @@ fn op_needs(op: &RequestOp, out: &mut Vec<(Vec<u8>, Vec<u8>, Access)>) {
 pub struct AuthStore {
     state: RwLock<AuthState>,
     tokens: Mutex<HashMap<String, Token>>,
+    /// Passwords bcrypt accepted (v2 Basic credentials come with every request): user ->
+    /// (SHA-256 of the password, the hash it matched). A changed hash misses.
+    verified: Mutex<HashMap<String, ([u8; 32], String)>>,
     ttl: Duration,
     /// bcrypt's cost for new hashes.
     pub bcrypt_cost: u32,
@@ -413,6 +416,7 @@ impl AuthStore {
         AuthStore {
             state: RwLock::new(state),
             tokens: Mutex::default(),
+            verified: Mutex::default(),
             ttl,
             bcrypt_cost,
         }
@@ -484,6 +488,30 @@ impl AuthStore {
     /// The bcrypt hash of the user's password, if the user exists and has one.
     pub fn hash_of(&self, user: &str) -> Option<String> {
         self.state.read().users.get(user)?.hash.clone()
+    }
+
+    /// Whether `password` is the user's: bcrypt (run it off the async threads), unless this
+    /// password already matched the user's current hash.
+    pub fn check_password(&self, user: &str, password: &str) -> bool {
+        use sha2::Digest;
+        let Some(hash) = self.hash_of(user) else {
+            return false;
+        };
+        let digest: [u8; 32] = sha2::Sha256::digest(password.as_bytes()).into();
+        if let Some((d, h)) = self.verified.lock().get(user) {
+            if *d == digest && *h == hash {
+                return true;
+            }
+        }
+        let ok = bcrypt::verify(password, &hash).unwrap_or(false);
+        if ok {
+            let mut v = self.verified.lock();
+            if v.len() > 10_000 {
+                v.clear();
+            }
+            v.insert(user.to_string(), (digest, hash));
+        }
+        ok
     }
 }
 

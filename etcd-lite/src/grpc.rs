@@ -173,8 +173,8 @@ impl Lease for Services {
         r: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         self.0.refuse_on_learner()?;
-        self.who(&r)?;
-        let (ttl, granted, keys) = self.0.lease_ttl(r.get_ref().id, r.get_ref().keys)?;
+        let who = self.who(&r)?;
+        let (ttl, granted, keys) = self.0.lease_ttl(r.get_ref().id, r.get_ref().keys, &who)?;
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: self.0.header(self.0.store.published()),
             id: r.get_ref().id,

@@ -288,8 +288,8 @@ async fn lease_ttl(State(s): Srv, who: Who, body: Bytes) -> Response {
         &s.clone(),
         who,
         body,
-        |r: LeaseTimeToLiveRequest, _| async move {
-            let (ttl, granted_ttl, keys) = s.lease_ttl(r.id, r.keys)?;
+        |r: LeaseTimeToLiveRequest, who| async move {
+            let (ttl, granted_ttl, keys) = s.lease_ttl(r.id, r.keys, &who)?;
             Ok(LeaseTimeToLiveResponse {
                 header: s.header(s.store.published()),
                 id: r.id,

@@ -11,6 +11,8 @@ use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
+
+use crate::server::Caller;
 use etcd_api::mvccpb::{event::EventType, Event};
 use tokio::sync::broadcast;
 
@@ -118,26 +120,97 @@ fn action_body(action: &str, node: &Node, prev: Option<&Node>) -> serde_json::Va
 async fn keys_root(
     s: State<Arc<EtcdServer>>,
     method: Method,
+    creds: V2Creds,
     q: RawQuery,
     body: Bytes,
 ) -> Response {
-    keys(s, Path(String::new()), method, q, body).await
+    keys(s, Path(String::new()), method, creds, q, body).await
+}
+
+/// What a v2 request may be authenticated with: its Authorization header (HTTP Basic) and
+/// its client certificate's CN.
+pub struct V2Creds {
+    authorization: Option<String>,
+    cn: Option<String>,
+}
+
+#[axum::async_trait]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for V2Creds {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(V2Creds {
+            authorization: parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            cn: parts
+                .extensions
+                .get::<crate::tls::ClientCn>()
+                .map(|c| c.0.clone()),
+        })
+    }
+}
+
+/// etcd's v2 answer to missing or wrong credentials.
+fn unauthorized() -> Response {
+    let mut r = json(
+        401,
+        &serde_json::json!({"message": "Insufficient credentials"}),
+    );
+    r.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"etcd\""),
+    );
+    r
+}
+
+/// Whether the v2 request's user may read (or write) `path` and what is below it, as the v3
+/// roles grant the v3 keys the path maps to.
+fn v2_permitted(s: &EtcdServer, who: &crate::server::Caller, path: &str, write: bool) -> bool {
+    let access = if write {
+        crate::auth::Access::Write
+    } else {
+        crate::auth::Access::Read
+    };
+    v2store::touched(path, write)
+        .iter()
+        .all(|(k, e)| s.may(who, k, e, access).is_ok())
 }
 
 async fn keys(
     State(s): State<Arc<EtcdServer>>,
     Path(path): Path<String>,
     method: Method,
+    creds: V2Creds,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
     let f = form(q, &body);
     let path = clean_path(&path);
+    let who = match s
+        .v2_caller(creds.authorization.as_deref(), creds.cn.as_deref())
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!(error = %e, "v2 request without valid credentials");
+            return unauthorized();
+        }
+    };
+    let write = !matches!(method, Method::GET | Method::HEAD);
+    if !v2_permitted(&s, &who, &path, write) {
+        return unauthorized();
+    }
     let res = match method {
         Method::GET | Method::HEAD => get(&s, &path, &f).await,
-        Method::PUT => put(&s, &path, &f).await,
-        Method::POST => post(&s, &path, &f).await,
-        Method::DELETE => delete(&s, &path, &f).await,
+        Method::PUT => put(&s, &path, &f, &who).await,
+        Method::POST => post(&s, &path, &f, &who).await,
+        Method::DELETE => delete(&s, &path, &f, &who).await,
         _ => return json(405, &serde_json::json!({"message": "Method Not Allowed"})),
     };
     match res {
@@ -146,8 +219,8 @@ async fn keys(
     }
 }
 
-async fn write(s: &EtcdServer, cmd: V2Command) -> Result<Response, V2Error> {
-    match s.v2(cmd).await {
+async fn write(s: &EtcdServer, cmd: V2Command, who: &Caller) -> Result<Response, V2Error> {
+    match s.v2(cmd, who).await {
         Ok((V2Outcome::Done(d), rev)) => {
             let V2Done {
                 action,
@@ -167,7 +240,7 @@ async fn write(s: &EtcdServer, cmd: V2Command) -> Result<Response, V2Error> {
     }
 }
 
-async fn put(s: &EtcdServer, path: &str, f: &Form) -> Result<Response, V2Error> {
+async fn put(s: &EtcdServer, path: &str, f: &Form, who: &Caller) -> Result<Response, V2Error> {
     let prev_exist = match f.get("prevExist").map(String::as_str) {
         None => None,
         Some("true") => Some(true),
@@ -212,11 +285,12 @@ async fn put(s: &EtcdServer, path: &str, f: &Form) -> Result<Response, V2Error> 
             prev_index: index(f, "prevIndex")?,
             refresh,
         },
+        who,
     )
     .await
 }
 
-async fn post(s: &EtcdServer, path: &str, f: &Form) -> Result<Response, V2Error> {
+async fn post(s: &EtcdServer, path: &str, f: &Form, who: &Caller) -> Result<Response, V2Error> {
     write(
         s,
         V2Command::CreateInOrder {
@@ -224,11 +298,12 @@ async fn post(s: &EtcdServer, path: &str, f: &Form) -> Result<Response, V2Error>
             value: f.get("value").cloned().unwrap_or_default(),
             ttl: ttl(f)?,
         },
+        who,
     )
     .await
 }
 
-async fn delete(s: &EtcdServer, path: &str, f: &Form) -> Result<Response, V2Error> {
+async fn delete(s: &EtcdServer, path: &str, f: &Form, who: &Caller) -> Result<Response, V2Error> {
     if f.get("prevValue").is_some_and(|v| v.is_empty()) {
         return Err(V2Error::new(code::PREV_VALUE_REQUIRED, "", 0));
     }
@@ -241,6 +316,7 @@ async fn delete(s: &EtcdServer, path: &str, f: &Form) -> Result<Response, V2Erro
             prev_value: f.get("prevValue").cloned(),
             prev_index: index(f, "prevIndex")?,
         },
+        who,
     )
     .await
 }

@@ -208,6 +208,9 @@ impl EtcdMachine {
                         .all(|k| state.permits(user, k, b"", crate::auth::Access::Write))
                 })
             }
+            Command::V2(c) => crate::v2store::touched(c.path(), true)
+                .iter()
+                .all(|(k, e)| state.permits(user, k, e, crate::auth::Access::Write)),
             Command::LeaseGrant { .. } | Command::LeaseRenew { .. } => true,
             _ => state.is_root(user),
         };

@@ -1016,16 +1016,20 @@ impl EtcdServer {
 
     /// (remaining TTL, granted TTL, keys) of a lease. An unknown lease reports TTL -1 rather than
     /// an error, as etcd's lease service does (clients print "already expired").
-    pub fn lease_ttl(&self, id: i64, keys: bool) -> Result<(i64, i64, Vec<Vec<u8>>)> {
+    /// With auth on, listing the keys needs read permission on each of them (etcd 3.5's rule).
+    pub fn lease_ttl(&self, id: i64, keys: bool, who: &Caller) -> Result<(i64, i64, Vec<Vec<u8>>)> {
         let table = self.leases.lock();
         let Some(l) = table.get(id) else {
             return Ok((-1, 0, Vec::new()));
         };
-        let ks = if keys {
+        let ks: Vec<Vec<u8>> = if keys {
             l.keys.iter().cloned().collect()
         } else {
             Vec::new()
         };
+        for k in &ks {
+            self.may(who, k, b"", Access::Read)?;
+        }
         Ok((l.remaining(Instant::now()), l.ttl, ks))
     }
 
@@ -1033,8 +1037,8 @@ impl EtcdServer {
         self.leases.lock().ids()
     }
 
-    pub async fn v2(&self, cmd: V2Command) -> Result<(V2Outcome, i64)> {
-        let applied = self.submit(Command::V2(cmd)).await?;
+    pub async fn v2(&self, cmd: V2Command, who: &Caller) -> Result<(V2Outcome, i64)> {
+        let applied = self.submit_as(who, Command::V2(cmd)).await?;
         match applied.outcome {
             Outcome::V2(o) => Ok((*o, applied.rev)),
             _ => Err(EtcdError::Storage("unexpected outcome".into())),

@@ -131,6 +131,40 @@ pub enum V2Command {
     },
 }
 
+impl V2Command {
+    /// The v2 path the command writes.
+    pub fn path(&self) -> &str {
+        match self {
+            V2Command::Set { path, .. } | V2Command::Delete { path, .. } => path,
+            V2Command::CreateInOrder { dir, .. } => dir,
+        }
+    }
+}
+
+/// The v3 keys and ranges (etcd's key/range_end form) that reading or writing the v2 path
+/// `path` touches: the key itself, everything below it (its marker and children) and, for a
+/// write, the markers of its parent directories, which a write creates.
+pub fn touched(path: &str, write: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let key = v3_key(path);
+    if key.is_empty() {
+        // The root: every key.
+        return vec![(vec![0], vec![0])];
+    }
+    let below = marker(path);
+    let end = prefix_end(&below);
+    let mut out = vec![(key, Vec::new()), (below, end)];
+    if write {
+        let mut anc = String::new();
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for seg in &segs[..segs.len().saturating_sub(1)] {
+            anc.push('/');
+            anc.push_str(seg);
+            out.push((marker(&anc), Vec::new()));
+        }
+    }
+    out
+}
+
 /// The answer to a v2 write: either an action body or a v2 error.
 #[derive(Debug)]
 pub enum V2Outcome {

@@ -117,6 +117,35 @@ async fn run(
     op: Op,
     key_space: usize,
 ) -> Result<Stats> {
+    run_as(endpoints, clients, total, val_size, op, key_space, None).await
+}
+
+/// A request carrying `token` as gRPC metadata, as etcd's clients send it after Authenticate.
+fn with_token<T>(
+    msg: T,
+    token: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert("token", t.clone());
+    }
+    r
+}
+
+/// [`run`] as the user a token names (`None`: anonymous).
+async fn run_as(
+    endpoints: &[String],
+    clients: usize,
+    total: usize,
+    val_size: usize,
+    op: Op,
+    key_space: usize,
+    token: Option<&str>,
+) -> Result<Stats> {
+    let token = token
+        .map(str::parse)
+        .transpose()
+        .context("a token is ASCII")?;
     let conns = connect(endpoints, clients).await?;
     let value = Arc::new(vec![b'x'; val_size]);
     let per = total.div_ceil(clients);
@@ -124,6 +153,7 @@ async fn run(
     let mut tasks = Vec::new();
     for (c, mut kv) in conns.into_iter().enumerate() {
         let value = value.clone();
+        let token = token.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("3 significant digits is valid");
             for i in 0..per {
@@ -131,19 +161,25 @@ async fn run(
                 let t = Instant::now();
                 match op {
                     Op::Put => {
-                        kv.put(PutRequest {
-                            key,
-                            value: value.to_vec(),
-                            ..Default::default()
-                        })
+                        kv.put(with_token(
+                            PutRequest {
+                                key,
+                                value: value.to_vec(),
+                                ..Default::default()
+                            },
+                            token.as_ref(),
+                        ))
                         .await?;
                     }
                     Op::Range { serializable } => {
-                        kv.range(RangeRequest {
-                            key,
-                            serializable,
-                            ..Default::default()
-                        })
+                        kv.range(with_token(
+                            RangeRequest {
+                                key,
+                                serializable,
+                                ..Default::default()
+                            },
+                            token.as_ref(),
+                        ))
                         .await?;
                     }
                 }
@@ -303,6 +339,94 @@ struct Row {
     higher_better: bool,
 }
 
+/// Auth on (simple tokens, bcrypt at etcd's default cost) on a fresh member: root and a user
+/// with read-write on `bench/`, then puts at 64 clients as that user; and the same puts while
+/// logins (bcrypt checks) keep running beside them.
+async fn measure_auth(bin: &Path, lite: bool, s: impl Fn(usize) -> usize) -> Result<Vec<Metric>> {
+    use etcd_api::authpb::{permission::Type, Permission};
+    use etcd_api::etcdserverpb::{auth_client::AuthClient, *};
+    let srv = start(bin, lite).await?;
+    let ep = vec![format!("127.0.0.1:{}", srv.port)];
+    let ch = Channel::from_shared(format!("http://{}", ep[0]))?
+        .connect()
+        .await?;
+    let mut auth = AuthClient::new(ch);
+    for (name, password) in [("root", "rootpw"), ("bench", "benchpw")] {
+        auth.user_add(AuthUserAddRequest {
+            name: name.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    for role in ["root", "bench"] {
+        auth.role_add(AuthRoleAddRequest { name: role.into() })
+            .await?;
+    }
+    auth.role_grant_permission(AuthRoleGrantPermissionRequest {
+        name: "bench".into(),
+        perm: Some(Permission {
+            perm_type: Type::Readwrite as i32,
+            key: b"bench/".to_vec(),
+            range_end: b"bench0".to_vec(),
+        }),
+    })
+    .await?;
+    for (user, role) in [("root", "root"), ("bench", "bench")] {
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+        .await?;
+    }
+    auth.auth_enable(AuthEnableRequest {}).await?;
+    let login = AuthenticateRequest {
+        name: "bench".into(),
+        password: "benchpw".into(),
+    };
+    let token = auth.authenticate(login.clone()).await?.into_inner().token;
+    let st = run_as(&ep, 64, s(40_000), 256, Op::Put, usize::MAX, Some(&token)).await?;
+    let mut out = vec![
+        (
+            "put ops/s, 64 clients, auth on".to_string(),
+            st.ops_per_sec,
+            true,
+        ),
+        (
+            "put p99 ms, 64 clients, auth on".to_string(),
+            st.p99_ms,
+            false,
+        ),
+    ];
+    // Logins beside the puts: 4 at a time, back to back, until the puts are done.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut logins = Vec::new();
+    for _ in 0..4 {
+        let (mut auth, login, stop) = (auth.clone(), login.clone(), stop.clone());
+        logins.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                auth.authenticate(login.clone()).await?;
+                n += 1;
+            }
+            Ok::<_, tonic::Status>(n)
+        }));
+    }
+    let st = run_as(&ep, 64, s(40_000), 256, Op::Put, usize::MAX, Some(&token)).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut n = 0;
+    for l in logins {
+        n += l.await??;
+    }
+    eprintln!("  ({n} logins during the puts)");
+    out.push((
+        "put p99 ms, 64 clients, auth on, 4 logins at a time beside".to_string(),
+        st.p99_ms,
+        false,
+    ));
+    Ok(out)
+}
+
 async fn measure(bin: &Path, lite: bool, scale: f64) -> Result<Vec<Metric>> {
     let s = |n: usize| ((n as f64 * scale) as usize).max(100);
     let srv = start(bin, lite).await?;
@@ -322,6 +446,8 @@ async fn measure(bin: &Path, lite: bool, scale: f64) -> Result<Vec<Metric>> {
         out.push((format!("put p50 ms, {clients} clients"), st.p50_ms, false));
         out.push((format!("put p99 ms, {clients} clients"), st.p99_ms, false));
     }
+    // The same puts with auth on, beside the rows above.
+    out.extend(measure_auth(bin, lite, s).await?);
     for serializable in [false, true] {
         let st = run(&ep, 16, s(40_000), 0, Op::Range { serializable }, s(10_000)).await?;
         let kind = if serializable {

@@ -98,6 +98,8 @@ pub struct EtcdLite {
     child: Option<Child>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// Serves https:// on its client URL (TLS flags in `extra`).
+    tls: bool,
 }
 
 impl EtcdLite {
@@ -106,8 +108,18 @@ impl EtcdLite {
         Self::start_env(bin, extra, &[])
     }
 
+    /// [`EtcdLite::start`] with an https:// client URL: `extra` holds the TLS flags (paths
+    /// absolute). etcdctl and curl helpers do not apply to it.
+    pub fn start_tls(bin: &str, extra: &[&str]) -> Self {
+        Self::start_with(bin, extra, &[], true)
+    }
+
     /// [`EtcdLite::start`] with environment variables set for the member's process.
     pub fn start_env(bin: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(bin, extra, env, false)
+    }
+
+    fn start_with(bin: &str, extra: &[&str], env: &[(&str, &str)], tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("etcd-lite-test")
             .tempdir()
@@ -122,6 +134,7 @@ impl EtcdLite {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            tls,
         };
         m.spawn();
         m
@@ -144,7 +157,8 @@ impl EtcdLite {
     }
 
     fn spawn(&mut self) {
-        let url = format!("http://127.0.0.1:{}", self.port);
+        let scheme = if self.tls { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{}", self.port);
         let child = Command::new(&self.bin)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
@@ -397,6 +411,16 @@ pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// Starts `n` members on loopback forming one new cluster (`extra` flags for each); returns
 /// them once all serve (a leader may still be being elected).
 pub fn start_cluster(bin: &str, n: usize, extra: &[&str]) -> Vec<EtcdLite> {
+    start_cluster_env(bin, n, extra, &[])
+}
+
+/// [`start_cluster`] with environment variables set for every member's process.
+pub fn start_cluster_env(
+    bin: &str,
+    n: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<EtcdLite> {
     let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let token = format!("test-{}-{}", std::process::id(), peers[0]);
     let initial: Vec<String> = peers
@@ -426,7 +450,7 @@ pub fn start_cluster(bin: &str, n: usize, extra: &[&str]) -> Vec<EtcdLite> {
                 "new",
             ];
             args.extend_from_slice(extra);
-            EtcdLite::start(bin, &args)
+            EtcdLite::start_env(bin, &args, env)
         })
         .collect()
 }
