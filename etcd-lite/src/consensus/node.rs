@@ -85,6 +85,9 @@ pub enum ConsensusError {
 /// `SnapshotCatchUpEntries`); at most half of [`NodeConfig::snapshot_every`].
 const CATCH_UP_ENTRIES: u64 = 5000;
 
+/// How long a ReadIndex round may go unanswered before it is sent again (etcd: 500 ms).
+const READ_RETRY: Duration = Duration::from_millis(300);
+
 /// Tunables (etcd's defaults: 100 ms heartbeat, 1 s election).
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -475,6 +478,10 @@ struct Driver<S: StateMachine, T> {
     reads: HashMap<u64, Vec<Pending<u64>>>,
     /// Reads that arrived since the last loop turn: they share one ReadIndex round.
     read_batch: Vec<Pending<u64>>,
+    /// When each ReadIndex round in `reads` was sent: raft drops a request it cannot answer
+    /// (no leader yet, or a new leader that has not committed an entry of its term), so a
+    /// round unanswered after [`READ_RETRY`] is sent again, as etcd does.
+    read_sent: HashMap<u64, Instant>,
     /// Confirmed reads waiting for the state machine to reach their index.
     ready_reads: Vec<(u64, Pending<u64>)>,
     applied_since_snapshot: u64,
@@ -536,6 +543,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             conf_changes: HashMap::new(),
             reads: HashMap::new(),
             read_batch: Vec::new(),
+            read_sent: HashMap::new(),
             ready_reads: Vec::new(),
             applied_since_snapshot: 0,
             conf_changed: false,
@@ -568,12 +576,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             self.note_term();
+            self.resend_reads();
             if !self.read_batch.is_empty() {
                 // One heartbeat round confirms leadership for every read that is waiting.
-                let req = self.next_request;
-                self.next_request += 1;
-                self.raw.read_index(context(self.cfg.id, req));
-                self.reads.insert(req, std::mem::take(&mut self.read_batch));
+                let batch = std::mem::take(&mut self.read_batch);
+                self.send_read(batch);
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -615,6 +622,35 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             let _ = t.join();
         }
         tracing::info!(id = self.cfg.id, "raft node stopped");
+    }
+
+    /// Sends one ReadIndex round for `batch`.
+    fn send_read(&mut self, batch: Vec<Pending<u64>>) {
+        let req = self.next_request;
+        self.next_request += 1;
+        self.raw.read_index(context(self.cfg.id, req));
+        self.reads.insert(req, batch);
+        self.read_sent.insert(req, Instant::now());
+    }
+
+    /// Sends again the ReadIndex rounds that got no answer within [`READ_RETRY`] (raft drops
+    /// what it cannot answer yet); their reads keep their deadlines.
+    fn resend_reads(&mut self) {
+        let reads = &self.reads;
+        self.read_sent.retain(|req, _| reads.contains_key(req));
+        let now = Instant::now();
+        let stale: Vec<u64> = self
+            .read_sent
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= READ_RETRY)
+            .map(|(req, _)| *req)
+            .collect();
+        for req in stale {
+            self.read_sent.remove(&req);
+            if let Some(batch) = self.reads.remove(&req) {
+                self.send_read(batch);
+            }
+        }
     }
 
     /// Publishes the term; when it moved, the ReadIndex requests in flight went to a leader

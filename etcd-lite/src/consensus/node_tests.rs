@@ -591,3 +591,21 @@ fn a_restarted_member_never_takes_an_old_entry_of_its_own_for_a_new_proposal() {
     );
     assert!(history.iter().any(|(_, d)| d == "old=1"), "{history:?}");
 }
+
+#[test]
+fn a_read_sent_before_the_leader_has_committed_in_its_term_is_answered() {
+    // A member alone campaigns as it starts; a read that reaches it before the new term's
+    // first entry commits is dropped by raft. It must be sent again and answered, not left to
+    // time out (the first request after a restart waited the whole request timeout).
+    let mut c = Cluster::new(&[1], 1_000_000);
+    c.leader(&[1]);
+    for i in 0..200 {
+        c.put(1, &format!("k{i}=v")).expect("put");
+    }
+    for round in 0..10 {
+        c.stop(1);
+        c.start(1, vec![1]);
+        let read = c.rt.block_on(c.node(1).read_index());
+        assert!(read.is_ok(), "round {round}: {read:?}");
+    }
+}
