@@ -394,6 +394,183 @@ fn op_needs(op: &RequestOp, out: &mut Vec<(Vec<u8>, Vec<u8>, Access)>) {
     }
 }
 
+/// How tokens are made and checked (etcd's `--auth-token`).
+#[derive(Clone, Default)]
+pub enum TokenKind {
+    /// Random tokens every member learns through the log.
+    #[default]
+    Simple,
+    /// Signed JSON web tokens that any member with the public key verifies by itself.
+    Jwt(std::sync::Arc<Jwt>),
+}
+
+impl std::fmt::Debug for TokenKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenKind::Simple => f.write_str("simple"),
+            TokenKind::Jwt(j) => write!(f, "jwt({:?}, ttl {:?})", j.alg, j.ttl),
+        }
+    }
+}
+
+/// A JWT signer (with the private key) and verifier.
+pub struct Jwt {
+    alg: jsonwebtoken::Algorithm,
+    sign: Option<jsonwebtoken::EncodingKey>,
+    verify: jsonwebtoken::DecodingKey,
+    ttl: Duration,
+}
+
+/// The claims of etcd's tokens.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+/// A Go duration as etcd's flags take it: `300s`, `5m`, `1h30m`, `500ms`.
+fn go_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let d = match &rest[..unit] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return None,
+        };
+        total += d;
+        rest = &rest[unit..];
+    }
+    Some(total)
+}
+
+impl TokenKind {
+    /// Parses etcd's `--auth-token` value: `simple`, or
+    /// `jwt,pub-key=PATH[,priv-key=PATH],sign-method=RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|EdDSA[,ttl=5m]`
+    /// (keys in PEM; a member without the private key verifies tokens but cannot issue them).
+    pub fn parse(spec: &str) -> std::result::Result<Self, String> {
+        let mut parts = spec.split(',');
+        match parts.next().map(str::trim) {
+            Some("simple") if spec.trim() == "simple" => return Ok(TokenKind::Simple),
+            Some("jwt") => {}
+            _ => {
+                return Err(format!(
+                    "--auth-token {spec:?}: expected \"simple\" or \"jwt,pub-key=...,priv-key=...,sign-method=...\""
+                ))
+            }
+        }
+        let (mut public, mut private, mut method, mut ttl) =
+            (None, None, None, Duration::from_secs(300));
+        for p in parts {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| format!("--auth-token: {p:?} is not key=value"))?;
+            match k.trim() {
+                "pub-key" => public = Some(v.trim().to_string()),
+                "priv-key" => private = Some(v.trim().to_string()),
+                "sign-method" => method = Some(v.trim().to_string()),
+                "ttl" => {
+                    ttl = go_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        format!("--auth-token: ttl {v:?} is not a duration like 5m")
+                    })?
+                }
+                other => return Err(format!("--auth-token: unknown option {other:?}")),
+            }
+        }
+        use jsonwebtoken::{Algorithm as A, DecodingKey, EncodingKey};
+        let method = method.ok_or("--auth-token jwt needs sign-method=...")?;
+        let alg: A = method
+            .parse()
+            .map_err(|_| format!("--auth-token: unknown sign-method {method:?}"))?;
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|e| format!("--auth-token: reading {path}: {e}"))
+        };
+        let public = public.ok_or("--auth-token jwt needs pub-key=PATH")?;
+        let bad = |what: &str, path: &str, e: jsonwebtoken::errors::Error| {
+            format!("--auth-token: {path} is not a {what} key for {method}: {e}")
+        };
+        let pem = read(&public)?;
+        let verify = match alg {
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
+                DecodingKey::from_rsa_pem(&pem)
+            }
+            A::ES256 | A::ES384 => DecodingKey::from_ec_pem(&pem),
+            A::EdDSA => DecodingKey::from_ed_pem(&pem),
+            _ => return Err(format!("--auth-token: sign-method {method} is not supported (RS*, PS*, ES256, ES384, EdDSA are)")),
+        }
+        .map_err(|e| bad("public", &public, e))?;
+        let sign = match private {
+            None => None,
+            Some(path) => {
+                let pem = read(&path)?;
+                Some(
+                    match alg {
+                        A::ES256 | A::ES384 => EncodingKey::from_ec_pem(&pem),
+                        A::EdDSA => EncodingKey::from_ed_pem(&pem),
+                        _ => EncodingKey::from_rsa_pem(&pem),
+                    }
+                    .map_err(|e| bad("private", &path, e))?,
+                )
+            }
+        };
+        Ok(TokenKind::Jwt(std::sync::Arc::new(Jwt {
+            alg,
+            sign,
+            verify,
+            ttl,
+        })))
+    }
+}
+
+impl Jwt {
+    fn issue(&self, user: &str, revision: u64) -> Result<String> {
+        let key = self.sign.as_ref().ok_or_else(|| {
+            EtcdError::InvalidArgument(
+                "this member has no private key to sign tokens with (--auth-token priv-key=...)"
+                    .into(),
+            )
+        })?;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            + self.ttl;
+        let claims = Claims {
+            username: user.to_string(),
+            revision,
+            exp: exp.as_secs(),
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(self.alg), &claims, key)
+            .map_err(|e| EtcdError::Storage(format!("signing a token: {e}")))
+    }
+
+    fn user_of(&self, token: &str) -> Result<String> {
+        let mut v = jsonwebtoken::Validation::new(self.alg);
+        v.leeway = 0;
+        v.set_required_spec_claims(&["exp"]);
+        match jsonwebtoken::decode::<Claims>(token, &self.verify, &v) {
+            Ok(t) => Ok(t.claims.username),
+            Err(e) => {
+                tracing::debug!(error = %e, "a JWT did not check out");
+                Err(EtcdError::InvalidAuthToken)
+            }
+        }
+    }
+}
+
 /// The auth state of one member, and the tokens it knows.
 pub struct AuthStore {
     state: RwLock<AuthState>,
@@ -404,6 +581,7 @@ pub struct AuthStore {
     ttl: Duration,
     /// bcrypt's cost for new hashes.
     pub bcrypt_cost: u32,
+    kind: TokenKind,
 }
 
 struct Token {
@@ -413,7 +591,13 @@ struct Token {
 
 impl AuthStore {
     pub fn new(state: AuthState, ttl: Duration, bcrypt_cost: u32) -> Self {
+        Self::with_tokens(state, ttl, bcrypt_cost, TokenKind::Simple)
+    }
+
+    /// [`AuthStore::new`] with the tokens `kind` says.
+    pub fn with_tokens(state: AuthState, ttl: Duration, bcrypt_cost: u32, kind: TokenKind) -> Self {
         AuthStore {
+            kind,
             state: RwLock::new(state),
             tokens: Mutex::default(),
             verified: Mutex::default(),
@@ -465,8 +649,24 @@ impl AuthStore {
         Ok(Some(state.clone()))
     }
 
-    /// The user a token names (and its life extended, as etcd's simple tokens are).
+    /// A signed token for `user`, when tokens are JWTs (simple tokens go through the log).
+    pub fn issue_jwt(&self, user: &str) -> Option<Result<String>> {
+        match &self.kind {
+            TokenKind::Jwt(j) => Some(j.issue(user, self.state.read().revision)),
+            TokenKind::Simple => None,
+        }
+    }
+
+    /// The user a token names (and, for a simple token, its life extended, as etcd's are). A
+    /// JWT names a user only while the user exists.
     pub fn user_of(&self, token: &str) -> Result<String> {
+        if let TokenKind::Jwt(j) = &self.kind {
+            let user = j.user_of(token)?;
+            if !self.state.read().users.contains_key(&user) {
+                return Err(EtcdError::InvalidAuthToken);
+            }
+            return Ok(user);
+        }
         self.user_at(token, Instant::now())
     }
 
@@ -781,6 +981,29 @@ mod tests {
                 (b"r".to_vec(), vec![], Read),
             ]
         );
+    }
+
+    #[test]
+    fn go_durations_and_token_flags_parse_like_etcds() {
+        assert_eq!(go_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(go_duration("10"), None);
+        assert_eq!(go_duration("5x"), None);
+        assert!(matches!(TokenKind::parse("simple"), Ok(TokenKind::Simple)));
+        for bad in [
+            "simpler",
+            "simple,ttl=5m",
+            "jwt",
+            "jwt,sign-method=RS256",
+            "jwt,pub-key=/nonexistent,sign-method=RS256",
+            "jwt,pub-key=x,sign-method=XY999",
+            "jwt,pub-key=x,sign-method=HS256",
+            "jwt,pub-key=x,sign-method=RS256,ttl=soon",
+            "jwt,pub-key=x,sign-method=RS256,color=blue",
+        ] {
+            assert!(TokenKind::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -129,6 +129,12 @@ impl EtcdServer {
             tracing::info!(user = %req.name, "authentication failed");
             return Err(EtcdError::AuthFailed);
         }
+        if let Some(jwt) = self.auth.issue_jwt(&req.name) {
+            return Ok(AuthenticateResponse {
+                header: self.header(self.store.published()),
+                token: jwt?,
+            });
+        }
         let token = crate::auth::new_token();
         let header = self
             .auth_change(AuthCommand::Token {

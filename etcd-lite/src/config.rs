@@ -110,7 +110,9 @@ pub struct Config {
     #[arg(long, default_value_t = crate::server::DEFAULT_INFLIGHT_READ_BYTES, env = "ETCD_MAX_INFLIGHT_READ_BYTES")]
     pub max_inflight_read_bytes: usize,
     /// How clients' tokens are made once auth is enabled: `simple` (random tokens that every
-    /// member learns through the log). etcd's `jwt,...` form is not supported yet.
+    /// member learns through the log) or
+    /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256|ES256|EdDSA|...,ttl=5m` (signed tokens
+    /// any member with the public key checks by itself).
     #[arg(long, default_value = "simple", env = "ETCD_AUTH_TOKEN")]
     pub auth_token: String,
     /// Seconds a simple token stays valid after its last use.
@@ -435,6 +437,7 @@ impl Config {
             max_inflight_read_bytes: self.max_inflight_read_bytes,
             auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl.max(1)),
             bcrypt_cost: self.bcrypt_cost,
+            auth_tokens: Default::default(),
         }
     }
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use etcd_lite::config::Config;
 use etcd_lite::consensus::transport::{PeerService, PeerTransport};
-use etcd_lite::server::EtcdServer;
+use etcd_lite::server::{EtcdServer, Limits};
 use tracing_subscriber::EnvFilter;
 
 /// glibc's allocator took a seventh of a loaded member's CPU (`_int_malloc`: sled and raft
@@ -65,12 +65,8 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     init_logs(&cfg);
     exit_on_panic();
-    if cfg.auth_token != "simple" {
-        anyhow::bail!(
-            "--auth-token {}: only \"simple\" tokens are supported (JWT tokens are not yet)",
-            cfg.auth_token.split(',').next().unwrap_or_default()
-        );
-    }
+    let auth_tokens =
+        etcd_lite::auth::TokenKind::parse(&cfg.auth_token).map_err(anyhow::Error::msg)?;
     let addrs = cfg.listen_addrs()?;
     let tls = match cfg.client_tls()? {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
@@ -158,7 +154,10 @@ async fn main() -> anyhow::Result<()> {
         &data_dir,
         opened,
         member,
-        cfg.limits(),
+        Limits {
+            auth_tokens,
+            ..cfg.limits()
+        },
         cluster,
         transport,
         on_peer,

@@ -77,6 +77,8 @@ pub struct Limits {
     pub auth_token_ttl: Duration,
     /// bcrypt's cost for password hashes (etcd's `--bcrypt-cost`, 10).
     pub bcrypt_cost: u32,
+    /// Simple tokens or JWTs (etcd's `--auth-token`).
+    pub auth_tokens: crate::auth::TokenKind,
 }
 
 impl Default for Limits {
@@ -88,6 +90,7 @@ impl Default for Limits {
             max_inflight_read_bytes: DEFAULT_INFLIGHT_READ_BYTES,
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: 10,
+            auth_tokens: Default::default(),
         }
     }
 }
@@ -305,10 +308,11 @@ impl EtcdServer {
         }
         let alarms: crate::machine::Alarms = Arc::default();
         let clients: crate::machine::ClientUrls = Arc::default();
-        let auth = Arc::new(crate::auth::AuthStore::new(
+        let auth = Arc::new(crate::auth::AuthStore::with_tokens(
             Default::default(),
             limits.auth_token_ttl,
             limits.bcrypt_cost,
+            limits.auth_tokens.clone(),
         ));
         let machine = EtcdMachine::new(
             store.clone(),

@@ -473,7 +473,7 @@ fn a_revoked_permission_ends_a_watch_and_leases_need_write() {
 }
 
 #[test]
-fn auth_state_survives_a_restart_and_jwt_is_refused_clearly() {
+fn auth_state_survives_a_restart_and_a_bad_token_flag_stops_the_member() {
     require_tool("etcdctl");
     let mut m = EtcdLite::start(BIN, FAST);
     set_up(&m);
@@ -488,23 +488,150 @@ fn auth_state_survives_a_restart_and_jwt_is_refused_clearly() {
     assert!(m
         .fails(&as_user(ALICE, &["get", "/other"]))
         .contains("permission denied"));
-    // etcd's JWT tokens are not supported yet: the member says so instead of starting open.
-    let out = Command::new(BIN)
-        .args([
-            "--data-dir",
-            &m.dir.path().join("jwt").display().to_string(),
-        ])
-        .args([
-            "--auth-token",
-            "jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256",
-        ])
+    // A token flag that cannot work stops the member with the reason, never starts it open.
+    for (flag, says) in [
+        (
+            "jwt,pub-key=/nonexistent.pem,sign-method=RS256",
+            "/nonexistent.pem",
+        ),
+        ("jwt,pub-key=x.pem", "sign-method"),
+        ("bearer", "expected \"simple\" or \"jwt"),
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "--data-dir",
+                &m.dir.path().join("bad").display().to_string(),
+            ])
+            .args(["--auth-token", flag])
+            .output()
+            .expect("etcd-lite");
+        assert!(!out.status.success(), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{flag}: {out:?}"
+        );
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new(require_tool("openssl"))
+        .current_dir(dir)
+        .args(args)
         .output()
-        .expect("etcd-lite");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("only \"simple\" tokens are supported"),
-        "{out:?}"
+        .expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A key pair `NAME.key` / `NAME.pub` made by openssl genpkey with `args`.
+fn key_pair(dir: &std::path::Path, name: &str, args: &[&str]) {
+    let key = format!("{name}.key");
+    let mut a = vec!["genpkey", "-out", &key];
+    a.extend_from_slice(args);
+    openssl(dir, &a);
+    openssl(
+        dir,
+        &[
+            "pkey",
+            "-in",
+            &key,
+            "-pubout",
+            "-out",
+            &format!("{name}.pub"),
+        ],
     );
+}
+
+fn jwt_member(dir: &std::path::Path, keys: &str, method: &str, ttl: &str) -> EtcdLite {
+    let flag = format!(
+        "jwt,pub-key={d}/{keys}.pub,priv-key={d}/{keys}.key,sign-method={method},ttl={ttl}",
+        d = dir.display()
+    );
+    EtcdLite::start(BIN, &["--bcrypt-cost", "4", "--auth-token", &flag])
+}
+
+#[test]
+fn jwt_tokens_are_signed_checked_and_expire() {
+    require_tool("etcdctl");
+    let keys = tempfile::tempdir().expect("a temp dir");
+    let d = keys.path();
+    key_pair(
+        d,
+        "a",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    key_pair(
+        d,
+        "b",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    key_pair(
+        d,
+        "ec",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    key_pair(d, "ed", &["-algorithm", "ed25519"]);
+    let m = jwt_member(d, "a", "RS256", "3s");
+    set_up(&m);
+    // etcdctl logs in and uses the token it gets.
+    assert_eq!(m.ok(&as_user(ALICE, &["put", "/app/j", "1"])), "OK\n");
+    assert!(m
+        .fails(&as_user(ALICE, &["get", "/other"]))
+        .contains("permission denied"));
+    let token = gateway_token(&m, "alice", "alicepw");
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let range = format!(r#"{{"key":"{}"}}"#, b64("/app/j"));
+    let get = |m: &EtcdLite, token: &str| {
+        m.curl(
+            &[
+                "-XPOST",
+                "-d",
+                &range,
+                "-H",
+                &format!("Authorization: {token}"),
+            ],
+            "/v3/kv/range",
+        )
+    };
+    assert_eq!(get(&m, &token).0, 200);
+    // Claims changed to name root: the signature no longer matches.
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged_claims = {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = String::from_utf8(b.decode(parts[1]).expect("base64")).expect("utf-8");
+        b.encode(claims.replace("alice", "root"))
+    };
+    let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
+    let (code, out, _) = get(&m, &forged);
+    assert_eq!(code, 401, "{out}");
+    assert!(out.contains("etcdserver: invalid auth token"), "{out}");
+    // A member with another key pair refuses the first one's tokens, though alice exists there.
+    let other = jwt_member(d, "b", "RS256", "5m");
+    set_up(&other);
+    assert_eq!(get(&other, &token).0, 401, "signed with another key");
+    assert_eq!(
+        get(&other, &gateway_token(&other, "alice", "alicepw")).0,
+        200
+    );
+    // ES256 and EdDSA keys work too.
+    for (keys, method) in [("ec", "ES256"), ("ed", "EdDSA")] {
+        let m = jwt_member(d, keys, method, "5m");
+        set_up(&m);
+        assert_eq!(
+            m.ok(&as_user(ALICE, &["put", "/app/k", "1"])),
+            "OK\n",
+            "{method}"
+        );
+        assert_eq!(
+            get(&m, &gateway_token(&m, "alice", "alicepw")).0,
+            200,
+            "{method}"
+        );
+    }
+    // The first token expires (ttl=3s).
+    eventually(Duration::from_secs(15), "the token to expire", || {
+        get(&m, &token).0 == 401
+    });
 }
 
 #[test]
