@@ -176,6 +176,22 @@ fn etcds_documented_flow_with_etcdctl() {
         "alice\nbob\nroot\n"
     );
     assert_eq!(m.ok(&as_user(ROOT, &["role", "list"])), "app\nroot\n");
+    // A role deleted goes from its users too.
+    m.ok(&as_user(ROOT, &["role", "add", "temp"]));
+    m.ok(&as_user(ROOT, &["user", "grant-role", "bob", "temp"]));
+    assert_eq!(
+        m.ok(&as_user(ROOT, &["role", "delete", "temp"])),
+        "Role temp deleted\n"
+    );
+    assert!(!m
+        .ok(&as_user(ROOT, &["user", "get", "bob"]))
+        .contains("temp"));
+    assert!(m
+        .fails(&as_user(ROOT, &["role", "get", "temp"]))
+        .contains("etcdserver: role name not found"));
+    assert!(m
+        .fails(&as_user(ROOT, &["role", "delete", "root"]))
+        .contains("etcdserver: invalid auth management"));
     let role = m.ok(&as_user(ROOT, &["role", "get", "app"]));
     assert!(role.contains("[/app/, /app0) (prefix /app/)"), "{role}");
     assert!(
