@@ -195,9 +195,12 @@ fn scenario(runtime: PathBuf) {
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
     );
     assert_eq!(o.status.code(), Some(137), "{name}: OOM kill: {}", err(&o));
+    // The limit leaves room for the runtime's own start in the container's cgroup (runc's
+    // Go init needs a few threads there; at 4 it sometimes failed with pthread_create EAGAIN
+    // before the shell ran), and the shell's 16 children go past it.
     let o = p.run(
-        &["--pids-limit=4"],
-        &["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 2 & done; wait"],
+        &["--pids-limit=12"],
+        &["sh", "-c", "for i in $(seq 16); do sleep 2 & done; wait"],
     );
     assert!(err(&o).contains("can't fork"), "{name}: {}", err(&o));
 

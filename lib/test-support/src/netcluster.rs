@@ -380,6 +380,15 @@ impl NetCluster {
 
 impl Drop for NetCluster {
     fn drop(&mut self) {
+        // `NETCLUSTER_LOGS=dir` keeps every member's log (m0.log, ...) for a look afterwards.
+        if let Some(dir) = std::env::var_os("NETCLUSTER_LOGS") {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            for i in 0..self.members.len() {
+                let name = format!("m{i}.log");
+                let _ = std::fs::copy(self.tmp.path().join(&name), dir.join(&name));
+            }
+        }
         for i in 0..self.members.len() {
             // A stopped member must run again to die of SIGKILL promptly and be reaped.
             self.signal(i, "CONT");
