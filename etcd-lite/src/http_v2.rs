@@ -236,6 +236,8 @@ async fn write(s: &EtcdServer, cmd: V2Command, who: &Caller) -> Result<Response,
             ))
         }
         Ok((V2Outcome::Failed(e), _)) => Err(e),
+        // A grant revoked between this member's check and the apply: as any refusal.
+        Err(EtcdError::PermissionDenied) => Ok(unauthorized()),
         Err(e) => Ok(internal(e)),
     }
 }
