@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the corelite image: a minimal Debian (systemd, D-Bus, udev, systemd-networkd, iptables,
-# Debian's cloud kernel) with corelite's binaries and systemd-units/.
+# OpenSSH server, sudo, systemd-timesyncd, Debian's cloud kernel) with corelite's binaries and
+# systemd-units/.
 #
 # Usage: image/build.sh OUT_DIR     (from the repository root, after `make build dist`)
 # Outputs in OUT_DIR:
@@ -17,7 +18,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=$REPO/target/image-cache
 BIN=${BIN:-$REPO/target/release}
 RKT=${RKT:-$REPO/target/x86_64-unknown-linux-gnu/dist/rkt}
-PACKAGES="systemd,systemd-sysv,dbus,udev,kmod,iproute2,iptables,util-linux,e2fsprogs,linux-image-cloud-amd64,initramfs-tools"
+PACKAGES="systemd,systemd-sysv,dbus,udev,kmod,iproute2,iptables,util-linux,e2fsprogs,linux-image-cloud-amd64,initramfs-tools,openssh-server,sudo,systemd-timesyncd"
 # The initramfs only needs to find the root disk: a short module list (Debian's default,
 # MODULES=most, takes every storage driver, which costs seconds to unpack under emulation).
 INITRAMFS_MODULES="virtio_pci virtio_blk virtio_scsi sd_mod ahci ata_piix nvme"
@@ -88,8 +89,11 @@ ln -sf ../usr.mount "$W/local-fs.target.wants/usr.mount"
 ln -sf /lib/systemd/system/systemd-networkd.service "$W/multi-user.target.wants/systemd-networkd.service"
 ln -sf /lib/systemd/system/systemd-networkd.socket "$W/sockets.target.wants/systemd-networkd.socket"
 ln -sf /lib/systemd/system/systemd-networkd-wait-online.service "$W/network-online.target.wants/systemd-networkd-wait-online.service"
+ln -sf /usr/lib/systemd/system/corelite-ssh-keys.service "$W/multi-user.target.wants/corelite-ssh-keys.service"
+ln -sf /lib/systemd/system/ssh.service "$W/multi-user.target.wants/ssh.service"
+ln -sf /lib/systemd/system/systemd-timesyncd.service "$W/sysinit.target.wants/systemd-timesyncd.service"
 # What a container host does not use (each unit costs boot time under emulation).
-for m in systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+for m in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
     fstrim.timer dpkg-db-backup.timer systemd-firstboot.service e2scrub_reap.service \
     getty@tty1.service systemd-pstore.service dev-hugepages.mount sys-kernel-debug.mount \
     sys-kernel-tracing.mount sys-fs-fuse-connections.mount proc-sys-fs-binfmt_misc.automount \
@@ -103,6 +107,14 @@ rm -f "$ROOT/var/lib/dbus/machine-id"
 echo corelite >"$ROOT/etc/hostname"
 printf 'LABEL=corelite-root / ext4 rw,noatime 0 1\n' >"$ROOT/etc/fstab"
 passwd -R "$ROOT" -d root >/dev/null
+# SSH: host keys are made on each node's first boot (never shared through the image); the
+# `core` user logs in with the keys of the node's first-boot config and has sudo.
+rm -f "$ROOT"/etc/ssh/ssh_host_*
+useradd --root "$ROOT" --create-home --uid 1000 --user-group --groups sudo --shell /bin/bash core
+usermod --root "$ROOT" --password '*' core
+printf 'core ALL=(ALL) NOPASSWD:ALL\n' >"$ROOT/etc/sudoers.d/core"
+chmod 0440 "$ROOT/etc/sudoers.d/core"
+mkdir -p "$ROOT/etc/ssh/authorized_keys"
 # The busybox image rkt runs in the demo and tests, shipped as an OCI layout.
 if [ ! -e "$CACHE/busybox-oci/index.json" ]; then
     "$REPO/tests/images/busybox-image.sh" "$CACHE/busybox-oci"

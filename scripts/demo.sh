@@ -1,9 +1,12 @@
 #!/bin/sh
 # `make demo`: boots a three-node corelite cluster from the image (`make image`) under qemu (TCG)
-# and runs a container through fleetctl. The nodes sit on a bridge inside a network namespace
-# made here (corelite-demo), so the cluster exists only on this machine. Node 1 and 2 boot the
-# disk image with a config drive, node 3 boots the kernel and initrd directly with its config on
-# the kernel command line. It keeps running; `make demo-down` (this script with `down`) stops it.
+# and runs a container through fleetctl. The cluster's configs come from `corelite-config
+# new-cluster` (a CA, TLS certificates for every node, an admin client certificate in
+# target/demo/pki, an SSH key in target/demo/ssh): every port is TLS with client certificates,
+# SSH takes only that key. The nodes sit on a bridge inside a network namespace made here
+# (corelite-demo), so the cluster exists only on this machine. Node 1 and 2 boot the disk image
+# with a config drive, node 3 boots the kernel and initrd directly with its config on the kernel
+# command line. It keeps running; `make demo-down` (this script with `down`) stops it.
 # Needs root.
 set -eu
 cd "$(dirname "$0")/.."
@@ -59,16 +62,16 @@ ip -n "$NS" link add br0 type bridge
 ip -n "$NS" addr add "$NET.1/24" dev br0
 ip -n "$NS" link set br0 up
 
-CLUSTER="node1=http://$NET.11:2380,node2=http://$NET.12:2380,node3=http://$NET.13:2380"
+say "cluster config: corelite-config new-cluster (CA, certificates, SSH key) in $STATE"
+mkdir -p "$STATE/ssh"
+ssh-keygen -q -t ed25519 -N "" -C corelite-demo -f "$STATE/ssh/id_ed25519"
+"$ROOT/target/release/corelite-config" new-cluster \
+    --nodes "node1=$NET.11,node2=$NET.12,node3=$NET.13" --gateway "$NET.1" \
+    --ssh-key "$STATE/ssh/id_ed25519.pub" --token corelite-demo --out "$STATE" >/dev/null
 for i in $NODES; do
-    cat >"$STATE/node$i.json" <<CFG
-{
-  "hostname": "node$i",
-  "network": {"address": "$NET.1$i/24", "gateway": "$NET.1"},
-  "etcd": {"initial_cluster": "$CLUSTER", "initial_cluster_token": "corelite-demo"},
-  "fleet": {"metadata": {"node": "n$i"}, "agent_ttl": 10}
-}
-CFG
+    # What an operator may add to a generated config: fleet metadata, a short agent TTL.
+    jq --arg n "n$i" '.fleet = {"metadata": {"node": $n}, "agent_ttl": 10}' \
+        "$STATE/nodes/node$i.json" >"$STATE/node$i.json"
     "$ROOT/target/release/corelite-firstboot" --check "$STATE/node$i.json" >/dev/null
     # Backed by the raw disk: under emulation, decompressing the qcow2 costs boot time.
     qemu-img create -q -f qcow2 -F raw -b "$IMAGE/corelite.raw" "$STATE/node$i.qcow2"
@@ -80,10 +83,11 @@ CFG
         -netdev "tap,id=n0,ifname=tap$i,script=no,downscript=no" \
         -device "virtio-net-pci,netdev=n0,mac=52:54:00:19:00:0$i"
     if [ "$i" = 3 ]; then
-        CFG64=$(base64 -w0 "$STATE/node$i.json")
+        # Gzipped: the command line holds 2048 bytes, and the config carries certificates.
+        CFG64=$(gzip -9c "$STATE/node$i.json" | base64 -w0)
         say "node$i: direct kernel boot, config on the kernel command line"
         $IN qemu-system-x86_64 "$@" -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
-            -append "root=LABEL=corelite-root rw console=ttyS0,115200 quiet corelite.config=base64:$CFG64"
+            -append "root=LABEL=corelite-root rw console=ttyS0,115200 quiet corelite.config=gz64:$CFG64"
     else
         mkfs.vfat -C -n CORELITE "$STATE/node$i-config.img" 1440 >/dev/null
         mcopy -i "$STATE/node$i-config.img" "$STATE/node$i.json" ::config.json
@@ -92,8 +96,10 @@ CFG
     fi
 done
 
-ETCDCTL="$IN env ETCDCTL_API=3 etcdctl --endpoints $NET.11:2379,$NET.12:2379,$NET.13:2379"
-FLEETCTL="$IN $ROOT/target/release/fleetctl --endpoint http://$NET.11:49153"
+PKI="$STATE/pki"
+CERTS="--cacert $PKI/ca.pem --cert $PKI/admin.pem --key $PKI/admin-key.pem"
+ETCDCTL="$IN env ETCDCTL_API=3 etcdctl --endpoints https://$NET.11:2379,https://$NET.12:2379,https://$NET.13:2379 $CERTS"
+FLEETCTL="$IN $ROOT/target/release/fleetctl --endpoint https://$NET.11:49153 --ca-file $PKI/ca.pem --cert-file $PKI/admin.pem --key-file $PKI/admin-key.pem"
 say "waiting for the etcd-lite cluster to elect a leader (consoles: $STATE/node*.console)"
 n=0
 until $ETCDCTL endpoint status 2>/dev/null | grep -q true; do
@@ -161,9 +167,13 @@ step "$FLEETCTL journal -n 3 hello.service"
 trap - EXIT
 cat <<EOF
 
-The cluster runs in network namespace $NS (make demo-down stops it). Reach it with:
-  $IN $ROOT/target/release/fleetctl --endpoint http://$NET.11:49153 list-units
-  $IN env ETCDCTL_API=3 etcdctl --endpoints $NET.11:2379 put /hello world
-  $IN curl -s http://$NET.12:2379/v2/keys/hello
+The cluster runs in network namespace $NS (make demo-down stops it). Every port is TLS with
+client certificates (the admin's are in $PKI); SSH takes the demo's key. Reach it with:
+  $IN $ROOT/target/release/fleetctl --endpoint https://$NET.11:49153 --ca-file $PKI/ca.pem --cert-file $PKI/admin.pem --key-file $PKI/admin-key.pem list-units
+  $IN env ETCDCTL_API=3 etcdctl --endpoints https://$NET.11:2379 $CERTS put /hello world
+  $IN curl -s $CERTS https://$NET.12:2379/v2/keys/hello
+  $IN ssh -i $STATE/ssh/id_ed25519 core@$NET.11
+  . $STATE/env    # sets ETCDCTL_* and FLEETCTL_* (endpoints, certificates) for this shell
+Plain http:// to any of them is refused, and so is TLS without a client certificate.
 Consoles: $STATE/node{1,2,3}.console
 EOF

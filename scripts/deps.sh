@@ -6,7 +6,7 @@ set -eu
 
 PACKAGES="gcc protobuf-compiler libprotobuf-dev etcd-client etcd-server curl jq busybox-static
     systemd-container mmdebstrap iproute2 util-linux
-    libseccomp-dev pkg-config podman runc crun
+    libseccomp-dev pkg-config podman runc crun openssh-client openssl
     skopeo umoci docker-registry iptables
     qemu-system-x86 qemu-utils syslinux syslinux-common mtools dosfstools fdisk"
 

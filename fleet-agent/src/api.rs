@@ -38,6 +38,9 @@ pub struct ApiState<S> {
     pub me: Machine,
     /// Its systemd (for status and journal).
     pub sd: Arc<S>,
+    /// How to reach other machines' https:// APIs (status and journal of their units): the
+    /// cluster CA and this machine's certificate.
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// fleet's error response.
@@ -477,7 +480,13 @@ async fn on_machine<S: Systemd>(
     };
     let path = format!("/fleet/v1/units/{name}/{what}?machineID={machine}&lines={lines}");
     match ep
-        .request("GET", &path, None, Duration::from_secs(10))
+        .request_with(
+            st.peer_tls.as_ref(),
+            "GET",
+            &path,
+            None,
+            Duration::from_secs(10),
+        )
         .await
     {
         Ok(r) => {

@@ -1,7 +1,8 @@
-//! A small HTTP/1.1 client for fleet's API over a unix socket or TCP (what `fleetctl` and
+//! A small HTTP/1.1 client for fleet's API over a unix socket, TCP or TLS (what `fleetctl` and
 //! fleetd's status/journal forwarding use).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -15,6 +16,8 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `http://host:port`.
     Tcp(String),
+    /// `https://host:port`.
+    Https(String),
 }
 
 impl std::str::FromStr for Endpoint {
@@ -25,17 +28,35 @@ impl std::str::FromStr for Endpoint {
                 return Err(format!("invalid endpoint {s:?}: no socket path"));
             }
             Ok(Endpoint::Unix(PathBuf::from(p)))
-        } else if let Some(hp) = s.strip_prefix("http://") {
+        } else if let Some((scheme, hp)) = s
+            .strip_prefix("http://")
+            .map(|hp| ("http", hp))
+            .or_else(|| s.strip_prefix("https://").map(|hp| ("https", hp)))
+        {
             let hp = hp.trim_end_matches('/');
             if hp.is_empty() || hp.contains('/') {
-                return Err(format!("invalid endpoint {s:?}: expected http://host:port"));
+                return Err(format!(
+                    "invalid endpoint {s:?}: expected {scheme}://host:port"
+                ));
             }
-            Ok(Endpoint::Tcp(hp.to_string()))
+            let hp = if hp
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                hp.to_string()
+            } else {
+                format!("{hp}:{}", if scheme == "http" { 80 } else { 443 })
+            };
+            Ok(if scheme == "http" {
+                Endpoint::Tcp(hp)
+            } else {
+                Endpoint::Https(hp)
+            })
         } else if s.starts_with('/') {
             Ok(Endpoint::Unix(PathBuf::from(s)))
         } else {
             Err(format!(
-                "invalid endpoint {s:?}: expected unix:///path/to/fleet.sock or http://host:port"
+                "invalid endpoint {s:?}: expected unix:///path/to/fleet.sock, http://host:port or https://host:port"
             ))
         }
     }
@@ -46,6 +67,7 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
             Endpoint::Tcp(hp) => write!(f, "http://{hp}"),
+            Endpoint::Https(hp) => write!(f, "https://{hp}"),
         }
     }
 }
@@ -76,6 +98,19 @@ impl Endpoint {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Response, Error> {
+        self.request_with(None, method, path, body, timeout).await
+    }
+
+    /// [`Endpoint::request`], with the TLS client config an https:// endpoint needs
+    /// ([`crate::tls::client_config`]).
+    pub async fn request_with(
+        &self,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Response, Error> {
         let err = |msg: String| Error {
             endpoint: self.to_string(),
             msg,
@@ -83,7 +118,7 @@ impl Endpoint {
         let fut = async {
             let host = match self {
                 Endpoint::Unix(_) => "localhost".to_string(),
-                Endpoint::Tcp(hp) => hp.clone(),
+                Endpoint::Tcp(hp) | Endpoint::Https(hp) => hp.clone(),
             };
             let req = hyper::Request::builder()
                 .method(method)
@@ -103,6 +138,23 @@ impl Endpoint {
                     let s = tokio::net::TcpStream::connect(hp)
                         .await
                         .map_err(|e| err(e.to_string()))?;
+                    send(TokioIo::new(s), req).await
+                }
+                Endpoint::Https(hp) => {
+                    let tls = tls.ok_or_else(|| {
+                        err("an https:// endpoint needs the CA that signed its certificate (--ca-file)".into())
+                    })?;
+                    let host = hp.rsplit_once(':').map_or(hp.as_str(), |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                        .map_err(|e| err(format!("{host:?}: {e}")))?;
+                    let s = tokio::net::TcpStream::connect(hp)
+                        .await
+                        .map_err(|e| err(e.to_string()))?;
+                    let s = tokio_rustls::TlsConnector::from(tls.clone())
+                        .connect(name, s)
+                        .await
+                        .map_err(|e| err(format!("TLS: {e}")))?;
                     send(TokioIo::new(s), req).await
                 }
             };
@@ -153,7 +205,15 @@ mod tests {
             "http://10.0.0.1:49153/".parse::<Endpoint>().unwrap(),
             Endpoint::Tcp("10.0.0.1:49153".into())
         );
-        assert!("https://x".parse::<Endpoint>().is_err());
+        assert_eq!(
+            "https://node1:49153".parse::<Endpoint>().unwrap(),
+            Endpoint::Https("node1:49153".into())
+        );
+        assert_eq!(
+            "https://node1".parse::<Endpoint>().unwrap(),
+            Endpoint::Https("node1:443".into())
+        );
+        assert!("ftp://x".parse::<Endpoint>().is_err());
         assert!("unix://".parse::<Endpoint>().is_err());
         assert!("http://a/b".parse::<Endpoint>().is_err());
     }

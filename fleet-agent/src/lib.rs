@@ -7,7 +7,8 @@
 //! - [`mirror`]: a watched local copy of fleet's keys.
 //! - [`agent`], [`engine`]: the loops of `fleetd` that act on those decisions.
 //! - [`systemd`]: systemd over D-Bus (zbus), or simulated.
-//! - [`api`]: fleet's HTTP API v1; [`client`]: the HTTP client `fleetctl` uses.
+//! - [`api`]: fleet's HTTP API v1; [`client`]: the HTTP client `fleetctl` uses; [`tls`]: the
+//!   TCP API's TLS with client certificates.
 
 pub mod agent;
 pub mod api;
@@ -19,4 +20,5 @@ pub mod model;
 pub mod reconcile;
 pub mod scheduler;
 pub mod systemd;
+pub mod tls;
 pub mod unit;

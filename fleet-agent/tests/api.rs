@@ -502,3 +502,53 @@ fn real_etcd_as_the_store_and_units_move_off_a_dead_machine() {
     );
     drop(b);
 }
+
+#[test]
+fn the_tcp_api_needs_tls_files_or_an_explicit_insecure_flag() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let refused = |extra: &[&str], says: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+            .args(["--simulate-systemd", "--listen-tcp", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(dir.path().join("fleet.sock"))
+            .args(extra)
+            .output()
+            .expect("running fleetd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "fleetd {extra:?} started");
+        assert!(err.contains(says), "fleetd {extra:?}: {err}");
+    };
+    refused(
+        &[],
+        "--api-cert-file, --api-key-file and --api-trusted-ca-file",
+    );
+    refused(
+        &["--api-cert-file", "x.pem", "--insecure-listen-tcp"],
+        "--insecure-listen-tcp serves plain HTTP",
+    );
+    let missing = dir.path().join("missing.pem");
+    let m = missing.to_str().expect("utf-8");
+    refused(
+        &[
+            "--api-cert-file",
+            m,
+            "--api-key-file",
+            m,
+            "--api-trusted-ca-file",
+            m,
+        ],
+        "missing.pem",
+    );
+}
+
+#[test]
+fn fleetctl_refuses_https_without_a_ca() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["--endpoint", "https://127.0.0.1:1", "list-machines"])
+        .env_remove("FLEETCTL_CA_FILE")
+        .output()
+        .expect("running fleetctl");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca-file"), "{err}");
+}

@@ -205,6 +205,8 @@ impl Cluster {
         ]);
         ip(&["-n", &c.hub, "link", "set", "br0", "up"]);
         c.start_etcd();
+        // The API's TLS: a CA, a certificate per machine (its IP), one for fleetctl.
+        test_support::pki::pki(c.tmp.path(), "fleet");
         let fleetd = PathBuf::from(env!("CARGO_BIN_EXE_fleetd"));
         for i in 1..=MACHINES {
             let m = Machine {
@@ -258,7 +260,24 @@ impl Cluster {
                 mr.join("etc/systemd/system/multi-user.target.wants/fleetd.service"),
             )
             .expect("enable fleetd");
-            std::fs::create_dir_all(mr.join("etc/fleet")).expect("etc/fleet");
+            std::fs::create_dir_all(mr.join("etc/fleet/pki")).expect("etc/fleet/pki");
+            test_support::pki::issue(
+                c.tmp.path(),
+                "fleet",
+                &format!("m{i}"),
+                &format!(
+                    "subjectAltName=IP:{}\nextendedKeyUsage=serverAuth,clientAuth\n",
+                    m.ip
+                ),
+            );
+            for (from, to) in [
+                ("fleet-ca.pem".to_string(), "ca.pem"),
+                (format!("m{i}.pem"), "node.pem"),
+                (format!("m{i}-key.pem"), "node-key.pem"),
+            ] {
+                std::fs::copy(c.tmp.path().join(from), mr.join("etc/fleet/pki").join(to))
+                    .expect("copying the machine's certificate");
+            }
             let metadata = if i == 1 {
                 "role=control".to_string()
             } else {
@@ -269,7 +288,9 @@ impl Cluster {
                 format!(
                     "FLEET_ETCD_SERVERS=http://{SUBNET}.1:2379\nFLEET_LISTEN=/run/fleet-api/fleet.sock\n\
                      FLEET_LISTEN_TCP=0.0.0.0:49153\nFLEET_METADATA={metadata}\nFLEET_AGENT_TTL=5s\n\
-                     FLEET_ENGINE_TTL=3s\n"
+                     FLEET_ENGINE_TTL=3s\nFLEET_API_CERT_FILE=/etc/fleet/pki/node.pem\n\
+                     FLEET_API_KEY_FILE=/etc/fleet/pki/node-key.pem\n\
+                     FLEET_API_TRUSTED_CA_FILE=/etc/fleet/pki/ca.pem\n"
                 ),
             )
             .expect("fleetd.env");
@@ -346,17 +367,35 @@ impl Cluster {
             .env("ETCDCTL_API", "3"))
     }
 
-    /// fleetctl against a machine's API (machine 1 unless `api` says otherwise; over TCP, from
-    /// the hub namespace), in the test's directory.
+    /// fleetctl against a machine's API (machine 1 unless `api` says otherwise; over TLS with
+    /// a client certificate, from the hub namespace), in the test's directory.
     fn fleetctl(&self, args: &[&str]) -> Output {
         run(Command::new("ip")
             .args(["netns", "exec", &self.hub, env!("CARGO_BIN_EXE_fleetctl")])
             .args([
                 "--endpoint",
-                &format!("http://{}:49153", self.machines[self.api.get()].ip),
+                &format!("https://{}:49153", self.machines[self.api.get()].ip),
+                "--ca-file",
+                "fleet-ca.pem",
+                "--cert-file",
+                "fleet-client.pem",
+                "--key-file",
+                "fleet-client-key.pem",
             ])
             .args(args)
             .current_dir(self.tmp.path()))
+    }
+
+    /// curl from the hub namespace, in the test's directory: (exit code, output).
+    fn curl(&self, args: &[&str]) -> (i32, String) {
+        let out = run(Command::new("ip")
+            .args(["netns", "exec", &self.hub, "curl", "-s", "-m", "10"])
+            .args(args)
+            .current_dir(self.tmp.path()));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     fn fleetctl_ok(&self, args: &[&str]) -> String {
@@ -448,6 +487,37 @@ fn fleet_runs_units_on_real_systemd_machines() {
         c.machine_count() == MACHINES
     });
     let ids: Vec<String> = c.machines.iter().map(|m| m.id.clone()).collect();
+
+    // The TCP API is TLS with client certificates signed by the cluster CA, nothing else.
+    let api = format!("https://{}:49153/fleet/v1/machines", c.machines[1].ip);
+    let (code, body) = c.curl(&[
+        "--cacert",
+        "fleet-ca.pem",
+        "--cert",
+        "fleet-client.pem",
+        "--key",
+        "fleet-client-key.pem",
+        &api,
+    ]);
+    assert!(
+        code == 0 && body.contains(&ids[1]),
+        "with a client certificate: {code} {body}"
+    );
+    let (code, _) = c.curl(&[&api.replace("https:", "http:")]);
+    assert_ne!(code, 0, "plain HTTP to the TLS port");
+    let (code, _) = c.curl(&["--cacert", "fleet-ca.pem", &api]);
+    assert_ne!(code, 0, "TLS without a client certificate");
+    test_support::pki::pki(c.tmp.path(), "stranger");
+    let (code, _) = c.curl(&[
+        "--cacert",
+        "fleet-ca.pem",
+        "--cert",
+        "stranger-client.pem",
+        "--key",
+        "stranger-client-key.pem",
+        &api,
+    ]);
+    assert_ne!(code, 0, "a client certificate from another CA");
 
     // The API over the unix socket, with curl.
     let sock = c.machines[0].api_sock();

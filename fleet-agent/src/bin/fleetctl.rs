@@ -1,7 +1,8 @@
 //! fleetctl: fleet's command line, over fleet's HTTP API v1.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -24,10 +25,13 @@ use fleet_agent::unit::{self, UnitOption};
     fleetctl list-units\n  \
     fleetctl status hello.service\n  \
     fleetctl journal -n 20 hello.service\n  \
-    fleetctl --endpoint http://10.0.0.1:49153 destroy hello.service"
+    fleetctl --endpoint http://10.0.0.1:49153 destroy hello.service\n  \
+    fleetctl --endpoint https://10.0.0.1:49153 --ca-file ca.pem --cert-file admin.pem --key-file admin-key.pem list-units\n  \
+    . mycluster/env && fleetctl list-machines   # the env file corelite-config writes\n\n\
+Flags can also be given as FLEETCTL_<FLAG> environment variables (FLEETCTL_ENDPOINT=...)."
 )]
 struct Cli {
-    /// fleet API endpoint: unix:///path/to/fleet.sock or http://host:port.
+    /// fleet API endpoint: unix:///path/to/fleet.sock, https://host:port or http://host:port.
     #[arg(
         long,
         global = true,
@@ -35,6 +39,15 @@ struct Cli {
         default_value = "unix:///var/run/fleet.sock"
     )]
     endpoint: String,
+    /// CA certificate (PEM) an https:// endpoint's certificate must chain to.
+    #[arg(long, global = true, env = "FLEETCTL_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present to an https:// endpoint.
+    #[arg(long, global = true, env = "FLEETCTL_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, global = true, env = "FLEETCTL_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// Seconds to wait for each API request.
     #[arg(long, global = true, default_value_t = 10.0)]
     request_timeout: f64,
@@ -105,6 +118,7 @@ struct ListArgs {
 
 struct Api {
     ep: Endpoint,
+    tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
 }
 
@@ -117,7 +131,7 @@ impl Api {
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         let r = self
             .ep
-            .request(method, path, body, self.timeout)
+            .request_with(self.tls.as_ref(), method, path, body, self.timeout)
             .await
             .with_context(|| {
                 "error contacting the fleet API (is fleetd running? see --endpoint)"
@@ -449,8 +463,21 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         .endpoint
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
+    let tls = match &ep {
+        Endpoint::Https(_) => Some(Arc::new(
+            fleet_agent::tls::client_config(
+                cli.ca_file.as_deref(),
+                cli.cert_file.as_deref(),
+                cli.key_file.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )),
+        // Like the original fleetctl: the certificate flags only matter for https://.
+        _ => None,
+    };
     let api = Api {
         ep,
+        tls,
         timeout: Duration::from_secs_f64(cli.request_timeout.max(0.1)),
     };
     let json = cli.output == "json";

@@ -30,7 +30,8 @@ use tracing_subscriber::EnvFilter;
     after_help = "Examples:\n  \
     fleetd                                   # etcd-lite on 127.0.0.1:2379, API on /var/run/fleet.sock\n  \
     fleetd --etcd-servers http://10.0.0.1:2379,http://10.0.0.2:2379 --metadata region=eu,disk=ssd\n  \
-    fleetd --listen-tcp 0.0.0.0:49153        # also serve the API (and status/journal) over TCP\n  \
+    fleetd --listen-tcp 0.0.0.0:49153 --api-cert-file node.pem --api-key-file node-key.pem --api-trusted-ca-file ca.pem\n  \
+                                             # also serve the API (and status/journal) over TLS\n  \
     fleetd --etcd-servers https://10.0.0.1:2379 --etcd-cafile ca.pem --etcd-certfile fleet.pem --etcd-keyfile fleet-key.pem\n  \
     curl --unix-socket /var/run/fleet.sock http://localhost/fleet/v1/machines"
 )]
@@ -82,9 +83,25 @@ struct Args {
     #[arg(long, env = "FLEET_LISTEN", default_value = "/var/run/fleet.sock")]
     listen: PathBuf,
     /// Also serve the API over TCP at this address (needed for status/journal of units on
-    /// other machines).
+    /// other machines), over TLS with client certificates: needs --api-cert-file,
+    /// --api-key-file and --api-trusted-ca-file (or --insecure-listen-tcp).
     #[arg(long, env = "FLEET_LISTEN_TCP")]
     listen_tcp: Option<SocketAddr>,
+    /// This machine's certificate (PEM) for the TCP API; also presented to other machines'
+    /// APIs when forwarding status and journal requests.
+    #[arg(long, env = "FLEET_API_CERT_FILE")]
+    api_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --api-cert-file.
+    #[arg(long, env = "FLEET_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    /// CA (PEM) that must have signed every TCP API client's certificate (and other machines'
+    /// API certificates).
+    #[arg(long, env = "FLEET_API_TRUSTED_CA_FILE")]
+    api_trusted_ca_file: Option<PathBuf>,
+    /// Serve --listen-tcp over plain HTTP without client certificates. Anyone who reaches the
+    /// port can then run any program as root on every machine: trusted networks only.
+    #[arg(long, env = "FLEET_INSECURE_LISTEN_TCP")]
+    insecure_listen_tcp: bool,
     /// Where unit files are written (linked into /run/systemd/system).
     #[arg(long, env = "FLEET_UNIT_DIR", default_value = "/run/fleet/units")]
     unit_dir: PathBuf,
@@ -209,6 +226,10 @@ async fn serve_unix(
             }
             let l = tokio::net::UnixListener::bind(&path)
                 .with_context(|| format!("listening on {}", path.display()))?;
+            // The API runs programs as root: only root (fleetd's user) may connect.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", path.display()))?;
             tracing::info!(socket = %path.display(), "fleet API listening");
             (l, true)
         }
@@ -278,13 +299,15 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| detect_ip(&args.etcd_servers))
         .unwrap_or_else(|| "127.0.0.1".into());
+    let api_tls = api_tls(&args)?;
     let api_url = args.listen_tcp.map(|a| {
         let host = if a.ip().is_unspecified() {
             public_ip.clone()
         } else {
             a.ip().to_string()
         };
-        format!("http://{host}:{}", a.port())
+        let scheme = if api_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{host}:{}", a.port())
     });
     let me = Machine {
         id: id.clone(),
@@ -303,12 +326,53 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(machine = %me.id, ip = %me.primary_ip, servers = ?args.etcd_servers, "fleetd starting");
 
     if args.simulate_systemd {
-        run(args, client, keys, me, Arc::new(Simulated::default())).await
+        run(
+            args,
+            client,
+            keys,
+            me,
+            api_tls,
+            Arc::new(Simulated::default()),
+        )
+        .await
     } else {
         let sd = Dbus::connect(&args.unit_dir)
             .await
             .context("connecting to systemd on the system bus")?;
-        run(args, client, keys, me, Arc::new(sd)).await
+        run(args, client, keys, me, api_tls, Arc::new(sd)).await
+    }
+}
+
+/// The TCP API's TLS (server side, and the client side for reaching other machines' APIs),
+/// from the --api-* files; none for plain HTTP, which must be asked for.
+fn api_tls(
+    args: &Args,
+) -> anyhow::Result<Option<(rustls::ServerConfig, Arc<rustls::ClientConfig>)>> {
+    let files = (
+        &args.api_cert_file,
+        &args.api_key_file,
+        &args.api_trusted_ca_file,
+    );
+    let given = [files.0.is_some(), files.1.is_some(), files.2.is_some()];
+    match (args.listen_tcp, files, args.insecure_listen_tcp) {
+        (None, _, _) => Ok(None),
+        (Some(_), (Some(cert), Some(key), Some(ca)), false) => {
+            let server = fleet_agent::tls::server_config(cert, key, ca)?;
+            let client = fleet_agent::tls::client_config(Some(ca), Some(cert), Some(key))?;
+            Ok(Some((server, Arc::new(client))))
+        }
+        (Some(_), _, true) if given.iter().any(|g| *g) => anyhow::bail!(
+            "--insecure-listen-tcp serves plain HTTP: drop it, or drop the --api-* files"
+        ),
+        (Some(addr), _, true) => {
+            tracing::warn!(%addr, "fleet API on TCP without TLS (--insecure-listen-tcp): anyone who reaches it can run any program as root");
+            Ok(None)
+        }
+        (Some(_), _, false) => anyhow::bail!(
+            "--listen-tcp serves the fleet API (which runs programs as root) over TLS with client \
+             certificates: give --api-cert-file, --api-key-file and --api-trusted-ca-file \
+             (corelite-config new-cluster makes them), or --insecure-listen-tcp on a trusted network"
+        ),
     }
 }
 
@@ -317,6 +381,7 @@ async fn run<S: Systemd>(
     client: kv_client::Client,
     keys: Keys,
     me: Machine,
+    api_tls: Option<(rustls::ServerConfig, Arc<rustls::ClientConfig>)>,
     sd: Arc<S>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -333,21 +398,30 @@ async fn run<S: Systemd>(
         keys: keys.clone(),
         me: me.clone(),
         sd: sd.clone(),
+        peer_tls: api_tls.as_ref().map(|(_, c)| c.clone()),
     }));
     serve_unix(args.listen.clone(), app.clone(), stop_rx.clone()).await?;
     if let Some(addr) = args.listen_tcp {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
-        tracing::info!(%addr, "fleet API listening on TCP");
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await;
-        });
+        match api_tls {
+            Some((server, _)) => {
+                tracing::info!(%addr, tls = true, "fleet API listening on TCP");
+                tokio::spawn(fleet_agent::tls::serve(listener, app, server, stop));
+            }
+            None => {
+                tracing::info!(%addr, tls = false, "fleet API listening on TCP");
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.changed().await;
+                        })
+                        .await;
+                });
+            }
+        }
     }
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(agent::run(

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -22,45 +22,81 @@ fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The whole config. Unknown keys are errors (a typo must not be silently ignored).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub hostname: String,
     #[serde(default)]
     pub network: Network,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<Etcd>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<Fleet>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<Ssh>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<Unit>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// The node's TLS identity (PEM text): with it, etcd-lite serves https on its client and
+/// peer ports and asks every client and peer for a certificate signed by `ca`, and fleetd's
+/// TCP API does the same; fleetd reaches etcd-lite with `cert` as its client certificate.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The cluster CA's certificate (not its key).
+    pub ca: String,
+    /// This node's certificate, signed by `ca`, naming the node's address.
+    pub cert: String,
+    /// This node's private key.
+    pub key: String,
+}
+
+/// SSH logins: the `core` user's authorized public keys (OpenSSH format, one per entry).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+}
+
+/// Clock sync: NTP servers for systemd-timesyncd (default: those DHCP offers, else Debian's pool).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Time {
+    #[serde(default)]
+    pub ntp: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// Interface name pattern, default `en* eth*`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
     /// `true` for DHCP (the default when no address is given).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<bool>,
     /// `A.B.C.D/N`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Etcd {
     /// This member's name (default: the hostname).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `name=http://IP:2380,...`, every member of the initial cluster.
+    /// `name=https://IP:2380,...` (http:// without `tls`), every member of the initial cluster.
     pub initial_cluster: String,
     #[serde(default = "default_token")]
     pub initial_cluster_token: String,
@@ -77,20 +113,24 @@ fn default_state() -> String {
     "new".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Fleet {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// Seconds without a heartbeat before the machine's units move (default 30).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_ttl: Option<u32>,
-    /// Where fleetd's HTTP API also listens (default 0.0.0.0:49153).
-    #[serde(default)]
+    /// Where fleetd's API also listens over TCP, with TLS and client certificates (default
+    /// 0.0.0.0:49153 with `tls`; none without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_tcp: Option<String>,
+    /// Serve `listen_tcp` over plain HTTP to anyone (only for a node without `tls`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_listen_tcp: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Unit {
     pub name: String,
@@ -114,12 +154,22 @@ pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
 impl Config {
     /// Parses and validates; errors name the field (or JSON line and column).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Config::parse_at(text, now)
+    }
+
+    /// [`Config::parse`] with the clock (seconds since the epoch) certificates are checked
+    /// against.
+    pub fn parse_at(text: &str, now: i64) -> Result<Config, ConfigError> {
         let c: Config = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
-        c.validate()?;
+        c.validate(now)?;
         Ok(c)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, now: i64) -> Result<(), ConfigError> {
         let h = &self.hostname;
         let label_ok = |l: &str| {
             !l.is_empty()
@@ -178,16 +228,20 @@ impl Config {
             let mut found = false;
             for m in e.initial_cluster.split(',') {
                 let (name, url) = m.split_once('=').ok_or_else(|| {
-                    invalid(
-                        "etcd.initial_cluster",
-                        format!("{m:?} is not name=http://IP:PORT"),
-                    )
+                    invalid("etcd.initial_cluster", format!("{m:?} is not name=URL"))
                 })?;
-                let rest = url.strip_prefix("http://").ok_or_else(|| {
-                    invalid(
-                        "etcd.initial_cluster",
-                        format!("{url:?}: peer URLs start with http://"),
-                    )
+                let scheme = if self.tls.is_some() {
+                    "https://"
+                } else {
+                    "http://"
+                };
+                let rest = url.strip_prefix(scheme).ok_or_else(|| {
+                    let why = if self.tls.is_some() {
+                        "with tls, peer URLs start with https://"
+                    } else {
+                        "peer URLs start with http:// (https:// needs tls)"
+                    };
+                    invalid("etcd.initial_cluster", format!("{url:?}: {why}"))
                 })?;
                 let (host, port) =
                     rest.trim_end_matches('/').rsplit_once(':').ok_or_else(|| {
@@ -196,7 +250,7 @@ impl Config {
                 if host.parse::<Ipv4Addr>().is_err() || port.parse::<u16>().is_err() {
                     return Err(invalid(
                         "etcd.initial_cluster",
-                        format!("{url:?} is not http://IPv4:PORT"),
+                        format!("{url:?} is not {scheme}IPv4:PORT"),
                     ));
                 }
                 found |= name == me;
@@ -232,8 +286,49 @@ impl Config {
                     return Err(invalid("fleet.listen_tcp", format!("{l:?} is not IP:PORT")));
                 }
             }
+            if f.insecure_listen_tcp && self.tls.is_some() {
+                return Err(invalid(
+                    "fleet.insecure_listen_tcp",
+                    "a node with tls serves fleet's API over TLS only",
+                ));
+            }
+            if f.listen_tcp.is_some() && self.tls.is_none() && !f.insecure_listen_tcp {
+                return Err(invalid(
+                    "fleet.listen_tcp",
+                    "fleet's TCP API runs any program as root: give the node tls (or, on a trusted network only, insecure_listen_tcp: true)",
+                ));
+            }
             if f.agent_ttl == Some(0) {
                 return Err(invalid("fleet.agent_ttl", "must be at least 1 second"));
+            }
+        }
+        if let Some(t) = &self.tls {
+            crate::pki::check_node(
+                &t.ca,
+                &t.cert,
+                &t.key,
+                self.address().map(std::net::IpAddr::V4),
+                now,
+            )
+            .map_err(|(field, reason)| invalid(field, reason))?;
+        }
+        if let Some(s) = &self.ssh {
+            for (i, k) in s.authorized_keys.iter().enumerate() {
+                check_ssh_key(k).map_err(|r| invalid(&format!("ssh.authorized_keys[{i}]"), r))?;
+            }
+        }
+        if let Some(t) = &self.time {
+            for (i, s) in t.ntp.iter().enumerate() {
+                let ok = !s.is_empty()
+                    && s.len() <= 253
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+                if !ok {
+                    return Err(invalid(
+                        &format!("time.ntp[{i}]"),
+                        format!("{s:?} is not a host name or address"),
+                    ));
+                }
             }
         }
         for (i, u) in self.units.iter().enumerate() {
@@ -264,9 +359,68 @@ impl Config {
     }
 }
 
-/// The files the config becomes: (absolute path, contents).
-pub fn render(c: &Config) -> Vec<(String, String)> {
-    let mut out = vec![("/etc/hostname".to_string(), format!("{}\n", c.hostname))];
+/// An OpenSSH public key line: a known type, then its base64 body (a comment may follow).
+fn check_ssh_key(line: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    const TYPES: [&str; 7] = [
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    ];
+    if line.contains(['\n', '\r']) {
+        return Err("one key per entry (it has a line break)".into());
+    }
+    let mut words = line.split_whitespace();
+    let (Some(kind), Some(body)) = (words.next(), words.next()) else {
+        return Err(format!(
+            "{line:?} is not an OpenSSH public key (TYPE BASE64 [COMMENT], like a .pub file)"
+        ));
+    };
+    if !TYPES.contains(&kind) {
+        return Err(format!(
+            "{kind:?} is not a public key type ({}); options before the type are not supported",
+            TYPES.join(", ")
+        ));
+    }
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| format!("the {kind} key's body is not base64"))?;
+    // The blob starts with the type again, as a length-prefixed string.
+    let named = blob
+        .get(4..)
+        .and_then(|rest| rest.get(..kind.len()))
+        .is_some_and(|n| n == kind.as_bytes());
+    if !named {
+        return Err(format!("the key's body is not a {kind} key"));
+    }
+    Ok(())
+}
+
+/// A file the config becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    /// Absolute path.
+    pub path: String,
+    pub contents: String,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// Where a node keeps its TLS identity.
+pub const PKI_DIR: &str = "/etc/corelite/pki";
+
+/// The files the config becomes.
+pub fn render(c: &Config) -> Vec<File> {
+    let file = |path: &str, contents: String, mode: u32| File {
+        path: path.to_string(),
+        contents,
+        mode,
+    };
+    let mut out = vec![file("/etc/hostname", format!("{}\n", c.hostname), 0o644)];
     let n = &c.network;
     let mut net = format!(
         "# Written by corelite-firstboot.\n[Match]\nName={}\n\n[Network]\n",
@@ -284,7 +438,14 @@ pub fn render(c: &Config) -> Vec<(String, String)> {
     for d in &n.dns {
         net.push_str(&format!("DNS={d}\n"));
     }
-    out.push(("/etc/systemd/network/10-corelite.network".into(), net));
+    out.push(file("/etc/systemd/network/10-corelite.network", net, 0o644));
+    let pki = |name: &str| format!("{PKI_DIR}/{name}");
+    if let Some(t) = &c.tls {
+        out.push(file(&pki("ca.pem"), t.ca.clone(), 0o644));
+        out.push(file(&pki("node.pem"), t.cert.clone(), 0o644));
+        out.push(file(&pki("node-key.pem"), t.key.clone(), 0o600));
+    }
+    let scheme = if c.tls.is_some() { "https" } else { "http" };
     let ip = c.address().map(|a| a.to_string());
     if let Some(e) = &c.etcd {
         let name = e.name.clone().unwrap_or_else(|| c.hostname.clone());
@@ -295,23 +456,31 @@ pub fn render(c: &Config) -> Vec<(String, String)> {
             .unwrap_or_default()
             .to_string();
         let host = ip.clone().unwrap_or_else(|| {
-            me.trim_start_matches("http://")
+            me.split_once("://")
+                .map_or(me.as_str(), |(_, rest)| rest)
                 .rsplit_once(':')
                 .map(|(h, _)| h.to_string())
                 .unwrap_or_default()
         });
-        out.push((
-            "/etc/etcd-lite/etcd-lite.env".into(),
-            format!(
-                "# Written by corelite-firstboot.\nETCD_NAME={name}\nETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_TOKEN={}\nETCD_INITIAL_CLUSTER_STATE={}\nETCD_INITIAL_ADVERTISE_PEER_URLS={me}\nETCD_LISTEN_PEER_URLS=http://0.0.0.0:2380\nETCD_LISTEN_CLIENT_URLS=http://0.0.0.0:2379\nETCD_ADVERTISE_CLIENT_URLS=http://{host}:2379\n",
-                e.initial_cluster, e.initial_cluster_token, e.initial_cluster_state
-            ),
-        ));
+        let mut env = format!(
+            "# Written by corelite-firstboot.\nETCD_NAME={name}\nETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_TOKEN={}\nETCD_INITIAL_CLUSTER_STATE={}\nETCD_INITIAL_ADVERTISE_PEER_URLS={me}\nETCD_LISTEN_PEER_URLS={scheme}://0.0.0.0:2380\nETCD_LISTEN_CLIENT_URLS={scheme}://0.0.0.0:2379\nETCD_ADVERTISE_CLIENT_URLS={scheme}://{host}:2379\n",
+            e.initial_cluster, e.initial_cluster_token, e.initial_cluster_state
+        );
+        if c.tls.is_some() {
+            // Both ports ask for a certificate signed by the cluster CA: clients (etcdctl,
+            // curl, fleetd) and peers alike.
+            env.push_str(&format!(
+                "ETCD_CERT_FILE={0}\nETCD_KEY_FILE={1}\nETCD_TRUSTED_CA_FILE={2}\nETCD_CLIENT_CERT_AUTH=true\nETCD_PEER_CERT_FILE={0}\nETCD_PEER_KEY_FILE={1}\nETCD_PEER_TRUSTED_CA_FILE={2}\nETCD_PEER_CLIENT_CERT_AUTH=true\n",
+                pki("node.pem"),
+                pki("node-key.pem"),
+                pki("ca.pem")
+            ));
+        }
+        out.push(file("/etc/etcd-lite/etcd-lite.env", env, 0o644));
     }
     let f = c.fleet.clone().unwrap_or_default();
-    let mut env = String::from(
-        "# Written by corelite-firstboot.\nFLEET_ETCD_SERVERS=http://127.0.0.1:2379\n",
-    );
+    let mut env =
+        format!("# Written by corelite-firstboot.\nFLEET_ETCD_SERVERS={scheme}://127.0.0.1:2379\n");
     if !f.metadata.is_empty() {
         let md: Vec<String> = f.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push_str(&format!("FLEET_METADATA={}\n", md.join(",")));
@@ -322,15 +491,45 @@ pub fn render(c: &Config) -> Vec<(String, String)> {
     if let Some(t) = f.agent_ttl {
         env.push_str(&format!("FLEET_AGENT_TTL={t}s\n"));
     }
-    env.push_str(&format!(
-        "FLEET_LISTEN_TCP={}\n",
-        f.listen_tcp.as_deref().unwrap_or("0.0.0.0:49153")
-    ));
-    out.push(("/etc/fleet/fleetd.env".into(), env));
+    if c.tls.is_some() {
+        env.push_str(&format!(
+            "FLEET_ETCD_CAFILE={2}\nFLEET_ETCD_CERTFILE={0}\nFLEET_ETCD_KEYFILE={1}\nFLEET_LISTEN_TCP={3}\nFLEET_API_CERT_FILE={0}\nFLEET_API_KEY_FILE={1}\nFLEET_API_TRUSTED_CA_FILE={2}\n",
+            pki("node.pem"),
+            pki("node-key.pem"),
+            pki("ca.pem"),
+            f.listen_tcp.as_deref().unwrap_or("0.0.0.0:49153")
+        ));
+    } else if let Some(l) = &f.listen_tcp {
+        // Validation only lets this through with insecure_listen_tcp.
+        env.push_str(&format!(
+            "FLEET_LISTEN_TCP={l}\nFLEET_INSECURE_LISTEN_TCP=true\n"
+        ));
+    }
+    out.push(file("/etc/fleet/fleetd.env", env, 0o644));
+    if let Some(s) = &c.ssh {
+        // Root-owned (sshd's AuthorizedKeysFile points here): the config decides who logs in.
+        let mut keys = String::from("# Written by corelite-firstboot.\n");
+        for k in &s.authorized_keys {
+            keys.push_str(k.trim());
+            keys.push('\n');
+        }
+        out.push(file("/etc/ssh/authorized_keys/core", keys, 0o644));
+    }
+    if let Some(t) = c.time.as_ref().filter(|t| !t.ntp.is_empty()) {
+        out.push(file(
+            "/etc/systemd/timesyncd.conf.d/10-corelite.conf",
+            format!(
+                "# Written by corelite-firstboot.\n[Time]\nNTP={}\n",
+                t.ntp.join(" ")
+            ),
+            0o644,
+        ));
+    }
     for u in &c.units {
-        out.push((
-            format!("/etc/systemd/system/{}", u.name),
+        out.push(file(
+            &format!("/etc/systemd/system/{}", u.name),
             u.contents.clone(),
+            0o644,
         ));
     }
     out
@@ -351,7 +550,10 @@ mod tests {
     #[test]
     fn a_good_config_renders_every_file() {
         let c = Config::parse(GOOD).expect("a good config");
-        let files: BTreeMap<_, _> = render(&c).into_iter().collect();
+        let files: BTreeMap<_, _> = render(&c)
+            .into_iter()
+            .map(|f| (f.path, f.contents))
+            .collect();
         assert_eq!(files["/etc/hostname"], "node1\n");
         let net = &files["/etc/systemd/network/10-corelite.network"];
         assert!(net.contains("Address=10.219.0.11/24") && net.contains("Gateway=10.219.0.1"));
@@ -368,9 +570,94 @@ mod tests {
     }
 
     #[test]
+    fn a_node_with_tls_serves_every_port_over_tls_and_takes_ssh_keys_and_ntp() {
+        let ca = crate::pki::Ca::generate("ca", 10).expect("ca");
+        let names = ["node1".to_string(), "10.219.0.11".into()];
+        let node = ca.issue("node1", &names, true, 10).expect("node");
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEYbLh2DgSE+NfMwXAh4G7y0Fff5uYHN5BuzetvvVekH op@laptop";
+        let text = serde_json::json!({
+            "hostname": "node1",
+            "network": {"address": "10.219.0.11/24"},
+            "etcd": {"initial_cluster": "node1=https://10.219.0.11:2380"},
+            "tls": {"ca": ca.pair.cert, "cert": node.cert, "key": node.key},
+            "ssh": {"authorized_keys": [key]},
+            "time": {"ntp": ["ntp.example.org", "10.219.0.1"]},
+        })
+        .to_string();
+        let c = Config::parse(&text).expect("a config with tls");
+        let files: BTreeMap<_, _> = render(&c)
+            .into_iter()
+            .map(|f| (f.path.clone(), f))
+            .collect();
+        assert_eq!(files["/etc/corelite/pki/node-key.pem"].mode, 0o600);
+        assert_eq!(files["/etc/corelite/pki/ca.pem"].contents, ca.pair.cert);
+        let etcd = &files["/etc/etcd-lite/etcd-lite.env"].contents;
+        for want in [
+            "ETCD_LISTEN_CLIENT_URLS=https://0.0.0.0:2379\n",
+            "ETCD_LISTEN_PEER_URLS=https://0.0.0.0:2380\n",
+            "ETCD_ADVERTISE_CLIENT_URLS=https://10.219.0.11:2379\n",
+            "ETCD_CLIENT_CERT_AUTH=true\n",
+            "ETCD_PEER_CLIENT_CERT_AUTH=true\n",
+            "ETCD_PEER_TRUSTED_CA_FILE=/etc/corelite/pki/ca.pem\n",
+        ] {
+            assert!(etcd.contains(want), "{etcd} lacks {want}");
+        }
+        let fleet = &files["/etc/fleet/fleetd.env"].contents;
+        for want in [
+            "FLEET_ETCD_SERVERS=https://127.0.0.1:2379\n",
+            "FLEET_ETCD_CERTFILE=/etc/corelite/pki/node.pem\n",
+            "FLEET_LISTEN_TCP=0.0.0.0:49153\n",
+            "FLEET_API_TRUSTED_CA_FILE=/etc/corelite/pki/ca.pem\n",
+        ] {
+            assert!(fleet.contains(want), "{fleet} lacks {want}");
+        }
+        assert!(!fleet.contains("INSECURE"));
+        assert!(files["/etc/ssh/authorized_keys/core"]
+            .contents
+            .contains(key));
+        assert!(files["/etc/systemd/timesyncd.conf.d/10-corelite.conf"]
+            .contents
+            .contains("NTP=ntp.example.org 10.219.0.1\n"));
+
+        // The same node with someone else's address fails on the certificate.
+        let moved = text.replace("10.219.0.11/24", "10.219.0.12/24");
+        let e = Config::parse(&moved).expect_err("a certificate for another address");
+        assert!(e.to_string().starts_with("tls.cert: "), "{e}");
+    }
+
+    #[test]
+    fn without_tls_fleet_listens_on_tcp_only_when_told_it_is_insecure() {
+        let plain = Config::parse(r#"{"hostname": "n"}"#).expect("plain");
+        let files = render(&plain);
+        let fleet = &files
+            .iter()
+            .find(|f| f.path == "/etc/fleet/fleetd.env")
+            .expect("fleet env")
+            .contents;
+        assert!(!fleet.contains("FLEET_LISTEN_TCP"), "{fleet}");
+        let open = Config::parse(
+            r#"{"hostname": "n", "fleet": {"listen_tcp": "0.0.0.0:49153", "insecure_listen_tcp": true}}"#,
+        )
+        .expect("insecure on purpose");
+        let files = render(&open);
+        let fleet = &files
+            .iter()
+            .find(|f| f.path == "/etc/fleet/fleetd.env")
+            .expect("fleet env")
+            .contents;
+        assert!(
+            fleet.contains("FLEET_INSECURE_LISTEN_TCP=true\n"),
+            "{fleet}"
+        );
+    }
+
+    #[test]
     fn dhcp_by_default() {
         let c = Config::parse(r#"{"hostname": "n"}"#).expect("a minimal config");
-        let files: BTreeMap<_, _> = render(&c).into_iter().collect();
+        let files: BTreeMap<_, _> = render(&c)
+            .into_iter()
+            .map(|f| (f.path, f.contents))
+            .collect();
         assert!(files["/etc/systemd/network/10-corelite.network"].contains("DHCP=yes"));
         assert!(!files.contains_key("/etc/etcd-lite/etcd-lite.env"));
     }
@@ -417,6 +704,34 @@ mod tests {
                 "units[0].name",
             ),
             (r#"{"network": {}}"#, "missing field `hostname`"),
+            (
+                r#"{"hostname": "n", "etcd": {"initial_cluster": "n=https://1.2.3.4:2380"}}"#,
+                "https:// needs tls",
+            ),
+            (
+                r#"{"hostname": "n", "fleet": {"listen_tcp": "0.0.0.0:49153"}}"#,
+                "give the node tls",
+            ),
+            (
+                r#"{"hostname": "n", "ssh": {"authorized_keys": ["ssh-ed25519"]}}"#,
+                "ssh.authorized_keys[0]",
+            ),
+            (
+                r#"{"hostname": "n", "ssh": {"authorized_keys": ["ssh-dss AAAA"]}}"#,
+                "not a public key type",
+            ),
+            (
+                r#"{"hostname": "n", "ssh": {"authorized_keys": ["ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQAB"]}}"#,
+                "not a ssh-ed25519 key",
+            ),
+            (
+                r#"{"hostname": "n", "time": {"ntp": ["a b"]}}"#,
+                "time.ntp[0]",
+            ),
+            (
+                r#"{"hostname": "n", "tls": {"ca": "x", "cert": "y", "key": "z"}}"#,
+                "tls.ca",
+            ),
         ];
         for (text, want) in cases {
             let e = Config::parse(text)

@@ -2,13 +2,12 @@
 //! and fleetd start (like Container Linux's Ignition / cloud-config, in JSON).
 //!
 //! The config comes from `--config FILE`, else the kernel command line
-//! (`corelite.config=base64:<JSON in base64>`), else a config drive: a filesystem labelled
+//! (`corelite.config=base64:<JSON in base64>`, or `gz64:<gzipped JSON in base64>` for configs
+//! with TLS material: the command line holds 2048 bytes), else a config drive: a filesystem labelled
 //! CORELITE with `config.json` at its root. Without any, the node keeps the image's defaults
 //! (a single-member etcd-lite, fleetd against it). A bad config fails the unit with a message on
 //! the console; etcd-lite and fleetd then do not start, and the serial console's root shell
 //! stays available for debugging.
-
-mod config;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +15,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use clap::Parser;
-use config::Config;
+use corelite_firstboot::config::{self, Config};
 
 const MARKER: &str = "var/lib/corelite/firstboot.done";
 const DRIVE_LABEL: &str = "CORELITE";
@@ -36,7 +35,7 @@ const DRIVE_LABEL: &str = "CORELITE";
 
 EXAMPLES:
     corelite-firstboot --check node1.json          # validate a config before booting with it
-    qemu ... -append \"... corelite.config=base64:$(base64 -w0 node1.json)\"
+    qemu ... -append \"... corelite.config=gz64:$(gzip -9c node1.json | base64 -w0)\"
     mkfs.vfat -C drive.img 1440 -n CORELITE && mcopy -i drive.img node1.json ::config.json"
 )]
 struct Cli {
@@ -65,12 +64,7 @@ fn find_config(cli: &Cli) -> Result<Option<(String, String)>> {
     let cmdline = std::fs::read_to_string(&cli.cmdline).unwrap_or_default();
     for word in cmdline.split_whitespace() {
         if let Some(v) = word.strip_prefix("corelite.config=") {
-            let b64 = v.strip_prefix("base64:").unwrap_or(v);
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .context("corelite.config= on the kernel command line is not base64")?;
-            let text = String::from_utf8(bytes).context("corelite.config= is not UTF-8")?;
-            return Ok(Some((text, "the kernel command line".into())));
+            return Ok(Some((cmdline_config(v)?, "the kernel command line".into())));
         }
     }
     if let Some(dev) = find_drive() {
@@ -94,6 +88,36 @@ fn find_config(cli: &Cli) -> Result<Option<(String, String)>> {
         )));
     }
     Ok(None)
+}
+
+/// The kernel command line holds 2048 bytes on x86: a config with TLS material fits only
+/// gzipped (`gz64:`, what `corelite-config` prints), and a cut one must say so.
+const CUT_SHORT: &str = "the kernel command line holds at most 2048 bytes (was it cut short?): use `gz64:` (gzip, then base64) or a config drive";
+
+/// `base64:<JSON in base64>` or `gz64:<gzipped JSON in base64>`.
+fn cmdline_config(value: &str) -> Result<String> {
+    use std::io::Read as _;
+    let (gzipped, b64) = match value.split_once(':') {
+        Some(("gz64", b)) => (true, b),
+        Some(("base64", b)) => (false, b),
+        _ => (false, value),
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .with_context(|| {
+            format!("corelite.config= on the kernel command line is not base64; {CUT_SHORT}")
+        })?;
+    let bytes = if gzipped {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .take(1 << 20)
+            .read_to_end(&mut out)
+            .with_context(|| format!("corelite.config=gz64: is not gzip; {CUT_SHORT}"))?;
+        out
+    } else {
+        bytes
+    };
+    String::from_utf8(bytes).context("corelite.config= is not UTF-8")
 }
 
 /// The volume label in a FAT boot sector (FAT12/16 or FAT32), if it has one.
@@ -143,13 +167,23 @@ fn find_drive() -> Option<PathBuf> {
     by_label.exists().then_some(by_label)
 }
 
-fn write(root: &Path, path: &str, contents: &str) -> Result<()> {
+fn write(root: &Path, path: &str, contents: &str, mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let p = root.join(path.trim_start_matches('/'));
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let tmp = p.with_extension("firstboot-tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    // Created with its final mode: a private key is never readable by others, even briefly.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(contents.as_bytes()).and_then(|()| f.sync_all()))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
 }
 
@@ -165,8 +199,8 @@ fn systemctl(args: &[&str]) -> Result<()> {
 }
 
 fn apply(cli: &Cli, c: &Config) -> Result<()> {
-    for (path, contents) in config::render(c) {
-        write(&cli.root, &path, &contents)?;
+    for f in config::render(c) {
+        write(&cli.root, &f.path, &f.contents, f.mode)?;
     }
     if cli.root == Path::new("/") {
         nix::unistd::sethostname(&c.hostname).context("setting the hostname")?;
@@ -221,7 +255,7 @@ fn main() {
     })();
     match res {
         Ok(()) => {
-            if let Err(e) = write(&cli.root, MARKER, "") {
+            if let Err(e) = write(&cli.root, MARKER, "", 0o644) {
                 eprintln!("corelite-firstboot: {e:#}");
                 std::process::exit(1);
             }
@@ -251,6 +285,28 @@ mod tests {
         s[sig] = 0x29;
         s[at..at + 11].copy_from_slice(label);
         s
+    }
+
+    #[test]
+    fn command_line_configs_plain_or_gzipped_and_cut_short() {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        let json = r#"{"hostname": "n"}"#;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        assert_eq!(
+            super::cmdline_config(&format!("base64:{}", b64(json.as_bytes()))).expect("plain"),
+            json
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(json.as_bytes()).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        assert_eq!(
+            super::cmdline_config(&format!("gz64:{}", b64(&gz))).expect("gzipped"),
+            json
+        );
+        let cut = b64(&gz[..gz.len() / 2]);
+        let e = super::cmdline_config(&format!("gz64:{cut}")).expect_err("cut short");
+        assert!(format!("{e:#}").contains("2048 bytes"), "{e:#}");
     }
 
     #[test]

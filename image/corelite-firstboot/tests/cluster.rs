@@ -1,9 +1,11 @@
 //! The image end to end, as root: three nodes booted under qemu (TCG) from the image `make image`
 //! built (two from the disk with a config drive, one by direct kernel boot with the config on
-//! the command line) on a bridge inside a network namespace of the test's own. The cluster must
-//! form from the first-boot configs alone; a container unit started through fleetctl runs and
-//! its output is read; a killed node's unit moves and the store keeps serving; the node boots
-//! again and rejoins. A node with a bad config says why on its console and offers a root shell.
+//! the command line) on a bridge inside a network namespace of the test's own, from the configs
+//! `corelite-config new-cluster` writes. The cluster must form from them alone, with TLS and
+//! client certificates on every port and nothing else reachable but SSH (keys only, no root);
+//! a container unit started through fleetctl runs and its output is read; a killed node's unit
+//! moves and the store keeps serving; the node boots again and rejoins. A node whose config has
+//! someone else's certificate says why on its console and offers a root shell.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,22 +61,64 @@ fn node_ip(i: usize) -> String {
     format!("10.219.0.{}", 10 + i)
 }
 
-fn node_config(i: usize) -> String {
-    let cluster: Vec<String> = (1..=3)
-        .map(|j| format!("node{j}=http://{}:2380", node_ip(j)))
-        .collect();
-    serde_json::json!({
-        "hostname": format!("node{i}"),
-        "network": {"address": format!("{}/24", node_ip(i)), "gateway": test_support::vm::HOST_IP},
-        "etcd": {"initial_cluster": cluster.join(","), "initial_cluster_token": "image-test"},
-        "fleet": {"metadata": {"node": format!("n{i}")}, "agent_ttl": 10}
-    })
-    .to_string()
+/// The cluster's files from `corelite-config new-cluster` (in `dir/cluster`), with the test's
+/// SSH key (`dir/id_ed25519`); each node's config gets fleet metadata and a short agent TTL, as
+/// an operator may add.
+fn generate_cluster(dir: &Path) -> PathBuf {
+    let key = dir.join("id_ed25519");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "image-test", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (make deps installs openssh-client)");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let cluster = dir.join("cluster");
+    let nodes: Vec<String> = (1..=3).map(|i| format!("node{i}={}", node_ip(i))).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corelite-config"))
+        .args(["new-cluster", "--nodes", &nodes.join(",")])
+        .args([
+            "--gateway",
+            test_support::vm::HOST_IP,
+            "--token",
+            "image-test",
+        ])
+        .arg("--ssh-key")
+        .arg(key.with_extension("pub"))
+        .arg("--out")
+        .arg(&cluster)
+        .output()
+        .expect("corelite-config");
+    assert!(out.status.success(), "corelite-config: {out:?}");
+    for i in 1..=3 {
+        let p = cluster.join(format!("nodes/node{i}.json"));
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).expect("node config"))
+                .expect("node config JSON");
+        c["fleet"] = serde_json::json!({"metadata": {"node": format!("n{i}")}, "agent_ttl": 10});
+        std::fs::write(&p, c.to_string()).expect("writing the node config");
+    }
+    cluster
+}
+
+/// A config for the kernel command line (2048 bytes on x86): gzipped, then base64.
+fn gz64(json: &str) -> String {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(json.as_bytes()).expect("gzip");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip"));
+    assert!(
+        b64.len() < 1900,
+        "a {} byte config does not fit the command line",
+        b64.len()
+    );
+    b64
 }
 
 struct Cluster {
     net: VmNet,
     dir: tempfile::TempDir,
+    /// What corelite-config wrote.
+    files: PathBuf,
     image: PathBuf,
     vms: Vec<Option<Vm>>,
 }
@@ -96,11 +140,12 @@ impl Cluster {
         if self.net.output("ip", &["link", "show", &tap]).status.code() != Some(0) {
             self.net.tap(&tap);
         }
-        let cfg = node_config(i);
+        let cfg = std::fs::read_to_string(self.files.join(format!("nodes/node{i}.json")))
+            .expect("the node's config");
         let (kernel, config_drive_path) = if i == 3 {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&cfg);
             let append = format!(
-                "root=LABEL=corelite-root rw console=ttyS0,115200 corelite.config=base64:{b64}"
+                "root=LABEL=corelite-root rw console=ttyS0,115200 corelite.config=gz64:{}",
+                gz64(&cfg)
             );
             (
                 Some((
@@ -130,26 +175,26 @@ impl Cluster {
         self.vms[i] = Some(vm);
     }
 
+    fn pki(&self, file: &str) -> String {
+        self.files.join("pki").join(file).display().to_string()
+    }
+
+    /// etcdctl 3.4 over TLS with the admin certificate.
     fn etcdctl(&self, endpoints: &[usize], args: &[&str]) -> Result<String, String> {
-        // host:port, not http://host:port: etcdctl 3.4 sends a scheme-prefixed endpoint as the
-        // HTTP/2 :authority of Status calls, which the h2 crate rejects as malformed.
         let eps: Vec<String> = endpoints
             .iter()
-            .map(|i| format!("{}:2379", node_ip(*i)))
+            .map(|i| format!("https://{}:2379", node_ip(*i)))
             .collect();
-        let mut a = vec![
-            "--endpoints".to_string(),
-            eps.join(","),
-            "--dial-timeout=3s".into(),
-            "--command-timeout=5s".into(),
-        ];
-        a.extend(args.iter().map(|s| s.to_string()));
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let o = self
             .net
             .command("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(&a)
+            .args(["--endpoints", &eps.join(",")])
+            .args(["--dial-timeout=3s", "--command-timeout=5s"])
+            .args(["--cacert", &self.pki("ca.pem")])
+            .args(["--cert", &self.pki("admin.pem")])
+            .args(["--key", &self.pki("admin-key.pem")])
+            .args(args)
             .output()
             .expect("etcdctl");
         if o.status.success() {
@@ -159,12 +204,16 @@ impl Cluster {
         }
     }
 
+    /// fleetctl over TLS with the admin certificate.
     fn fleetctl(&self, via: usize, args: &[&str]) -> Result<String, String> {
         let o = self
             .net
             .command(&fleetctl_bin())
             .arg("--endpoint")
-            .arg(format!("http://{}:49153", node_ip(via)))
+            .arg(format!("https://{}:49153", node_ip(via)))
+            .args(["--ca-file", &self.pki("ca.pem")])
+            .args(["--cert-file", &self.pki("admin.pem")])
+            .args(["--key-file", &self.pki("admin-key.pem")])
             .args(args)
             .output()
             .expect("fleetctl");
@@ -173,6 +222,47 @@ impl Cluster {
         } else {
             Err(String::from_utf8_lossy(&o.stderr).into_owned())
         }
+    }
+
+    /// curl from the cluster's network: (exit code, body).
+    fn curl(&self, args: &[&str]) -> (i32, String) {
+        let o = self
+            .net
+            .command("curl")
+            .args(["-s", "-m", "10"])
+            .args(args)
+            .output()
+            .expect("curl");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// ssh USER@node`i` COMMAND with the test's key: (exit code, stdout, stderr).
+    fn ssh(&self, user: &str, i: usize, command: &str) -> (i32, String, String) {
+        let o = self
+            .net
+            .command("ssh")
+            .arg("-i")
+            .arg(self.dir.path().join("id_ed25519"))
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "LogLevel=ERROR"])
+            .arg(format!("{user}@{}", node_ip(i)))
+            .arg(command)
+            .output()
+            .expect("ssh");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     }
 
     fn consoles(&self) -> String {
@@ -211,9 +301,12 @@ ExecStopPost=/usr/bin/rkt gc --grace-period=0s
 fn three_nodes_form_a_cluster_run_a_container_survive_a_node_and_rejoin() {
     assert!(nix_is_root(), "the image tests need root (netns, taps)");
     let image = image_dir();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let files = generate_cluster(dir.path());
     let mut c = Cluster {
         net: VmNet::new("img"),
-        dir: tempfile::tempdir().expect("a temp dir"),
+        dir,
+        files,
         image,
         vms: vec![None, None, None, None],
     };
@@ -236,6 +329,7 @@ fn three_nodes_form_a_cluster_run_a_container_survive_a_node_and_rejoin() {
             .unwrap_or(false)
     });
     eprintln!("cluster ready {:?} after boot", started.elapsed());
+    secure_by_default(&c);
     let members = c.etcdctl(&[1], &["member", "list"]).expect("member list");
     for i in 1..=3 {
         assert!(members.contains(&format!("node{i}")), "{members}");
@@ -327,6 +421,101 @@ fn three_nodes_form_a_cluster_run_a_container_survive_a_node_and_rejoin() {
     assert!(health.is_ok(), "{health:?}");
 }
 
+/// What anyone on the network can reach: TLS with client certificates on etcd-lite's client
+/// and peer ports and on fleet's API, SSH with keys as `core` (not root), nothing else.
+fn secure_by_default(c: &Cluster) {
+    let ip = node_ip(1);
+    let with_cert = [
+        "--cacert",
+        &c.pki("ca.pem"),
+        "--cert",
+        &c.pki("admin.pem"),
+        "--key",
+        &c.pki("admin-key.pem"),
+    ];
+    let health = format!("https://{ip}:2379/health");
+    let (code, body) = c.curl(&[&with_cert[..], &[health.as_str()]].concat());
+    assert!(
+        code == 0 && body.contains("true"),
+        "https with the admin certificate: {code} {body}"
+    );
+    let machines = format!("https://{ip}:49153/fleet/v1/machines");
+    let (code, body) = c.curl(&[&with_cert[..], &[machines.as_str()]].concat());
+    assert!(
+        code == 0 && body.contains("machines"),
+        "fleet API with the admin certificate: {code} {body}"
+    );
+    for url in [
+        format!("http://{ip}:2379/health"),
+        format!("http://{ip}:2380/members"),
+        format!("http://{ip}:49153/fleet/v1/machines"),
+    ] {
+        let (code, body) = c.curl(&["-f", &url]);
+        assert_ne!(code, 0, "plain HTTP answered: {url}: {body}");
+    }
+    for url in [
+        format!("https://{ip}:2379/health"),
+        format!("https://{ip}:2380/members"),
+        format!("https://{ip}:49153/fleet/v1/machines"),
+    ] {
+        let (code, body) = c.curl(&["-f", "--cacert", &c.pki("ca.pem"), &url]);
+        assert_ne!(
+            code, 0,
+            "TLS without a client certificate answered: {url}: {body}"
+        );
+    }
+
+    // SSH: core with the config's key, with sudo; root refused; the host key is the one the
+    // console printed.
+    let (code, out, err) = c.ssh("core", 1, "sudo -n id -u && hostname");
+    assert!(
+        code == 0 && out.contains("0\nnode1"),
+        "ssh core@node1: {code} {out} {err}"
+    );
+    let (code, out, _) = c.ssh("root", 1, "id -u");
+    assert_ne!(code, 0, "ssh root@node1 logged in: {out}");
+    let scan = c
+        .net
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "ssh-keyscan -t ed25519 {ip} 2>/dev/null | ssh-keygen -l -f -"
+        ))
+        .output()
+        .expect("ssh-keyscan");
+    let fingerprint = String::from_utf8_lossy(&scan.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let console = c.vms[1].as_ref().expect("node1").console();
+    assert!(
+        fingerprint.starts_with("SHA256:")
+            && console.contains(&format!("SSH host key of node1: 256 {fingerprint}")),
+        "the console does not show the host key ssh sees ({fingerprint:?})"
+    );
+
+    // Listening sockets: on addresses other than loopback, only sshd, etcd-lite and fleetd.
+    let (code, out, err) = c.ssh("core", 1, "ss -Htlnu");
+    assert_eq!(code, 0, "ss: {err}");
+    let mut open = std::collections::BTreeSet::new();
+    for l in out.lines() {
+        let Some(local) = l.split_whitespace().nth(4) else {
+            continue;
+        };
+        let (addr, port) = local.rsplit_once(':').expect("ADDR:PORT");
+        if addr.starts_with("127.") || addr == "[::1]" {
+            continue;
+        }
+        open.insert(port.to_string());
+    }
+    let want: std::collections::BTreeSet<String> = ["22", "2379", "2380", "49153"]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(open, want, "ports open to the network:\n{out}");
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|s| {
@@ -355,11 +544,21 @@ fn a_bad_config_fails_clearly_and_leaves_a_root_shell() {
         .expect("corelite-firstboot --check");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `colour`"));
+    // The node boots with a config whose certificate is for another address (a config copied
+    // to the wrong machine, or an address changed after the certificates were made).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corelite-config"))
+        .args(["new-cluster", "--nodes", "bad=10.219.0.50", "--out"])
+        .arg(dir.path().join("cluster"))
+        .output()
+        .expect("corelite-config");
+    assert!(out.status.success(), "corelite-config: {out:?}");
+    let cfg = std::fs::read_to_string(dir.path().join("cluster/nodes/bad.json"))
+        .expect("the generated config")
+        .replace("10.219.0.50/24", "10.219.0.60/24");
     let net = VmNet::new("bad");
     let disk = dir.path().join("bad.qcow2");
     overlay(&image.join("corelite.raw"), &disk);
-    let cfg = r#"{"hostname": "bad", "network": {"address": "10.219.0.300/24"}}"#;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(cfg);
+    let gz = gz64(&cfg);
     let mut vm = Vm::boot(
         &net,
         Boot {
@@ -369,7 +568,7 @@ fn a_bad_config_fails_clearly_and_leaves_a_root_shell() {
                 image.join("vmlinuz"),
                 image.join("initrd.img"),
                 format!(
-                    "root=LABEL=corelite-root rw console=ttyS0,115200 corelite.config=base64:{b64}"
+                    "root=LABEL=corelite-root rw console=ttyS0,115200 corelite.config=gz64:{gz}"
                 ),
             )),
             config_drive: None,
@@ -378,10 +577,10 @@ fn a_bad_config_fails_clearly_and_leaves_a_root_shell() {
         },
         &log_dir(),
     );
-    let said = vm.wait_console("network.address", BOOT_TIMEOUT);
+    let said = vm.wait_console("not for this node's address 10.219.0.60", BOOT_TIMEOUT);
     assert!(said, "no error on the console:\n{}", vm.console());
     assert!(
-        vm.console().contains("bad first-boot config"),
+        vm.console().contains("bad first-boot config") && vm.console().contains("tls.cert: "),
         "{}",
         vm.console()
     );

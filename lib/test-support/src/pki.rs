@@ -54,44 +54,50 @@ pub fn pki(dir: &Path, name: &str) {
             "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
         ),
     ] {
-        let base = format!("{name}-{who}");
-        std::fs::write(dir.join(format!("{base}.ext")), ext).expect("writing an extension file");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                &format!("/CN={base}"),
-                "-keyout",
-                &format!("{base}-key.pem"),
-                "-out",
-                &format!("{base}.csr"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{base}.csr"),
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}-key.pem"),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{base}.ext"),
-                "-out",
-                &format!("{base}.pem"),
-            ],
-        );
+        issue(dir, name, &format!("{name}-{who}"), ext);
     }
+}
+
+/// Signs `BASE.pem` (with `BASE-key.pem`, CN `BASE`) with the CA `pki` made for `name`;
+/// `ext` is openssl's extension text (subjectAltName=..., extendedKeyUsage=...).
+pub fn issue(dir: &Path, name: &str, base: &str, ext: &str) {
+    let ca = format!("{name}-ca");
+    std::fs::write(dir.join(format!("{base}.ext")), ext).expect("writing an extension file");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={base}"),
+            "-keyout",
+            &format!("{base}-key.pem"),
+            "-out",
+            &format!("{base}.csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{base}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{base}.ext"),
+            "-out",
+            &format!("{base}.pem"),
+        ],
+    );
 }

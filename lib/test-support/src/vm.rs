@@ -144,6 +144,17 @@ impl Vm {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting qemu-system-x86_64 (make deps)");
+        // A refused command line (a kernel command line over 2048 bytes, a bad drive) ends
+        // qemu at once: say so now, not after a boot timeout.
+        for _ in 0..10 {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "qemu for {} exited at once ({st}); its error is above",
+                    b.name
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let stdin = child.stdin.take().expect("qemu's stdin");
         let out = child.stdout.take().expect("qemu's stdout");
         let console = Arc::new(Mutex::new(String::new()));
