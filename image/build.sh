@@ -105,6 +105,7 @@ done
 : >"$ROOT/etc/machine-id"
 rm -f "$ROOT/var/lib/dbus/machine-id"
 echo corelite >"$ROOT/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tcorelite\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$ROOT/etc/hosts"
 printf 'LABEL=corelite-root / ext4 rw,noatime 0 1\n' >"$ROOT/etc/fstab"
 passwd -R "$ROOT" -d root >/dev/null
 # SSH: host keys are made on each node's first boot (never shared through the image); the

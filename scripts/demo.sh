@@ -173,6 +173,7 @@ client certificates (the admin's are in $PKI); SSH takes the demo's key. Reach i
   $IN env ETCDCTL_API=3 etcdctl --endpoints https://$NET.11:2379 $CERTS put /hello world
   $IN curl -s $CERTS https://$NET.12:2379/v2/keys/hello
   $IN ssh -i $STATE/ssh/id_ed25519 core@$NET.11
+  ssh-add $STATE/ssh/id_ed25519 && $IN $ROOT/target/release/fleetctl --tunnel $NET.11 list-machines
   . $STATE/env    # sets ETCDCTL_* and FLEETCTL_* (endpoints, certificates) for this shell
 Plain http:// to any of them is refused, and so is TLS without a client certificate.
 Consoles: $STATE/node{1,2,3}.console

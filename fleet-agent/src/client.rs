@@ -167,6 +167,66 @@ impl Endpoint {
     }
 }
 
+/// Sends one request through a program whose stdin and stdout are the connection: fleetctl's
+/// `--tunnel`, `ssh ... HOST sudo -n fleetctl tunnel-stdio` to the node's unix socket. `argv`
+/// is the program and its arguments; `timeout` bounds the whole exchange.
+pub async fn request_via(
+    argv: &[String],
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Response, Error> {
+    let err = |msg: String| Error {
+        endpoint: format!("tunnel ({})", argv.join(" ")),
+        msg,
+    };
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| err("no tunnel command".into()))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| err(format!("starting {program}: {e}")))?;
+    let (Some(stdin), Some(stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(err("no pipes to the tunnel".into()));
+    };
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| err(e.to_string()))?;
+    let io = tokio::io::join(stdout, stdin);
+    match tokio::time::timeout(timeout, send(TokioIo::new(io), req)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            // What ssh said (a refused key, an unknown host) says more than the broken pipe.
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            let mut said = String::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut said),
+            )
+            .await;
+            let said = said.trim();
+            Err(err(if said.is_empty() {
+                e
+            } else {
+                format!("{e}: {said}")
+            }))
+        }
+        Err(_) => Err(err(format!("no answer in {} s", timeout.as_secs()))),
+    }
+}
+
 async fn send<T>(io: T, req: hyper::Request<Full<Bytes>>) -> Result<Response, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

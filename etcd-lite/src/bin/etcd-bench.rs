@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use etcd_api::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
 use hdrhistogram::Histogram;
 use prost::Message;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 #[derive(Parser)]
 #[command(
@@ -95,17 +95,92 @@ struct Stats {
     p99_ms: f64,
 }
 
-async fn connect(endpoints: &[String], n: usize) -> Result<Vec<KvClient<Channel>>> {
+async fn connect(
+    endpoints: &[String],
+    n: usize,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Vec<KvClient<Channel>>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let ep = &endpoints[i % endpoints.len()];
-        let ch = Channel::from_shared(format!("http://{ep}"))?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {ep}"))?;
-        out.push(KvClient::new(ch));
+        out.push(KvClient::new(channel(ep, tls).await?));
     }
     Ok(out)
+}
+
+/// One connection to `ep` (host:port), over TLS with a client certificate when `tls` is given.
+async fn channel(ep: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel> {
+    let ch = match tls {
+        Some(t) => Channel::from_shared(format!("https://{ep}"))?.tls_config(t.clone())?,
+        None => Channel::from_shared(format!("http://{ep}"))?,
+    };
+    ch.connect()
+        .await
+        .with_context(|| format!("connecting to {ep}"))
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate (made with rcgen), for
+/// the TLS rows: both servers get the same files and flags.
+struct BenchTls {
+    dir: tempfile::TempDir,
+    client: ClientTlsConfig,
+}
+
+impl BenchTls {
+    fn new() -> Result<BenchTls> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let dir = tempfile::tempdir()?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name.push(DnType::CommonName, "bench CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issue = |cn: &str, names: Vec<String>, eku: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(names)?;
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = eku;
+            let cert = p.signed_by(&key, &ca_cert, &ca_key)?;
+            Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
+        };
+        let (server, server_key) = issue(
+            "bench server",
+            vec!["127.0.0.1".into()],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
+        let (client, client_key) =
+            issue("bench", vec![], vec![ExtendedKeyUsagePurpose::ClientAuth])?;
+        for (f, text) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server),
+            ("server-key.pem", server_key),
+        ] {
+            std::fs::write(dir.path().join(f), text)?;
+        }
+        let client = ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_cert.pem()))
+            .identity(tonic::transport::Identity::from_pem(client, client_key));
+        Ok(BenchTls { dir, client })
+    }
+
+    /// The server's flags (etcd's, which etcd-lite shares).
+    fn server_args(&self) -> Vec<String> {
+        let f = |n: &str| self.dir.path().join(n).display().to_string();
+        vec![
+            "--cert-file".into(),
+            f("server.pem"),
+            "--key-file".into(),
+            f("server-key.pem"),
+            "--trusted-ca-file".into(),
+            f("ca.pem"),
+            "--client-cert-auth".into(),
+        ]
+    }
 }
 
 /// Runs `total` operations spread over `clients` concurrent clients (one connection each).
@@ -117,7 +192,10 @@ async fn run(
     op: Op,
     key_space: usize,
 ) -> Result<Stats> {
-    run_as(endpoints, clients, total, val_size, op, key_space, None).await
+    run_as(
+        endpoints, clients, total, val_size, op, key_space, None, None,
+    )
+    .await
 }
 
 /// A request carrying `token` as gRPC metadata, as etcd's clients send it after Authenticate.
@@ -132,7 +210,8 @@ fn with_token<T>(
     r
 }
 
-/// [`run`] as the user a token names (`None`: anonymous).
+/// [`run`] as the user a token names (`None`: anonymous), over TLS when `tls` is given.
+#[allow(clippy::too_many_arguments)]
 async fn run_as(
     endpoints: &[String],
     clients: usize,
@@ -141,12 +220,13 @@ async fn run_as(
     op: Op,
     key_space: usize,
     token: Option<&str>,
+    tls: Option<&ClientTlsConfig>,
 ) -> Result<Stats> {
     let token = token
         .map(str::parse)
         .transpose()
         .context("a token is ASCII")?;
-    let conns = connect(endpoints, clients).await?;
+    let conns = connect(endpoints, clients, tls).await?;
     let value = Arc::new(vec![b'x'; val_size]);
     let per = total.div_ceil(clients);
     let start = Instant::now();
@@ -223,9 +303,14 @@ fn free_port() -> Result<u16> {
 
 /// Starts a server and measures the time until its first successful Range.
 async fn start(bin: &Path, lite: bool) -> Result<Server> {
+    start_with(bin, lite, None).await
+}
+
+/// [`start`], serving clients over TLS with client certificates when `tls` is given.
+async fn start_with(bin: &Path, lite: bool, tls: Option<&BenchTls>) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let (port, peer) = (free_port()?, free_port()?);
-    spawn(bin, lite, dir, port, peer).await
+    spawn(bin, lite, dir, port, peer, tls).await
 }
 
 /// kill -9 the server, start it again on its data, and measure the time until its first
@@ -238,7 +323,7 @@ async fn restart(bin: &Path, lite: bool, server: Server) -> Result<Server> {
     // The old server's Drop kills a process that is gone already.
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir()?);
     drop(server);
-    spawn(bin, lite, dir, port, peer).await
+    spawn(bin, lite, dir, port, peer, None).await
 }
 
 async fn spawn(
@@ -247,8 +332,10 @@ async fn spawn(
     dir: tempfile::TempDir,
     port: u16,
     peer: u16,
+    tls: Option<&BenchTls>,
 ) -> Result<Server> {
-    let client = format!("http://127.0.0.1:{port}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client = format!("{scheme}://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut cmd = Command::new(bin);
     cmd.arg("--data-dir")
@@ -271,6 +358,9 @@ async fn spawn(
     if !lite {
         cmd.args(["--log-level", "error"]);
     }
+    if let Some(t) = tls {
+        cmd.args(t.server_args());
+    }
     let t0 = Instant::now();
     let child = cmd
         .spawn()
@@ -287,7 +377,7 @@ async fn spawn(
         if Instant::now() > deadline {
             bail!("{} did not serve within 60 s", bin.display());
         }
-        if let Ok(ch) = Channel::from_shared(client.clone())?.connect().await {
+        if let Ok(ch) = channel(&format!("127.0.0.1:{port}"), tls.map(|t| &t.client)).await {
             if KvClient::new(ch)
                 .range(RangeRequest {
                     key: b"x".to_vec(),
@@ -385,7 +475,17 @@ async fn measure_auth(bin: &Path, lite: bool, s: impl Fn(usize) -> usize) -> Res
         password: "benchpw".into(),
     };
     let token = auth.authenticate(login.clone()).await?.into_inner().token;
-    let st = run_as(&ep, 64, s(40_000), 256, Op::Put, usize::MAX, Some(&token)).await?;
+    let st = run_as(
+        &ep,
+        64,
+        s(40_000),
+        256,
+        Op::Put,
+        usize::MAX,
+        Some(&token),
+        None,
+    )
+    .await?;
     let mut out = vec![
         (
             "put ops/s, 64 clients, auth on".to_string(),
@@ -412,7 +512,17 @@ async fn measure_auth(bin: &Path, lite: bool, s: impl Fn(usize) -> usize) -> Res
             Ok::<_, tonic::Status>(n)
         }));
     }
-    let st = run_as(&ep, 64, s(40_000), 256, Op::Put, usize::MAX, Some(&token)).await?;
+    let st = run_as(
+        &ep,
+        64,
+        s(40_000),
+        256,
+        Op::Put,
+        usize::MAX,
+        Some(&token),
+        None,
+    )
+    .await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut n = 0;
     for l in logins {
@@ -424,6 +534,38 @@ async fn measure_auth(bin: &Path, lite: bool, s: impl Fn(usize) -> usize) -> Res
         st.p99_ms,
         false,
     ));
+    Ok(out)
+}
+
+/// Puts at 16 and 64 clients over TLS, every client with a certificate (`--client-cert-auth`).
+async fn measure_tls(bin: &Path, lite: bool, s: impl Fn(usize) -> usize) -> Result<Vec<Metric>> {
+    let tls = BenchTls::new()?;
+    let srv = start_with(bin, lite, Some(&tls)).await?;
+    let ep = vec![format!("127.0.0.1:{}", srv.port)];
+    let mut out = Vec::new();
+    for (clients, total) in [(16, s(20_000)), (64, s(40_000))] {
+        let st = run_as(
+            &ep,
+            clients,
+            total,
+            256,
+            Op::Put,
+            usize::MAX,
+            None,
+            Some(&tls.client),
+        )
+        .await?;
+        out.push((
+            format!("put ops/s, {clients} clients, TLS + client certs"),
+            st.ops_per_sec,
+            true,
+        ));
+        out.push((
+            format!("put p99 ms, {clients} clients, TLS + client certs"),
+            st.p99_ms,
+            false,
+        ));
+    }
     Ok(out)
 }
 
@@ -446,7 +588,8 @@ async fn measure(bin: &Path, lite: bool, scale: f64) -> Result<Vec<Metric>> {
         out.push((format!("put p50 ms, {clients} clients"), st.p50_ms, false));
         out.push((format!("put p99 ms, {clients} clients"), st.p99_ms, false));
     }
-    // The same puts with auth on, beside the rows above.
+    // The same puts over TLS with client certificates, and with auth on, beside the rows above.
+    out.extend(measure_tls(bin, lite, s).await?);
     out.extend(measure_auth(bin, lite, s).await?);
     for serializable in [false, true] {
         let st = run(&ep, 16, s(40_000), 0, Op::Range { serializable }, s(10_000)).await?;
@@ -509,7 +652,7 @@ async fn big_reads(srv: &Server, keys: usize) -> Result<Vec<Metric>> {
         std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
             .context("resetting the peak RSS (/proc/PID/clear_refs)")?;
         let mut tasks = Vec::new();
-        for kv in connect(&ep, readers).await? {
+        for kv in connect(&ep, readers, None).await? {
             tasks.push(tokio::spawn(async move {
                 let mut kv = kv.max_decoding_message_size(usize::MAX);
                 let resp = kv

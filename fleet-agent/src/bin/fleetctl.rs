@@ -27,7 +27,9 @@ use fleet_agent::unit::{self, UnitOption};
     fleetctl journal -n 20 hello.service\n  \
     fleetctl --endpoint http://10.0.0.1:49153 destroy hello.service\n  \
     fleetctl --endpoint https://10.0.0.1:49153 --ca-file ca.pem --cert-file admin.pem --key-file admin-key.pem list-units\n  \
-    . mycluster/env && fleetctl list-machines   # the env file corelite-config writes\n\n\
+    . mycluster/env && fleetctl list-machines   # the env file corelite-config writes\n  \
+    fleetctl --tunnel 10.0.0.11 list-units      # through SSH (as core, your ssh agent's keys)\n  \
+    fleetctl ssh hello.service                  # a shell on the unit's machine\n\n\
 Flags can also be given as FLEETCTL_<FLAG> environment variables (FLEETCTL_ENDPOINT=...)."
 )]
 struct Cli {
@@ -48,6 +50,29 @@ struct Cli {
     /// Private key (PEM) of --cert-file.
     #[arg(long, global = true, env = "FLEETCTL_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// Reach the API through SSH to HOST[:PORT] (any node): the node's own fleet socket, as
+    /// --ssh-username with sudo. Uses your ssh (its agent, keys and config).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_TUNNEL",
+        value_name = "HOST[:PORT]"
+    )]
+    tunnel: Option<String>,
+    /// The user SSH logs in as (tunnel and `fleetctl ssh`).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_SSH_USERNAME",
+        default_value = "core"
+    )]
+    ssh_username: String,
+    /// Refuse hosts whose key is unknown or changed (false: accept any host key).
+    #[arg(long, global = true, env = "FLEETCTL_STRICT_HOST_KEY_CHECKING", default_value_t = true, action = clap::ArgAction::Set)]
+    strict_host_key_checking: bool,
+    /// Known hosts file for SSH (default: ssh's own).
+    #[arg(long, global = true, env = "FLEETCTL_KNOWN_HOSTS_FILE")]
+    known_hosts_file: Option<PathBuf>,
     /// Seconds to wait for each API request.
     #[arg(long, global = true, default_value_t = 10.0)]
     request_timeout: f64,
@@ -101,6 +126,21 @@ enum Cmd {
     },
     /// Check unit files without submitting them.
     Verify { files: Vec<String> },
+    /// Open a shell (or run COMMAND) over SSH on a machine, or on the machine a unit is on;
+    /// through the --tunnel host when one is given.
+    Ssh {
+        /// Forward the SSH agent.
+        #[arg(short = 'A', long)]
+        forward_agent: bool,
+        /// A machine id (or its prefix) or a unit name.
+        target: String,
+        /// The command to run instead of a shell.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Connect stdin and stdout to the local fleet socket (what --tunnel runs on the node).
+    #[command(hide = true)]
+    TunnelStdio,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,7 +159,78 @@ struct ListArgs {
 struct Api {
     ep: Endpoint,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// `--tunnel`: the ssh command line that connects to the node's fleet socket.
+    tunnel: Option<Vec<String>>,
     timeout: Duration,
+}
+
+/// HOST[:PORT] (a bracketed IPv6 address keeps its colons).
+fn split_host(h: &str) -> (String, Option<String>) {
+    if let Some(rest) = h.strip_prefix('[') {
+        if let Some((host, port)) = rest.split_once("]:") {
+            return (host.to_string(), Some(port.to_string()));
+        }
+        return (rest.trim_end_matches(']').to_string(), None);
+    }
+    match h.split_once(':') {
+        Some((host, port)) if !port.contains(':') => (host.to_string(), Some(port.to_string())),
+        _ => (h.to_string(), None),
+    }
+}
+
+/// `ssh` with the options every use shares: the user, host key checking, known hosts.
+fn ssh_command(cli: &Cli) -> Vec<String> {
+    let mut a: Vec<String> = vec!["ssh".into(), "-o".into(), "ConnectTimeout=10".into()];
+    if !cli.strict_host_key_checking {
+        a.extend(["-o".into(), "StrictHostKeyChecking=no".into()]);
+    }
+    if let Some(f) = &cli.known_hosts_file {
+        a.extend(["-o".into(), format!("UserKnownHostsFile={}", f.display())]);
+    }
+    a.extend(["-l".into(), cli.ssh_username.clone()]);
+    a
+}
+
+/// The tunnel's command line: ssh to HOST, then sudo fleetctl bridging to the node's socket.
+fn tunnel_command(cli: &Cli, host: &str, socket: &Path) -> Vec<String> {
+    let (host, port) = split_host(host);
+    let mut a = ssh_command(cli);
+    a.extend(["-T".into(), "-o".into(), "BatchMode=yes".into()]);
+    if let Some(p) = port {
+        a.extend(["-p".into(), p]);
+    }
+    a.extend([
+        host,
+        "--".into(),
+        "sudo".into(),
+        "-n".into(),
+        "fleetctl".into(),
+        "--endpoint".into(),
+        format!("unix://{}", socket.display()),
+        "tunnel-stdio".into(),
+    ]);
+    a
+}
+
+/// `fleetctl tunnel-stdio`: stdin to the socket, the socket to stdout, until both ends close.
+async fn tunnel_stdio(socket: &Path) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let s = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    let (mut from_api, mut to_api) = s.into_split();
+    let up = async {
+        let mut stdin = tokio::io::stdin();
+        let _ = tokio::io::copy(&mut stdin, &mut to_api).await;
+        let _ = to_api.shutdown().await;
+    };
+    let down = async {
+        let mut stdout = tokio::io::stdout();
+        let _ = tokio::io::copy(&mut from_api, &mut stdout).await;
+        let _ = stdout.flush().await;
+    };
+    tokio::join!(up, down);
+    Ok(())
 }
 
 impl Api {
@@ -129,13 +240,18 @@ impl Api {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        let r = self
-            .ep
-            .request_with(self.tls.as_ref(), method, path, body, self.timeout)
-            .await
-            .with_context(|| {
-                "error contacting the fleet API (is fleetd running? see --endpoint)"
-            })?;
+        let r = match &self.tunnel {
+            Some(argv) => fleet_agent::client::request_via(argv, method, path, body, self.timeout)
+                .await
+                .with_context(|| "error reaching the fleet API through the SSH tunnel")?,
+            None => self
+                .ep
+                .request_with(self.tls.as_ref(), method, path, body, self.timeout)
+                .await
+                .with_context(|| {
+                    "error contacting the fleet API (is fleetd running? see --endpoint)"
+                })?,
+        };
         Ok((r.status, r.body))
     }
 
@@ -463,8 +579,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         .endpoint
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
+    let tunneled = cli.tunnel.as_deref().is_some_and(|t| !t.is_empty());
     let tls = match &ep {
-        Endpoint::Https(_) => Some(Arc::new(
+        Endpoint::Https(_) if !tunneled => Some(Arc::new(
             fleet_agent::tls::client_config(
                 cli.ca_file.as_deref(),
                 cli.cert_file.as_deref(),
@@ -475,9 +592,24 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         // Like the original fleetctl: the certificate flags only matter for https://.
         _ => None,
     };
+    // Through a tunnel, the node's own socket (an https:// endpoint from the environment is
+    // for direct use).
+    let socket = match &ep {
+        Endpoint::Unix(p) => p.clone(),
+        _ => PathBuf::from("/var/run/fleet.sock"),
+    };
+    if let Cmd::TunnelStdio = cli.cmd {
+        return tunnel_stdio(&socket).await;
+    }
+    let tunnel = cli
+        .tunnel
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(|t| tunnel_command(cli, t, &socket));
     let api = Api {
         ep,
         tls,
+        tunnel,
         timeout: Duration::from_secs_f64(cli.request_timeout.max(0.1)),
     };
     let json = cli.output == "json";
@@ -649,6 +781,61 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             print!("{}", String::from_utf8_lossy(&body));
             Ok(())
+        }
+        Cmd::TunnelStdio => unreachable!("handled before the API is reached"),
+        Cmd::Ssh {
+            forward_agent,
+            target,
+            command,
+        } => {
+            let machines = api.machines().await?;
+            let by_id: Vec<&Machine> = machines
+                .iter()
+                .filter(|m| m.id.starts_with(target.as_str()))
+                .collect();
+            let machine = match by_id.as_slice() {
+                [m] => (*m).clone(),
+                [_, _, ..] => bail!("machine id prefix {target} is ambiguous"),
+                [] => {
+                    let name = unit_name(target);
+                    let on = api
+                        .states()
+                        .await?
+                        .into_iter()
+                        .find(|s| s.name == name)
+                        .map(|s| s.machine_id)
+                        .with_context(|| {
+                            format!("{target} is neither a machine nor a unit on a machine")
+                        })?;
+                    machines
+                        .iter()
+                        .find(|m| m.id == on)
+                        .cloned()
+                        .with_context(|| format!("{name}'s machine {on} is not in the cluster"))?
+                }
+            };
+            let mut argv = ssh_command(cli);
+            if *forward_agent {
+                argv.push("-A".into());
+            }
+            if let Some(t) = cli.tunnel.as_deref().filter(|t| !t.is_empty()) {
+                // Through the tunnel host, with the same options for both hops (ssh's -J would
+                // not pass them on).
+                let (host, port) = split_host(t);
+                let mut hop = ssh_command(cli);
+                if let Some(p) = port {
+                    hop.extend(["-p".into(), p]);
+                }
+                hop.extend(["-W".into(), "%h:%p".into(), host]);
+                argv.extend(["-o".into(), format!("ProxyCommand={}", hop.join(" "))]);
+            }
+            argv.push(machine.primary_ip.clone());
+            argv.extend(command.iter().cloned());
+            let status = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .status()
+                .context("running ssh")?;
+            std::process::exit(status.code().unwrap_or(255));
         }
         Cmd::Verify { files } => {
             if files.is_empty() {

@@ -420,7 +420,18 @@ pub fn render(c: &Config) -> Vec<File> {
         contents,
         mode,
     };
-    let mut out = vec![file("/etc/hostname", format!("{}\n", c.hostname), 0o644)];
+    let mut out = vec![
+        file("/etc/hostname", format!("{}\n", c.hostname), 0o644),
+        // The node's own name resolves without DNS (sudo looks it up on every call).
+        file(
+            "/etc/hosts",
+            format!(
+                "# Written by corelite-firstboot.\n127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n",
+                c.hostname
+            ),
+            0o644,
+        ),
+    ];
     let n = &c.network;
     let mut net = format!(
         "# Written by corelite-firstboot.\n[Match]\nName={}\n\n[Network]\n",
@@ -555,6 +566,7 @@ mod tests {
             .map(|f| (f.path, f.contents))
             .collect();
         assert_eq!(files["/etc/hostname"], "node1\n");
+        assert!(files["/etc/hosts"].contains("127.0.1.1\tnode1\n"));
         let net = &files["/etc/systemd/network/10-corelite.network"];
         assert!(net.contains("Address=10.219.0.11/24") && net.contains("Gateway=10.219.0.1"));
         let etcd = &files["/etc/etcd-lite/etcd-lite.env"];

@@ -495,6 +495,38 @@ fn secure_by_default(c: &Cluster) {
         "the console does not show the host key ssh sees ({fingerprint:?})"
     );
 
+    // fleetctl --tunnel: the API through SSH with the key in an agent, and fleetctl ssh to
+    // another machine through it.
+    let agent = Agent::start(c.dir.path());
+    agent.add(&c.dir.path().join("id_ed25519"));
+    let tunnel = |args: &[&str]| {
+        let o = c
+            .net
+            .command(&fleetctl_bin())
+            .env("SSH_AUTH_SOCK", &agent.sock)
+            .args(["--tunnel", &ip, "--strict-host-key-checking=false"])
+            .args(["--known-hosts-file", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("fleetctl --tunnel");
+        assert!(o.status.success(), "fleetctl --tunnel {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let machines: serde_json::Value =
+        serde_json::from_str(&tunnel(&["--output", "json", "list-machines"]))
+            .expect("list-machines JSON");
+    let node2 = machines
+        .as_array()
+        .expect("machines")
+        .iter()
+        .find(|m| m["primaryIP"] == node_ip(2))
+        .and_then(|m| m["id"].as_str())
+        .expect("node2 in list-machines through the tunnel")
+        .to_string();
+    let out = tunnel(&["ssh", &node2[..8], "hostname"]);
+    assert_eq!(out.trim(), "node2", "fleetctl ssh through the tunnel");
+    drop(agent);
+
     // Listening sockets: on addresses other than loopback, only sshd, etcd-lite and fleetd.
     let (code, out, err) = c.ssh("core", 1, "ss -Htlnu");
     assert_eq!(code, 0, "ss: {err}");
@@ -514,6 +546,49 @@ fn secure_by_default(c: &Cluster) {
         .map(|p| p.to_string())
         .collect();
     assert_eq!(open, want, "ports open to the network:\n{out}");
+}
+
+/// An ssh-agent of the test's own (stopped on drop).
+struct Agent {
+    sock: PathBuf,
+    pid: i32,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let sock = dir.join("agent.sock");
+        let o = std::process::Command::new("ssh-agent")
+            .arg("-a")
+            .arg(&sock)
+            .output()
+            .expect("ssh-agent (make deps installs openssh-client)");
+        let out = String::from_utf8_lossy(&o.stdout);
+        let pid = out
+            .split("SSH_AGENT_PID=")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no agent pid in {out:?}"));
+        Agent { sock, pid }
+    }
+
+    fn add(&self, key: &Path) {
+        let o = std::process::Command::new("ssh-add")
+            .env("SSH_AUTH_SOCK", &self.sock)
+            .arg(key)
+            .output()
+            .expect("ssh-add");
+        assert!(o.status.success(), "ssh-add: {o:?}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
 }
 
 fn nix_is_root() -> bool {
