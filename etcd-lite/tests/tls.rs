@@ -124,6 +124,55 @@ fn client_certificates_are_required_and_checked() {
         &["get", "k"],
     );
     assert!(!other.status.success(), "{}", text(&other));
+    // An expired client certificate: refused at once, with TLS's own reason.
+    test_support::pki::issue_for_days(d, "a", "old", "extendedKeyUsage=clientAuth\n", -1);
+    let t0 = Instant::now();
+    let expired = run(
+        "curl",
+        d,
+        &[
+            "-s",
+            "-S",
+            "-m",
+            "10",
+            "--cacert",
+            "a-ca.pem",
+            "--cert",
+            "old.pem",
+            "--key",
+            "old-key.pem",
+            &format!("{ep}/health"),
+        ],
+    );
+    assert!(
+        !expired.status.success() && text(&expired).contains("expired"),
+        "{}",
+        text(&expired)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the refusal took {:?}",
+        t0.elapsed()
+    );
+    let t0 = Instant::now();
+    let expired = etcdctl(
+        &[
+            "--cacert",
+            "a-ca.pem",
+            "--cert",
+            "old.pem",
+            "--key",
+            "old-key.pem",
+        ],
+        &["get", "k"],
+    );
+    // etcdctl 3.4 (as against etcd) reports a refused handshake as its dial timeout.
+    assert!(!expired.status.success(), "{}", text(&expired));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "etcdctl took {:?}",
+        t0.elapsed()
+    );
     // curl: HTTP/1.1 and HTTP/2 by ALPN, the JSON gateway and health.
     let curl = |extra: &[&str], path: &str| {
         let url = format!("{ep}{path}");

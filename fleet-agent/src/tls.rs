@@ -108,6 +108,23 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// After a failed handshake (an expired or unknown client certificate): the alert saying why
+/// has been sent; close our side and read what the client sent meanwhile, so that the close
+/// does not become a reset that destroys the alert before the client reads it.
+async fn linger(mut io: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = io.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Serves `app` over TLS on `listener` until `stop` changes, then lets open connections finish.
 pub async fn serve(
     listener: TcpListener,
@@ -134,10 +151,12 @@ pub async fn serve(
         let (acceptor, app, builder, mut stop) =
             (acceptor.clone(), app.clone(), builder.clone(), stop.clone());
         conns.spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let accept = acceptor.accept(stream).into_fallible();
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+                Ok(Err((e, io))) => {
                     tracing::info!(%peer, error = %e, "API TLS handshake failed");
+                    linger(io).await;
                     return;
                 }
                 Err(_) => {

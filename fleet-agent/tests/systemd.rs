@@ -518,6 +518,30 @@ fn fleet_runs_units_on_real_systemd_machines() {
         &api,
     ]);
     assert_ne!(code, 0, "a client certificate from another CA");
+    test_support::pki::issue_for_days(
+        c.tmp.path(),
+        "fleet",
+        "old",
+        "extendedKeyUsage=clientAuth\n",
+        -1,
+    );
+    let o = run(Command::new("ip")
+        .args(["netns", "exec", &c.hub, "curl", "-sS", "-m", "10"])
+        .args([
+            "--cacert",
+            "fleet-ca.pem",
+            "--cert",
+            "old.pem",
+            "--key",
+            "old-key.pem",
+            &api,
+        ])
+        .current_dir(c.tmp.path()));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("expired"),
+        "an expired client certificate: {err}"
+    );
 
     // The API over the unix socket, with curl.
     let sock = c.machines[0].api_sock();

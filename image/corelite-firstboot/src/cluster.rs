@@ -35,6 +35,8 @@ pub struct Spec {
     /// Validity of node and admin certificates, and of the CA.
     pub cert_days: u32,
     pub ca_days: u32,
+    /// Turn etcd auth on once the cluster is up (users by certificate).
+    pub etcd_auth: bool,
 }
 
 /// `name=IP,name=IP,...`: names are host names, neither names nor addresses repeat.
@@ -126,6 +128,7 @@ pub fn generate(spec: &Spec) -> Result<Generated, String> {
                 initial_cluster: initial_cluster.clone(),
                 initial_cluster_token: spec.token.clone(),
                 initial_cluster_state: "new".into(),
+                auth: spec.etcd_auth,
             }),
             fleet: Some(Fleet::default()),
             tls: Some(Tls {
@@ -249,6 +252,7 @@ mod tests {
             token: "test".into(),
             cert_days: 30,
             ca_days: 60,
+            etcd_auth: true,
         }
     }
 
@@ -294,7 +298,7 @@ mod tests {
             let back = Config::parse(&text).expect("a node accepts its config");
             assert_eq!(&back, c);
             let e = back.etcd.as_ref().expect("etcd");
-            assert!(e.initial_cluster.contains("n2=https://10.0.0.12:2380"));
+            assert!(e.initial_cluster.contains("n2=https://10.0.0.12:2380") && e.auth);
             assert_eq!(back.ssh.as_ref().expect("ssh").authorized_keys, [KEY]);
         }
         let info = crate::pki::cert_info(&g.admin.cert).expect("admin");

@@ -103,6 +103,21 @@ pub struct Etcd {
     /// `new` (default) or `existing`.
     #[serde(default = "default_state")]
     pub initial_cluster_state: String,
+    /// Turn etcd auth on once the cluster is up (needs `tls`): clients are the users their
+    /// certificate's common name names; `root` (the admin certificate) may do anything, each
+    /// member's node user reads and writes fleet's keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auth: bool,
+}
+
+impl Etcd {
+    /// The members' names, from `initial_cluster`.
+    pub fn member_names(&self) -> Vec<String> {
+        self.initial_cluster
+            .split(',')
+            .filter_map(|m| m.split_once('=').map(|(n, _)| n.to_string()))
+            .collect()
+    }
 }
 
 fn default_token() -> String {
@@ -265,6 +280,12 @@ impl Config {
                 return Err(invalid(
                     "etcd.initial_cluster_state",
                     "must be new or existing",
+                ));
+            }
+            if e.auth && self.tls.is_none() {
+                return Err(invalid(
+                    "etcd.auth",
+                    "etcd auth here knows clients by their certificates: give the node tls",
                 ));
             }
             if e.initial_cluster_token.is_empty() {
@@ -488,6 +509,17 @@ pub fn render(c: &Config) -> Vec<File> {
             ));
         }
         out.push(file("/etc/etcd-lite/etcd-lite.env", env, 0o644));
+        if e.auth {
+            // corelite-etcd-auth.service runs when this file exists.
+            out.push(file(
+                "/etc/corelite/etcd-auth.env",
+                format!(
+                    "# Written by corelite-firstboot.\nCORELITE_ETCD_AUTH_NODES={}\n",
+                    e.member_names().join(",")
+                ),
+                0o644,
+            ));
+        }
     }
     let f = c.fleet.clone().unwrap_or_default();
     let mut env =
@@ -594,8 +626,10 @@ mod tests {
             "tls": {"ca": ca.pair.cert, "cert": node.cert, "key": node.key},
             "ssh": {"authorized_keys": [key]},
             "time": {"ntp": ["ntp.example.org", "10.219.0.1"]},
-        })
-        .to_string();
+        });
+        let mut with_auth = text.clone();
+        with_auth["etcd"]["auth"] = serde_json::json!(true);
+        let text = text.to_string();
         let c = Config::parse(&text).expect("a config with tls");
         let files: BTreeMap<_, _> = render(&c)
             .into_iter()
@@ -630,6 +664,17 @@ mod tests {
         assert!(files["/etc/systemd/timesyncd.conf.d/10-corelite.conf"]
             .contents
             .contains("NTP=ntp.example.org 10.219.0.1\n"));
+
+        assert!(!files.contains_key("/etc/corelite/etcd-auth.env"));
+        let c = Config::parse(&with_auth.to_string()).expect("auth on");
+        let files: BTreeMap<_, _> = render(&c)
+            .into_iter()
+            .map(|f| (f.path.clone(), f))
+            .collect();
+        assert_eq!(
+            files["/etc/corelite/etcd-auth.env"].contents,
+            "# Written by corelite-firstboot.\nCORELITE_ETCD_AUTH_NODES=node1\n"
+        );
 
         // The same node with someone else's address fails on the certificate.
         let moved = text.replace("10.219.0.11/24", "10.219.0.12/24");
@@ -723,6 +768,10 @@ mod tests {
             (
                 r#"{"hostname": "n", "fleet": {"listen_tcp": "0.0.0.0:49153"}}"#,
                 "give the node tls",
+            ),
+            (
+                r#"{"hostname": "n", "etcd": {"initial_cluster": "n=http://1.2.3.4:2380", "auth": true}}"#,
+                "etcd.auth",
             ),
             (
                 r#"{"hostname": "n", "ssh": {"authorized_keys": ["ssh-ed25519"]}}"#,

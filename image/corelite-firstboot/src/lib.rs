@@ -4,4 +4,5 @@
 
 pub mod cluster;
 pub mod config;
+pub mod etcd_auth;
 pub mod pki;

@@ -53,6 +53,10 @@ struct Cli {
     root: PathBuf,
     #[arg(long, default_value = "/proc/cmdline", hide = true)]
     cmdline: PathBuf,
+    /// Turn etcd auth on (users by certificate: root and these nodes), once the local
+    /// etcd-lite answers; what corelite-etcd-auth.service runs when the config asks for it.
+    #[arg(long, value_name = "NODE,NODE,...", value_delimiter = ',')]
+    enable_etcd_auth: Option<Vec<String>>,
 }
 
 /// The config text and where it came from.
@@ -218,6 +222,24 @@ fn apply(cli: &Cli, c: &Config) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(nodes) = &cli.enable_etcd_auth {
+        let res = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(corelite_firstboot::etcd_auth::enable(
+                    "https://127.0.0.1:2379",
+                    Path::new(config::PKI_DIR),
+                    nodes,
+                ))
+            });
+        if let Err(e) = res {
+            eprintln!("corelite-firstboot: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Some(p) = &cli.check {
         let res = std::fs::read_to_string(p)
             .with_context(|| format!("reading {}", p.display()))

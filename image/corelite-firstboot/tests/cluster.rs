@@ -81,6 +81,7 @@ fn generate_cluster(dir: &Path) -> PathBuf {
             test_support::vm::HOST_IP,
             "--token",
             "image-test",
+            "--etcd-auth",
         ])
         .arg("--ssh-key")
         .arg(key.with_extension("pub"))
@@ -464,6 +465,25 @@ fn secure_by_default(c: &Cluster) {
             "TLS without a client certificate answered: {url}: {body}"
         );
     }
+
+    // etcd auth, as the config asked: on once the cluster formed; the admin certificate is
+    // root, each node's fleetd its node user (fleet keeps working below).
+    let status = format!("https://{ip}:2379/v3/auth/status");
+    wait_for(Duration::from_secs(120), "etcd auth to be on", || {
+        c.curl(&[&with_cert[..], &["-X", "POST", "-d", "{}", status.as_str()]].concat())
+            .1
+            .contains("\"enabled\":true")
+    });
+    let users = c
+        .etcdctl(&[1], &["user", "list"])
+        .expect("user list as root");
+    for u in ["root", "node1", "node2", "node3"] {
+        assert!(users.lines().any(|l| l == u), "{users}");
+    }
+    let node = c
+        .etcdctl(&[2], &["user", "get", "node3"])
+        .expect("user get");
+    assert!(node.contains("fleet"), "{node}");
 
     // SSH: core with the config's key, with sudo; root refused; the host key is the one the
     // console printed.

@@ -61,6 +61,11 @@ pub fn pki(dir: &Path, name: &str) {
 /// Signs `BASE.pem` (with `BASE-key.pem`, CN `BASE`) with the CA `pki` made for `name`;
 /// `ext` is openssl's extension text (subjectAltName=..., extendedKeyUsage=...).
 pub fn issue(dir: &Path, name: &str, base: &str, ext: &str) {
+    issue_for_days(dir, name, base, ext, 2);
+}
+
+/// [`issue`], valid for `days` (-1: expired since yesterday).
+pub fn issue_for_days(dir: &Path, name: &str, base: &str, ext: &str, days: i32) {
     let ca = format!("{name}-ca");
     std::fs::write(dir.join(format!("{base}.ext")), ext).expect("writing an extension file");
     openssl(
@@ -93,7 +98,7 @@ pub fn issue(dir: &Path, name: &str, base: &str, ext: &str) {
             &format!("{ca}-key.pem"),
             "-CAcreateserial",
             "-days",
-            "2",
+            &days.to_string(),
             "-extfile",
             &format!("{base}.ext"),
             "-out",

@@ -66,6 +66,10 @@ struct NewCluster {
     /// Days the CA is valid.
     #[arg(long, default_value_t = 3650)]
     ca_days: u32,
+    /// Turn etcd auth on once the cluster is up: clients are known by their certificate (the
+    /// admin's is `root`; each node's user reads and writes fleet's keys).
+    #[arg(long)]
+    etcd_auth: bool,
     /// The directory to write into.
     #[arg(long)]
     out: PathBuf,
@@ -99,6 +103,7 @@ fn new_cluster(a: NewCluster) -> Result<()> {
         token: a.token,
         cert_days: a.cert_days,
         ca_days: a.ca_days,
+        etcd_auth: a.etcd_auth,
     };
     let g = cluster::generate(&spec).map_err(anyhow::Error::msg)?;
     let wrote = cluster::write(&a.out, &spec, &g).map_err(anyhow::Error::msg)?;
