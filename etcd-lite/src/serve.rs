@@ -66,7 +66,7 @@ pub async fn serve(
                     }
                     Ok(Err((e, io))) => {
                         tracing::info!(%peer, error = %e, "TLS handshake failed");
-                        linger(io).await;
+                        tls_util::linger(io).await;
                     }
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 }
@@ -76,24 +76,6 @@ pub async fn serve(
     drop(listener);
     while conns.join_next().await.is_some() {}
     Ok(())
-}
-
-/// After a failed handshake (an expired or unknown client certificate): the alert saying why
-/// has been sent; close our side and read what the client sent meanwhile (in TLS 1.3 it may
-/// have sent its request already), so that the close does not become a reset that destroys the
-/// alert before the client reads it.
-async fn linger(mut io: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let _ = io.shutdown().await;
-    let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(n) = io.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 async fn connection<I>(

@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -29,15 +28,17 @@ fn file_error(path: &Path, reason: impl ToString) -> TlsError {
     }
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "no PEM certificate in it"));
+impl From<tls_util::FileError> for TlsError {
+    fn from(e: tls_util::FileError) -> Self {
+        TlsError::File {
+            path: e.path,
+            reason: e.reason,
+        }
     }
-    Ok(certs)
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    Ok(tls_util::certificates(path)?)
 }
 
 /// The common name (CN) of a client's verified certificate: with auth enabled it names the
@@ -60,10 +61,7 @@ pub fn server_config(t: &ClientTls) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match &t.client_ca_file {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in certificates(ca)? {
-                roots.add(c).map_err(|e| file_error(ca, e))?;
-            }
+            let roots = tls_util::roots(ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| file_error(ca, e))?;
@@ -71,7 +69,7 @@ pub fn server_config(t: &ClientTls) -> Result<Arc<ServerConfig>, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let key = PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| file_error(&t.key_file, e))?;
+    let key = tls_util::private_key(&t.key_file)?;
     let mut cfg = builder
         .with_single_cert(certificates(&t.cert_file)?, key)
         .map_err(|e| {
@@ -91,7 +89,7 @@ pub fn server_config(t: &ClientTls) -> Result<Arc<ServerConfig>, TlsError> {
 pub fn peer_configs(t: &PeerTls) -> Result<(ServerTlsConfig, ClientTlsConfig), TlsError> {
     certificates(&t.cert_file)?;
     certificates(&t.ca_file)?;
-    PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| file_error(&t.key_file, e))?;
+    tls_util::private_key(&t.key_file)?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| file_error(p, e));
     let identity = Identity::from_pem(read(&t.cert_file)?, read(&t.key_file)?);
     let ca = Certificate::from_pem(read(&t.ca_file)?);

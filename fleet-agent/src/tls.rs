@@ -9,10 +9,9 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
+use tls_util::{certificates, private_key, roots};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -26,31 +25,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[error("{0}")]
 pub struct TlsError(String);
 
+impl From<tls_util::FileError> for TlsError {
+    fn from(e: tls_util::FileError) -> Self {
+        TlsError(e.to_string())
+    }
+}
+
 fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     TlsError(format!("{}: {reason}", path.display()))
-}
-
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "no PEM certificate in it"));
-    }
-    Ok(certs)
-}
-
-fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for c in certificates(ca)? {
-        roots.add(c).map_err(|e| file_error(ca, e))?;
-    }
-    Ok(roots)
-}
-
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -67,7 +49,7 @@ pub fn server_config(cert: &Path, key_file: &Path, ca: &Path) -> Result<ServerCo
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certificates(cert)?, key(key_file)?)
+        .with_single_cert(certificates(cert)?, private_key(key_file)?)
         .map_err(|e| {
             TlsError(format!(
                 "{} and {}: {e}",
@@ -95,7 +77,7 @@ pub fn client_config(
         .with_root_certificates(roots(ca)?);
     let mut cfg = match (cert, key_file) {
         (Some(c), Some(k)) => builder
-            .with_client_auth_cert(certificates(c)?, key(k)?)
+            .with_client_auth_cert(certificates(c)?, private_key(k)?)
             .map_err(|e| TlsError(format!("{} and {}: {e}", c.display(), k.display())))?,
         (None, None) => builder.with_no_client_auth(),
         _ => {
@@ -106,23 +88,6 @@ pub fn client_config(
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
-}
-
-/// After a failed handshake (an expired or unknown client certificate): the alert saying why
-/// has been sent; close our side and read what the client sent meanwhile, so that the close
-/// does not become a reset that destroys the alert before the client reads it.
-async fn linger(mut io: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let _ = io.shutdown().await;
-    let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(n) = io.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 /// Serves `app` over TLS on `listener` until `stop` changes, then lets open connections finish.
@@ -156,7 +121,7 @@ pub async fn serve(
                 Ok(Ok(s)) => s,
                 Ok(Err((e, io))) => {
                     tracing::info!(%peer, error = %e, "API TLS handshake failed");
-                    linger(io).await;
+                    tls_util::linger(io).await;
                     return;
                 }
                 Err(_) => {
