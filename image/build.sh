@@ -91,6 +91,7 @@ ln -sf /lib/systemd/system/systemd-networkd.socket "$W/sockets.target.wants/syst
 ln -sf /lib/systemd/system/systemd-networkd-wait-online.service "$W/network-online.target.wants/systemd-networkd-wait-online.service"
 ln -sf /usr/lib/systemd/system/corelite-ssh-keys.service "$W/multi-user.target.wants/corelite-ssh-keys.service"
 ln -sf /usr/lib/systemd/system/corelite-etcd-auth.service "$W/multi-user.target.wants/corelite-etcd-auth.service"
+ln -sf /usr/lib/systemd/system/corelite-clock-check.service "$W/multi-user.target.wants/corelite-clock-check.service"
 ln -sf /lib/systemd/system/ssh.service "$W/multi-user.target.wants/ssh.service"
 ln -sf /lib/systemd/system/systemd-timesyncd.service "$W/sysinit.target.wants/systemd-timesyncd.service"
 # What a container host does not use (each unit costs boot time under emulation).

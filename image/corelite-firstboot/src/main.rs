@@ -57,6 +57,44 @@ struct Cli {
     /// etcd-lite answers; what corelite-etcd-auth.service runs when the config asks for it.
     #[arg(long, value_name = "NODE,NODE,...", value_delimiter = ',')]
     enable_etcd_auth: Option<Vec<String>>,
+    /// Say on the console whether the clock fits this node's certificate (every boot, by
+    /// corelite-clock-check.service); exits 1 when it does not.
+    #[arg(long)]
+    check_clock: bool,
+}
+
+/// `--check-clock`: the node's certificate against the clock.
+fn check_clock(root: &Path) -> Result<bool> {
+    let p = root
+        .join(config::PKI_DIR.trim_start_matches('/'))
+        .join("node.pem");
+    let pem = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "corelite: no node certificate ({}): nothing to check the clock against",
+                p.display()
+            );
+            return Ok(true);
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    let info = corelite_firstboot::pki::cert_info(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    match corelite_firstboot::pki::clock_problem(&info, now) {
+        Some(problem) => {
+            println!("corelite: WARNING: {problem}; TLS between nodes and with clients fails until it is fixed");
+            Ok(false)
+        }
+        None => {
+            println!("corelite: the clock fits this node's certificate");
+            Ok(true)
+        }
+    }
 }
 
 /// The config text and where it came from.
@@ -222,6 +260,16 @@ fn apply(cli: &Cli, c: &Config) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    if cli.check_clock {
+        match check_clock(&cli.root) {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("corelite-firstboot: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     if let Some(nodes) = &cli.enable_etcd_auth {
         let res = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -175,6 +175,26 @@ fn when(t: i64) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
+/// What is wrong with the clock (`now`, seconds since the epoch) for a certificate, if anything:
+/// before its start (the clock is behind) or after its end (expired, or the clock is ahead).
+pub fn clock_problem(cert: &CertInfo, now: i64) -> Option<String> {
+    if now < cert.not_before {
+        Some(format!(
+            "this node's clock says {}, but its certificate is only valid from {}: the clock is behind (see timedatectl timesync-status)",
+            when(now),
+            when(cert.not_before)
+        ))
+    } else if now > cert.not_after {
+        Some(format!(
+            "this node's clock says {}, past its certificate's end ({}): the certificate expired (replace it) or the clock is ahead",
+            when(now),
+            when(cert.not_after)
+        ))
+    } else {
+        None
+    }
+}
+
 /// Which field of the config a problem is in, and what it is.
 pub type FieldError = (&'static str, String);
 
@@ -303,6 +323,18 @@ mod tests {
         assert_eq!(e.0, "tls.cert", "{e:?}");
         let e = check_node(&ca.pair.cert, &node.cert, "garbage", Some(ip), now()).unwrap_err();
         assert_eq!(e.0, "tls.key", "{e:?}");
+    }
+
+    #[test]
+    fn a_wrong_clock_is_named_for_what_it_is() {
+        let ca = Ca::generate("test CA", 30).expect("CA");
+        let node = ca.issue("n", &["10.0.0.1".into()], true, 30).expect("node");
+        let info = cert_info(&node.cert).expect("parse");
+        assert_eq!(clock_problem(&info, now()), None);
+        let behind = clock_problem(&info, now() - 3 * 86400).expect("behind");
+        assert!(behind.contains("clock is behind"), "{behind}");
+        let ahead = clock_problem(&info, now() + 40 * 86400).expect("ahead");
+        assert!(ahead.contains("expired"), "{ahead}");
     }
 
     #[test]

@@ -510,6 +510,10 @@ fn secure_by_default(c: &Cluster) {
         .to_string();
     let console = c.vms[1].as_ref().expect("node1").console();
     assert!(
+        console.contains("corelite: the clock fits this node's certificate"),
+        "no clock check on the console"
+    );
+    assert!(
         fingerprint.starts_with("SHA256:")
             && console.contains(&format!("SSH host key of node1: 256 {fingerprint}")),
         "the console does not show the host key ssh sees ({fingerprint:?})"
