@@ -324,6 +324,24 @@ impl FaultLog {
         }
         spans
     }
+
+    /// The faults that overlap `[from, to]` (µs), with their times in seconds: what to read
+    /// first when a window without answered writes was long.
+    fn around(&self, from: u64, to: u64) -> String {
+        self.done
+            .iter()
+            .zip(&self.out)
+            .filter(|(_, &(_, a, b))| a <= to && b >= from)
+            .map(|(what, &(_, a, b))| {
+                format!(
+                    "{what} [{:.2} s to {:.2} s]",
+                    a as f64 / 1e6,
+                    b as f64 / 1e6
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The longest time in `[from, to]` with no answered write while a majority was up: gaps
@@ -552,11 +570,12 @@ fn chaos_keeps_histories_linearizable_and_replicas_identical() {
     eprintln!(
         "chaos: {} operations ({answered} answered), {} faults, {compactions} compactions, \
          longest time without an answered write while a majority was up: {:.2} s (from {:.1} \
-         s); replicas (hash, revision): {views:?}\nfaults: {}",
+         s); replicas (hash, revision): {views:?}\nfaults around it: {}\nfaults: {}",
         history.len(),
         faults.done.len(),
         gap as f64 / 1e6,
         at as f64 / 1e6,
+        faults.around(at.saturating_sub(2_000_000), at + gap + 1_000_000),
         faults.done.join(", ")
     );
     assert!(

@@ -471,6 +471,10 @@ struct Driver<S: StateMachine, T> {
     transport: T,
     next_request: u64,
     proposals: HashMap<u64, Pending<S::Output>>,
+    /// Proposals this follower forwarded to its leader, with the term they were sent in: when
+    /// the term moves on before their entry reached this member's log, the leader that had
+    /// them is gone (see `Driver::fail_forwarded`).
+    forwarded: HashMap<u64, u64>,
     /// Proposals that arrived while no leader was known, proposed once one is.
     leaderless: Vec<(Vec<u8>, Pending<S::Output>)>,
     conf_changes: HashMap<u64, Pending<NodeStatus>>,
@@ -539,6 +543,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             transport,
             next_request: first_request_number(),
             proposals: HashMap::new(),
+            forwarded: HashMap::new(),
             leaderless: Vec::new(),
             conf_changes: HashMap::new(),
             reads: HashMap::new(),
@@ -667,6 +672,55 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 let _ = p.reply.send(Err(ConsensusError::LeaderChanged));
             }
         }
+        if old != term {
+            self.fail_forwarded(term);
+        }
+    }
+
+    /// Answers now, with a timeout (the outcome is unknown), the proposals forwarded in an
+    /// older term whose entries never reached this member's log: the leader they went to lost
+    /// its term (most often it died), so they commit only if it had replicated them to the new
+    /// leader, which then sends them here. Without this their callers wait out the request
+    /// timeout while the new leader already takes writes.
+    fn fail_forwarded(&mut self, term: u64) {
+        self.forwarded
+            .retain(|req, _| self.proposals.contains_key(req));
+        if self.forwarded.values().all(|t| *t >= term) {
+            return;
+        }
+        let id = self.cfg.id;
+        let from = self.sm.applied() + 1;
+        let in_log: std::collections::HashSet<u64> = self
+            .raw
+            .raft
+            .raft_log
+            .entries(from, None, raft::GetEntriesContext::empty(false))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| parse_context(&e.context))
+            .filter(|(node, _)| *node == id)
+            .map(|(_, req)| req)
+            .collect();
+        let lost: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(req, t)| **t < term && !in_log.contains(req))
+            .map(|(req, _)| *req)
+            .collect();
+        for req in &lost {
+            self.forwarded.remove(req);
+            if let Some(p) = self.proposals.remove(req) {
+                let _ = p.reply.send(Err(ConsensusError::Timeout));
+            }
+        }
+        if !lost.is_empty() {
+            self.cfg.metrics.proposals_failed.inc_by(lost.len() as u64);
+            tracing::debug!(
+                count = lost.len(),
+                term,
+                "proposals forwarded to a leader of an older term answered with a timeout"
+            );
+        }
     }
 
     /// Publishes who leads (for the server and the metrics).
@@ -783,6 +837,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         self.next_request += 1;
         match self.raw.propose(context(self.cfg.id, req), data) {
             Ok(()) => {
+                if self.raw.raft.state != StateRole::Leader {
+                    self.forwarded.insert(req, self.raw.raft.term);
+                }
                 self.proposals.insert(req, p);
             }
             Err(raft::Error::ProposalDropped) => {
@@ -841,6 +898,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
         let before = self.proposals.len() + self.leaderless.len();
         sweep(&mut self.proposals, now);
+        if self.forwarded.len() > self.proposals.len() {
+            self.forwarded
+                .retain(|req, _| self.proposals.contains_key(req));
+        }
         sweep(&mut self.conf_changes, now);
         let late: Vec<u64> = self
             .reads
@@ -1005,8 +1066,11 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     if !e.data.is_empty() {
                         self.applied_since_snapshot += 1;
                     }
-                    if let Some(p) = who.and_then(|(_, req)| self.proposals.remove(&req)) {
-                        answers.push((p.reply, out));
+                    if let Some((_, req)) = who {
+                        self.forwarded.remove(&req);
+                        if let Some(p) = self.proposals.remove(&req) {
+                            answers.push((p.reply, out));
+                        }
                     }
                 }
                 EntryType::EntryConfChange => {

@@ -412,6 +412,47 @@ fn reads_waiting_on_a_deposed_leader_fail_fast_with_leader_changed() {
 }
 
 #[test]
+fn proposals_forwarded_to_a_deposed_leader_fail_once_the_term_moves_on() {
+    let mut c = Cluster::new(&[1, 2, 3], 1_000_000);
+    let leader = c.leader(&[1, 2, 3]);
+    let f = [1, 2, 3]
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("follower");
+    // A long request timeout on the follower: only the new term can answer early.
+    c.stop(f);
+    c.cfg.request_timeout = Duration::from_secs(60);
+    c.start(f, vec![1, 2, 3]);
+    c.cfg.request_timeout = Duration::from_secs(2);
+    let last = c.put(leader, "k=1").expect("put");
+    c.wait_applied(&[f], last);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    // The leader hears nobody and nobody hears it: the follower's proposal is lost with it,
+    // and the other two elect a new leader.
+    c.router.isolate(leader, &others);
+    let started = Instant::now();
+    let res = c.put(f, "lost=1");
+    let took = started.elapsed();
+    match res {
+        // Only if the follower knew the new leader already when it proposed.
+        Ok(_) => assert_ne!(c.node(f).leader(), leader),
+        Err(e) => {
+            assert!(matches!(e, ConsensusError::Timeout), "{e:?}");
+            assert!(
+                took < Duration::from_secs(20),
+                "waited out the request timeout: {took:?}"
+            );
+            assert_ne!(c.node(f).leader(), leader);
+        }
+    }
+    // A retry goes to the new leader and commits.
+    c.leader(&others);
+    let index = c.put(f, "retried=1").expect("the retry commits");
+    c.wait_applied(&others, index);
+    assert_eq!(c.map(f).get("retried").map(String::as_str), Some("1"));
+}
+
+#[test]
 fn followers_told_their_leader_is_gone_elect_without_waiting_out_the_timeout() {
     // Elections time out after 3–6 s here.
     let mut c = Cluster::with_election_ticks(&[1, 2, 3], 1000, 300);
