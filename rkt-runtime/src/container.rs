@@ -1,7 +1,6 @@
 //! The lifecycle: create, start, run, state, kill, delete, list, on top of [`crate::linux`] and
 //! [`crate::state`].
 
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -129,6 +128,10 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
     let fifo = root.fifo(id);
     nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
         .map_err(|e| RuntimeError::sys("creating exec.fifo", e))?;
+    // Writable by anyone (the umask took that away): init reopens it as the container's user,
+    // perhaps in a user namespace. Only `start` reads it, and only root reaches the directory.
+    std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(|e| RuntimeError::io(&fifo, e))?;
     // Orphaned container processes are re-parented to us, so `run` can reap its init.
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| RuntimeError::sys("becoming a subreaper", e))?;
@@ -201,13 +204,9 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         });
     }
     let fifo = root.fifo(id);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .map_err(|e| RuntimeError::io(&fifo, e))?;
-    f.write_all(&[0]).map_err(|e| RuntimeError::io(&fifo, e))?;
+    let outcome = wait_exec(&fifo, &s);
     std::fs::remove_file(&fifo).map_err(|e| RuntimeError::io(&fifo, e))?;
+    outcome?;
     if let Some(h) = bundle_hooks(&s) {
         hooks::run_all_logged(
             "poststart",
@@ -216,6 +215,56 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Releases the container's init and returns once its process runs (runc's exec fifo): init
+/// opens the fifo for writing when it is ready, blocking until we open it for reading,
+/// writes one byte, and the fifo closes when it execs. Anything else it writes is why it
+/// could not (a failed startContainer hook, exec). Init gone before it writes: an error.
+fn wait_exec(fifo: &Path, s: &Saved) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(fifo)
+        .map_err(|e| RuntimeError::io(fifo, e))?;
+    let mut got = Vec::new();
+    loop {
+        let ready = {
+            let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::from(100u16))
+                .map_err(|e| RuntimeError::sys("waiting on exec.fifo", e))?;
+            fds[0].revents().unwrap_or(PollFlags::empty())
+        };
+        if ready.is_empty() {
+            // No writer yet: init may have died before it got there.
+            if !crate::state::process_alive(s.pid, s.pid_start) {
+                return Err(RuntimeError::Init(
+                    "the container's init exited before it was started".into(),
+                ));
+            }
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        match f.read(&mut buf) {
+            // No writer left: it execed (or died).
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(RuntimeError::io(fifo, e)),
+        }
+    }
+    match got.split_first() {
+        Some((b'0', [])) => Ok(()),
+        Some((b'0', why)) => Err(RuntimeError::Init(
+            String::from_utf8_lossy(why).trim().to_string(),
+        )),
+        _ => Err(RuntimeError::Init(
+            "the container's init exited before it was started".into(),
+        )),
+    }
 }
 
 /// `state`: the OCI state document.

@@ -61,4 +61,10 @@ impl RuntimeError {
     }
 }
 
+/// For `map_err`: a failed system call, with what it was for.
+pub fn failed(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RuntimeError {
+    let what = what.into();
+    move |e| RuntimeError::sys(what, e)
+}
+
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

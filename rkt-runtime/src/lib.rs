@@ -20,5 +20,8 @@ pub mod hooks;
 pub mod linux;
 pub mod mounts;
 pub mod pod;
+pub mod process;
+pub mod rootfs;
 pub mod seccomp;
 pub mod state;
+pub mod syscall;

@@ -12,24 +12,22 @@
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, OFlag};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
-use nix::unistd::{chdir, fork, pivot_root, ForkResult, Pid};
-use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Mount, Process, Spec};
+use nix::unistd::{chdir, fork, ForkResult, Pid};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
 
 use crate::bundle::Bundle;
 use crate::cgroup::Cgroup;
-use crate::error::{Result, RuntimeError};
+use crate::error::{failed as sys, Result, RuntimeError};
 use crate::hooks::{self, HookState};
-use crate::{mounts, seccomp};
-
-/// Devices every container gets, bind-mounted from the host (as the spec's defaults require).
-const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+use crate::syscall::Linux;
+use crate::{process, rootfs, seccomp};
 
 /// Writes one report line with a single write(2): the helper and init share the pipe, and
 /// writes below PIPE_BUF are atomic, so lines never interleave.
@@ -56,11 +54,6 @@ fn exit_child(out: &mut std::fs::File, res: Result<()>) -> ! {
     // SAFETY: a forked child leaves with _exit, skipping destructors and atexit handlers that
     // belong to the parent.
     unsafe { libc::_exit(code) }
-}
-
-fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RuntimeError {
-    let what = what.into();
-    move |e| RuntimeError::sys(what, e)
 }
 
 /// What the container's init needs to know.
@@ -256,21 +249,8 @@ fn helper(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<()> {
             None => new |= flag,
         }
     }
-    if !new.contains(CloneFlags::CLONE_NEWNS)
-        && !namespaces
-            .iter()
-            .any(|n| n.typ() == LinuxNamespaceType::Mount)
-    {
-        return Err(RuntimeError::Unsupported(
-            "a container without its own mount namespace".into(),
-        ));
-    }
     // Opened while still root on the host: a new user namespace's root may not open them.
-    // Held open read-write: `rkt start` can open the fifo for writing whenever init is alive.
-    let fifo_fd = open(args.fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(sys("opening exec.fifo"))?;
-    // SAFETY: `open` just returned this descriptor and nothing else owns it.
-    let fifo_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fifo_fd) };
+    let fifo = FifoHandle::open(args.fifo)?;
     let terminal = bundle
         .spec
         .process()
@@ -311,7 +291,7 @@ fn helper(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<()> {
     // SAFETY: still single-threaded.
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            let res = init(args, out, go, fifo_fd, console).map(|never| match never {});
+            let res = init(args, out, go, fifo, console).map(|never| match never {});
             exit_child(out, res)
         }
         ForkResult::Parent { child } => {
@@ -321,405 +301,12 @@ fn helper(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<()> {
     }
 }
 
-/// Joins `dest` (absolute inside the container) under `root`, refusing to climb out of it.
-fn in_root(root: &Path, dest: &Path) -> Result<PathBuf> {
-    let mut p = root.to_path_buf();
-    for c in dest.components() {
-        match c {
-            Component::Normal(n) => p.push(n),
-            Component::ParentDir => {
-                return Err(RuntimeError::Unsupported(format!(
-                    "mount destination with '..': {}",
-                    dest.display()
-                )))
-            }
-            _ => {}
-        }
-    }
-    Ok(p)
-}
-
-/// A v1 host's cgroup view: a tmpfs with the container's own directory of each hierarchy
-/// bound under its usual name, as runc gives it.
-fn mount_cgroup_v1(dest: &Path, views: &[(String, PathBuf)], flags: MsFlags) -> Result<()> {
-    let dest_s = dest.display().to_string();
-    let base = flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
-    mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))
-        .map_err(sys(format!("mounting tmpfs on {dest_s}")))?;
-    for (name, host) in views {
-        let d = dest.join(name);
-        std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
-        mount(
-            Some(host.as_path()),
-            &d,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys(format!(
-            "binding {} on {}",
-            host.display(),
-            d.display()
-        )))?;
-        mount(
-            None::<&str>,
-            &d,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | (flags & !MsFlags::MS_REC),
-            None::<&str>,
-        )
-        .map_err(sys(format!("remounting {}", d.display())))?;
-        // "cpu,cpuacct" is also reachable as "cpu" and "cpuacct".
-        if name.contains(',') {
-            for part in name.split(',') {
-                let l = dest.join(part);
-                if l.symlink_metadata().is_err() {
-                    std::os::unix::fs::symlink(name, &l).map_err(|e| RuntimeError::io(&l, e))?;
-                }
-            }
-        }
-    }
-    if flags.contains(MsFlags::MS_RDONLY) {
-        mount(
-            None::<&str>,
-            dest,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base,
-            None::<&str>,
-        )
-        .map_err(sys(format!("making {dest_s} read-only")))?;
-    }
-    Ok(())
-}
-
-fn mount_one(rootfs: &Path, m: &Mount, has_netns: bool, cgroup: Option<&Cgroup>) -> Result<()> {
-    let dest = in_root(rootfs, m.destination())?;
-    let options = m.options().clone().unwrap_or_default();
-    let dest_s = m.destination().display().to_string();
-    let plan = mounts::plan(&dest_s, &options)?;
-    let typ = m.typ().clone().unwrap_or_default();
-    let source = m.source().clone();
-    if plan.bind {
-        let src = source.ok_or_else(|| RuntimeError::BadConfig {
-            path: dest.clone(),
-            reason: "bind mount without source".into(),
-        })?;
-        if src.is_dir() {
-            std::fs::create_dir_all(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
-        } else {
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
-            }
-            if !dest.exists() {
-                std::fs::File::create(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
-            }
-        }
-        let bind_flags = plan.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
-        mount(Some(&src), &dest, None::<&str>, bind_flags, None::<&str>)
-            .map_err(sys(format!("bind mounting {} on {dest_s}", src.display())))?;
-        // Bind mounts take their other flags only through a remount.
-        let rest = plan.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
-        if !rest.is_empty() {
-            mount(
-                None::<&str>,
-                &dest,
-                None::<&str>,
-                rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
-                None::<&str>,
-            )
-            .map_err(sys(format!("remounting {dest_s}")))?;
-        }
-    } else {
-        std::fs::create_dir_all(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
-        let data = (!plan.data.is_empty()).then_some(plan.data.as_str());
-        let views = cgroup.map(|c| c.v1_views()).unwrap_or_default();
-        let res = match typ.as_str() {
-            "cgroup" if !views.is_empty() => {
-                return mount_cgroup_v1(&dest, &views, plan.flags);
-            }
-            // The cgroup v1 "cgroup" type needs a controller; give the container the unified
-            // hierarchy, read-only as asked.
-            "cgroup" | "cgroup2" => mount(
-                Some("cgroup2"),
-                &dest,
-                Some("cgroup2"),
-                plan.flags,
-                None::<&str>,
-            ),
-            // sysfs shows the mounter's network namespace. Root may mount it from the host's
-            // namespace too; where that is refused (a user namespace), the host's /sys is bound.
-            "sysfs" => match mount(
-                Some("sysfs"),
-                &dest,
-                Some("sysfs"),
-                plan.flags,
-                None::<&str>,
-            ) {
-                Err(nix::errno::Errno::EPERM) if !has_netns => mount(
-                    Some(Path::new("/sys")),
-                    &dest,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                ),
-                r => r,
-            },
-            _ => mount(
-                source.as_deref().or(Some(Path::new(&typ))),
-                &dest,
-                Some(typ.as_str()),
-                plan.flags,
-                data,
-            ),
-        };
-        match res {
-            Ok(()) => {}
-            Err(e) if typ == "cgroup" || typ == "cgroup2" => {
-                eprintln!("rkt: warning: no cgroup filesystem at {dest_s} ({e})");
-            }
-            Err(e) => return Err(RuntimeError::sys(format!("mounting {typ} on {dest_s}"), e)),
-        }
-    }
-    if !plan.propagation.is_empty() {
-        mount(
-            None::<&str>,
-            &dest,
-            None::<&str>,
-            plan.propagation,
-            None::<&str>,
-        )
-        .map_err(sys(format!("setting propagation of {dest_s}")))?;
-    }
-    Ok(())
-}
-
-fn setup_devices(rootfs: &Path, spec: &Spec) -> Result<()> {
-    let dev = rootfs.join("dev");
-    std::fs::create_dir_all(&dev).map_err(|e| RuntimeError::io(&dev, e))?;
-    let mut paths: Vec<PathBuf> = DEFAULT_DEVICES
-        .iter()
-        .map(|d| PathBuf::from("/dev").join(d))
-        .collect();
-    if let Some(devs) = spec.linux().as_ref().and_then(|l| l.devices().clone()) {
-        paths.extend(devs.iter().map(|d| d.path().clone()));
-    }
-    for p in paths {
-        let dest = in_root(rootfs, &p)?;
-        if !p.exists() {
-            return Err(RuntimeError::Unsupported(format!(
-                "device {} does not exist on the host",
-                p.display()
-            )));
-        }
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
-        }
-        if !dest.exists() {
-            std::fs::File::create(&dest).map_err(|e| RuntimeError::io(&dest, e))?;
-        }
-        mount(
-            Some(&p),
-            &dest,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys(format!("binding device {}", p.display())))?;
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
-        let l = dev.join(link);
-        if l.symlink_metadata().is_err() {
-            std::os::unix::fs::symlink(target, &l).map_err(|e| RuntimeError::io(&l, e))?;
-        }
-    }
-    Ok(())
-}
-
-fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
-    chdir(rootfs).map_err(sys("entering the root filesystem"))?;
-    if no_pivot {
-        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(sys("moving the root filesystem over /"))?;
-        nix::unistd::chroot(".").map_err(sys("chroot"))?;
-        return chdir("/").map_err(sys("chdir /"));
-    }
-    pivot_root(".", ".").map_err(sys("pivot_root"))?;
-    // The old root now sits under the new one at "."; detach it.
-    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root"))?;
-    chdir("/").map_err(sys("chdir /"))
-}
-
-fn mask_and_protect(spec: &Spec) -> Result<()> {
-    let Some(linux) = spec.linux() else {
-        return Ok(());
-    };
-    for p in linux.masked_paths().as_deref().unwrap_or_default() {
-        let path = Path::new(p);
-        let res = if path.is_dir() {
-            mount(
-                Some("tmpfs"),
-                path,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-        } else if path.exists() {
-            mount(
-                Some("/dev/null"),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-        } else {
-            Ok(())
-        };
-        res.map_err(sys(format!("masking {p}")))?;
-    }
-    for p in linux.readonly_paths().as_deref().unwrap_or_default() {
-        let path = Path::new(p);
-        if !path.exists() {
-            continue;
-        }
-        mount(
-            Some(path),
-            path,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(sys(format!("binding {p}")))?;
-        mount(
-            None::<&str>,
-            path,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(sys(format!("making {p} read-only")))?;
-    }
-    Ok(())
-}
-
-fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
-    use nix::sys::resource::Resource as R;
-    Some(match name {
-        "RLIMIT_AS" => R::RLIMIT_AS,
-        "RLIMIT_CORE" => R::RLIMIT_CORE,
-        "RLIMIT_CPU" => R::RLIMIT_CPU,
-        "RLIMIT_DATA" => R::RLIMIT_DATA,
-        "RLIMIT_FSIZE" => R::RLIMIT_FSIZE,
-        "RLIMIT_LOCKS" => R::RLIMIT_LOCKS,
-        "RLIMIT_MEMLOCK" => R::RLIMIT_MEMLOCK,
-        "RLIMIT_MSGQUEUE" => R::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => R::RLIMIT_NICE,
-        "RLIMIT_NOFILE" => R::RLIMIT_NOFILE,
-        "RLIMIT_NPROC" => R::RLIMIT_NPROC,
-        "RLIMIT_RSS" => R::RLIMIT_RSS,
-        "RLIMIT_RTPRIO" => R::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => R::RLIMIT_RTTIME,
-        "RLIMIT_SIGPENDING" => R::RLIMIT_SIGPENDING,
-        "RLIMIT_STACK" => R::RLIMIT_STACK,
-        _ => return None,
-    })
-}
-
-fn cap_set(list: &Option<oci_spec::runtime::Capabilities>) -> Result<caps::CapsHashSet> {
-    let mut out = caps::CapsHashSet::new();
-    for c in list.iter().flatten() {
-        let name = serde_json::to_value(c)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        match name.parse::<caps::Capability>() {
-            Ok(cap) => {
-                out.insert(cap);
-            }
-            // A capability this kernel or caps crate does not know cannot be granted anyway.
-            Err(_) => eprintln!("rkt: warning: unknown capability {name}, skipped"),
-        }
-    }
-    Ok(out)
-}
-
-fn capsys(e: caps::errors::CapsError) -> RuntimeError {
-    RuntimeError::Init(format!("setting capabilities: {e}"))
-}
-
-/// Credentials, capabilities and no_new_privs, in the order the kernel needs them.
-fn set_credentials(process: &Process) -> Result<()> {
-    use caps::CapSet;
-    let wanted = process.capabilities().clone().unwrap_or_default();
-    let bounding = cap_set(wanted.bounding())?;
-    for cap in caps::all() {
-        if !bounding.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(capsys)?;
-        }
-    }
-    let user = process.user();
-    nix::sys::prctl::set_keepcaps(true).map_err(sys("keeping capabilities across setuid"))?;
-    let gids: Vec<nix::unistd::Gid> = user
-        .additional_gids()
-        .iter()
-        .flatten()
-        .map(|g| nix::unistd::Gid::from_raw(*g))
-        .collect();
-    nix::unistd::setgroups(&gids).map_err(sys("setgroups"))?;
-    nix::unistd::setgid(nix::unistd::Gid::from_raw(user.gid())).map_err(sys("setgid"))?;
-    nix::unistd::setuid(nix::unistd::Uid::from_raw(user.uid())).map_err(sys("setuid"))?;
-    // capset(2) wants effective ⊆ permitted at every step, and inheritable changes need
-    // CAP_SETPCAP while we still have it: inheritable, effective, permitted, then ambient.
-    caps::set(None, CapSet::Inheritable, &cap_set(wanted.inheritable())?).map_err(capsys)?;
-    caps::set(None, CapSet::Effective, &cap_set(wanted.effective())?).map_err(capsys)?;
-    caps::set(None, CapSet::Permitted, &cap_set(wanted.permitted())?).map_err(capsys)?;
-    caps::set(None, CapSet::Ambient, &cap_set(wanted.ambient())?).map_err(capsys)?;
-    if process.no_new_privileges().unwrap_or(false) {
-        nix::sys::prctl::set_no_new_privs().map_err(sys("no_new_privs"))?;
-    }
-    Ok(())
-}
-
-/// Finds the program in the container's PATH (from the process env), as the spec asks.
-fn find_program(arg0: &str, env: &[String]) -> PathBuf {
-    if arg0.contains('/') {
-        return PathBuf::from(arg0);
-    }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    path.split(':')
-        .map(|d| Path::new(d).join(arg0))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(arg0))
-}
-
 fn cstrings(v: &[String]) -> Result<Vec<CString>> {
     v.iter()
         .map(|s| {
             CString::new(s.as_str()).map_err(|_| RuntimeError::Init(format!("NUL byte in {s:?}")))
         })
         .collect()
-}
-
-fn set_rlimits(process: &Process) -> Result<()> {
-    for r in process.rlimits().iter().flatten() {
-        let name = serde_json::to_value(r.typ())
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        let res = rlimit_resource(&name)
-            .ok_or_else(|| RuntimeError::Unsupported(format!("rlimit {name}")))?;
-        nix::sys::resource::setrlimit(res, r.soft(), r.hard())
-            .map_err(sys(format!("setrlimit {name}")))?;
-    }
-    Ok(())
 }
 
 /// Our pid as the host sees it (/proc is still the host's before pivot_root).
@@ -788,12 +375,39 @@ fn hook_state<'a>(args: &'a InitArgs, status: &'a str, pid: i32) -> String {
 static EMPTY: std::sync::LazyLock<std::collections::HashMap<String, String>> =
     std::sync::LazyLock::new(std::collections::HashMap::new);
 
-/// The container's init: everything up to exec.
+/// Finds the program in the container's PATH (from the process env), as the spec asks; a
+/// program that is not there fails `create`, as in runc.
+fn find_program(arg0: &str, env: &[String]) -> Result<PathBuf> {
+    if arg0.contains('/') {
+        let p = PathBuf::from(arg0);
+        return match p.metadata() {
+            Ok(_) => Ok(p),
+            Err(e) => Err(RuntimeError::Init(format!("exec {arg0}: {e}"))),
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(arg0))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            RuntimeError::Init(format!(
+                "exec {arg0:?}: executable file not found in $PATH ({path})"
+            ))
+        })
+}
+
+/// The container's init: everything up to exec. What can fail is done before "ready" is
+/// reported, so that it fails `create`; after it, init only waits for `start`, runs the
+/// startContainer hooks and execs, and a failure there is written to the exec fifo, where
+/// `start` reads it.
 fn init(
     args: &InitArgs,
     out: &mut std::fs::File,
     go: OwnedFd,
-    fifo_fd: OwnedFd,
+    fifo: FifoHandle,
     console: Option<std::os::unix::net::UnixStream>,
 ) -> Result<std::convert::Infallible> {
     let bundle = args.bundle;
@@ -805,34 +419,21 @@ fn init(
         .as_ref()
         .expect("bundle checks a process exists");
     let pid = host_pid();
-    let propagation = match linux.rootfs_propagation().as_deref() {
-        Some("shared") => MsFlags::MS_SHARED,
-        Some("slave") => MsFlags::MS_SLAVE,
-        Some("unbindable") => MsFlags::MS_UNBINDABLE,
-        _ => MsFlags::MS_PRIVATE,
+    let os = Linux;
+    process::set_oom_score(&os, process)?;
+    let plan = rootfs::RootPlan {
+        rootfs: &bundle.rootfs,
+        spec,
+        has_netns: has(LinuxNamespaceType::Network),
+        in_userns: has(LinuxNamespaceType::User),
+        cgroup_views: args.cgroup.map(|c| c.v1_views()).unwrap_or_default(),
+        no_pivot: args.no_pivot,
     };
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | propagation,
-        None::<&str>,
-    )
-    .map_err(sys("making / private in the container"))?;
-    let rootfs = &bundle.rootfs;
-    mount(
-        Some(rootfs),
-        rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(sys("binding the root filesystem"))?;
-    for m in spec.mounts().iter().flatten() {
-        mount_one(rootfs, m, has(LinuxNamespaceType::Network), args.cgroup)?;
-    }
-    setup_devices(rootfs, spec)?;
-    if let Some(h) = spec.hooks() {
+    let mut go = Some(go);
+    let mut before_switch = || -> Result<()> {
+        let Some(h) = spec.hooks() else {
+            return Ok(());
+        };
         let runtime = [h.prestart(), h.create_runtime()];
         if runtime
             .iter()
@@ -840,42 +441,27 @@ fn init(
         {
             report(out, &format!("hooks {pid}")).map_err(|e| RuntimeError::Init(e.to_string()))?;
             let mut byte = [0u8; 1];
-            std::fs::File::from(go)
+            std::fs::File::from(go.take().expect("hooks run once"))
                 .read_exact(&mut byte)
                 .map_err(|_| RuntimeError::Init("runtime hooks failed".into()))?;
         }
         hooks::run_all(
             h.create_container().as_ref(),
             &hook_state(args, "creating", pid),
-        )?;
-    }
-    enter_root(rootfs, args.no_pivot)?;
-    // Before readonlyPaths makes /proc/sys read-only.
-    for (k, v) in linux.sysctl().clone().unwrap_or_default() {
-        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v).map_err(|e| RuntimeError::io(&p, e))?;
-    }
-    mask_and_protect(spec)?;
-    if spec
-        .root()
-        .as_ref()
-        .is_some_and(|r| r.readonly().unwrap_or(false))
-    {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
         )
-        .map_err(sys("making / read-only"))?;
-    }
-    if let Some(h) = spec.hostname() {
-        if has(LinuxNamespaceType::Uts) {
+    };
+    if has(LinuxNamespaceType::Mount) {
+        rootfs::prepare(&os, &plan, &mut before_switch)?;
+        rootfs::finish(&os, spec, has(LinuxNamespaceType::Uts))?;
+    } else {
+        before_switch()?;
+        // Nothing that needs a mount is asked for here (refused); the hostname may be.
+        rootfs::enter_without_mount_namespace(&os, &plan)?;
+        if let (Some(h), true) = (spec.hostname(), has(LinuxNamespaceType::Uts)) {
             nix::unistd::sethostname(h).map_err(sys("sethostname"))?;
         }
     }
-    set_rlimits(process)?;
+    process::set_rlimits(&os, process)?;
     if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
         tracing::warn!("AppArmor/SELinux labels are not applied by rkt (ignored)");
     }
@@ -884,49 +470,90 @@ fn init(
     drop(console);
     let env = process.env().clone().unwrap_or_default();
     let argv = process.args().clone().unwrap_or_default();
-    let program = find_program(&argv[0], &env);
+    prepare_exec(process, args.preserve_fds, terminal, filter.as_ref())?;
+    let program = find_program(&argv[0], &env)?;
+    let (argv_c, envp_c) = (cstrings(&argv)?, cstrings(&env)?);
     report(out, "ready").map_err(|e| RuntimeError::Init(e.to_string()))?;
-    // From here on nobody reads the report pipe: failures go to the container's stderr.
-    let mut byte = [0u8; 1];
-    let waited = std::fs::File::from(fifo_fd)
-        .read_exact(&mut byte)
-        .map_err(|e| RuntimeError::Init(format!("waiting for start: {e}")));
-    let e = match waited.and_then(|()| {
+    // From here on nobody reads the report pipe: `start` reads the fifo.
+    let mut started = match fifo.wait_for_start() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("rkt: {e}");
+            // SAFETY: leaving the container's init without the parent's destructors.
+            unsafe { libc::_exit(127) }
+        }
+    };
+    let e = match (|| {
         if let Some(h) = spec.hooks() {
             hooks::run_all(
                 h.start_container().as_ref(),
                 &hook_state(args, "created", pid),
             )?;
         }
-        exec_process(
-            process,
-            args.preserve_fds,
-            terminal,
-            filter.as_ref(),
-            &program,
-            &argv,
-            &env,
-        )
-    }) {
+        exec_now(process, filter.as_ref(), &program, &argv_c, &envp_c)
+    })() {
         Ok(never) => match never {},
         Err(e) => e,
     };
+    let _ = started.write_all(format!("{e}").as_bytes());
     eprintln!("rkt: {e}");
-    // SAFETY: exiting the container's init without running the parent's destructors.
+    // SAFETY: leaving the container's init without the parent's destructors.
     unsafe { libc::_exit(127) }
 }
 
-/// Attaches the terminal, drops privileges as the process says, loads the seccomp filter as
-/// late as it can, and execs.
-fn exec_process(
+/// How init reaches the exec fifo after its root changed: an O_PATH descriptor of the fifo
+/// and one of the host's /proc, both opened in the helper (before any namespace, as root
+/// of the host), so the fifo is reopened through /proc/self/fd whatever the container has.
+struct FifoHandle {
+    proc_dir: OwnedFd,
+    fifo: OwnedFd,
+}
+
+impl FifoHandle {
+    fn open(fifo: &Path) -> Result<Self> {
+        let path_fd = |p: &Path, extra: OFlag| -> Result<OwnedFd> {
+            let fd = open(p, OFlag::O_PATH | OFlag::O_CLOEXEC | extra, Mode::empty())
+                .map_err(sys(format!("opening {}", p.display())))?;
+            // SAFETY: `open` just returned this descriptor and nothing else owns it.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        };
+        Ok(FifoHandle {
+            proc_dir: path_fd(Path::new("/proc"), OFlag::O_DIRECTORY)?,
+            fifo: path_fd(fifo, OFlag::empty())?,
+        })
+    }
+
+    /// Blocks until `rkt start` opens the fifo for reading, tells it init got there (one
+    /// byte), and returns the writing end: it closes at exec (start then returns), or
+    /// carries the error if the startContainer hooks or exec fail.
+    fn wait_for_start(self) -> Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let name = format!("self/fd/{}", self.fifo.as_raw_fd());
+        let fd = nix::fcntl::openat(
+            Some(self.proc_dir.as_raw_fd()),
+            name.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys("reopening exec.fifo to wait for start"))?;
+        // SAFETY: `openat` just returned this descriptor and nothing else owns it.
+        let mut f =
+            std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        f.write_all(b"0")
+            .map_err(|e| RuntimeError::Init(format!("writing exec.fifo: {e}")))?;
+        Ok(f)
+    }
+}
+
+/// Everything before exec that may fail: the terminal, the descriptors the process keeps,
+/// the seccomp filter (when it may be loaded with privileges), credentials, the working
+/// directory.
+fn prepare_exec(
     process: &Process,
     preserve_fds: u32,
     terminal: Option<OwnedFd>,
     filter: Option<&libseccomp::ScmpFilterContext>,
-    program: &Path,
-    args: &[String],
-    env: &[String],
-) -> Result<std::convert::Infallible> {
+) -> Result<()> {
     if let Some(t) = terminal {
         attach_terminal(t)?;
     }
@@ -944,14 +571,24 @@ fn exec_process(
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
             .map_err(sys(format!("passing on descriptor {fd}")))?;
     }
-    let nnp = process.no_new_privileges().unwrap_or(false);
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before dropping it.
-    if let (Some(f), false) = (filter, nnp) {
+    if let (Some(f), false) = (filter, process.no_new_privileges().unwrap_or(false)) {
         seccomp::load(f)?;
     }
-    set_credentials(process)?;
+    process::set_credentials(&Linux, process)?;
     let cwd = process.cwd();
-    chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
+    chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))
+}
+
+/// The last steps and exec: signals back to their defaults, the seccomp filter under
+/// no_new_privs (as late as it can be, so that it need not allow rkt's own calls).
+fn exec_now(
+    process: &Process,
+    filter: Option<&libseccomp::ScmpFilterContext>,
+    program: &Path,
+    argv: &[CString],
+    envp: &[CString],
+) -> Result<std::convert::Infallible> {
     // Rust ignores SIGPIPE; the container's process must get the default disposition back.
     // SAFETY: resetting a signal disposition to its default has no handler to be unsafe about.
     unsafe {
@@ -965,15 +602,30 @@ fn exec_process(
         .map_err(sys("sigprocmask"))?;
     let prog = CString::new(program.as_os_str().as_encoded_bytes())
         .map_err(|_| RuntimeError::Init("NUL byte in program path".into()))?;
-    let (argv, envp) = (cstrings(args)?, cstrings(env)?);
-    if let (Some(f), true) = (filter, nnp) {
+    if let (Some(f), true) = (filter, process.no_new_privileges().unwrap_or(false)) {
         seccomp::load(f)?;
     }
-    let e = match nix::unistd::execve(&prog, &argv, &envp) {
+    let e = match nix::unistd::execve(&prog, argv, envp) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     Err(RuntimeError::sys(format!("exec {}", program.display()), e))
+}
+
+/// Attaches the terminal, drops privileges as the process says, loads the seccomp filter as
+/// late as it can, and execs (`rkt exec`).
+fn exec_process(
+    process: &Process,
+    preserve_fds: u32,
+    terminal: Option<OwnedFd>,
+    filter: Option<&libseccomp::ScmpFilterContext>,
+    program: &Path,
+    args: &[String],
+    env: &[String],
+) -> Result<std::convert::Infallible> {
+    prepare_exec(process, preserve_fds, terminal, filter)?;
+    let (argv, envp) = (cstrings(args)?, cstrings(env)?);
+    exec_now(process, filter, program, &argv, &envp)
 }
 
 /// What `rkt exec` needs to start a process in a running container.
@@ -1072,8 +724,8 @@ fn exec_helper(args: &ExecArgs, out: &mut std::fs::File) -> Result<()> {
             let res = (|| {
                 let terminal = console.as_ref().map(send_pty).transpose()?;
                 drop(console);
-                set_rlimits(process)?;
-                let program = find_program(&argv[0], &env);
+                process::set_rlimits(&Linux, process)?;
+                let program = find_program(&argv[0], &env)?;
                 exec_process(
                     process,
                     args.preserve_fds,
@@ -1234,16 +886,28 @@ mod tests {
     fn destinations_stay_inside_the_root() {
         let r = Path::new("/b/rootfs");
         assert_eq!(
-            in_root(r, Path::new("/proc")).ok(),
+            rootfs::in_root(r, Path::new("/proc")).ok(),
             Some(PathBuf::from("/b/rootfs/proc"))
         );
-        assert!(in_root(r, Path::new("/../etc")).is_err());
+        assert!(rootfs::in_root(r, Path::new("/../etc")).is_err());
     }
 
     #[test]
     fn program_lookup_uses_the_container_path() {
         let env = vec!["PATH=/nonexistent:/bin".to_string()];
-        assert_eq!(find_program("/x/y", &env), PathBuf::from("/x/y"));
-        assert_eq!(find_program("sh", &env), PathBuf::from("/bin/sh"));
+        assert_eq!(
+            find_program("/bin/sh", &env).ok(),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            find_program("sh", &env).ok(),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        let missing = find_program("no-such-program", &env).expect_err("not found");
+        assert!(
+            missing.to_string().contains("not found in $PATH"),
+            "{missing}"
+        );
+        assert!(find_program("/x/y", &env).is_err());
     }
 }

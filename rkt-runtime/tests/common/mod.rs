@@ -37,7 +37,7 @@ impl Bundle {
         std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
         for app in [
             "sh", "echo", "cat", "id", "hostname", "sleep", "touch", "ls", "grep", "ulimit", "dd",
-            "mkdir", "tty", "true", "wc", "head",
+            "mkdir", "tty", "true", "wc", "head", "stat", "mount", "false",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(app)).expect("applet link");
         }
