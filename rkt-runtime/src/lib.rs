@@ -7,8 +7,11 @@
 //!
 //! Layout: [`bundle`] loads and validates config.json; [`mounts`] parses mount options (pure);
 //! [`state`] keeps each container's state directory; [`cgroup`] finds the layout and applies
-//! limits; [`seccomp`] compiles filters; [`hooks`] runs the spec's hooks; [`linux`] is the only
-//! module that makes namespace, mount and process syscalls; [`container`] drives the lifecycle.
+//! limits; [`seccomp`] compiles filters; [`hooks`] runs the spec's hooks; [`syscall`] is the
+//! seam for the calls that build a container ([`rootfs`]: mounts, devices, the switch of root;
+//! [`process`]: OOM score, rlimits, credentials), so their order is tested on a recording
+//! fake; [`linux`] forks, makes the namespaces and runs init up to exec; [`container`] drives
+//! the lifecycle.
 //! [`pod`] runs images (from the `oci-image` store) as pods: overlay root, config.json from the
 //! image config, the default bridge network, and pod records for list/status/stop/rm/gc.
 

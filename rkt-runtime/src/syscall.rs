@@ -3,8 +3,6 @@
 //! any of them, so that the order init takes them in, the part that breaks, is unit-tested
 //! without root. Callers add the context to errors; this layer only reports errno.
 
-#![allow(unsafe_code)]
-
 use std::path::Path;
 
 use caps::{CapSet, Capability, CapsHashSet};
