@@ -364,14 +364,17 @@ impl Cgroup {
         self.apply(r)
     }
 
+    /// The directory of `ctl`'s hierarchy for this cgroup, or an error naming it.
+    fn need(&self, ctl: &str) -> Result<PathBuf> {
+        self.ctl(ctl).ok_or_else(|| {
+            RuntimeError::Unsupported(format!(
+                "the {ctl} cgroup controller is not available here (not mounted, or mounted read-only)"
+            ))
+        })
+    }
+
+    /// Every controller's limits, one function each (v1 and v2 side by side in it).
     fn apply(&self, r: &LinuxResources) -> Result<()> {
-        let need = |ctl: &str| {
-            self.ctl(ctl).ok_or_else(|| {
-                RuntimeError::Unsupported(format!(
-                    "the {ctl} cgroup controller is not available here (not mounted, or mounted read-only)"
-                ))
-            })
-        };
         if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
             return Err(RuntimeError::Unsupported("hugepage limits".into()));
         }
@@ -381,131 +384,158 @@ impl Cgroup {
             ));
         }
         if let Some(m) = r.memory() {
-            let d = need("memory")?;
-            if self.is_v2() {
-                if let Some(l) = m.limit() {
-                    write(&d, "memory.max", &max_or(l))?;
-                }
-                if let Some(s) = m.swap() {
-                    write(&d, "memory.swap.max", &swap_v2(m.limit(), s))?;
-                }
-                if let Some(res) = m.reservation() {
-                    write(&d, "memory.low", &max_or(res))?;
-                }
-                if m.disable_oom_killer().unwrap_or(false) {
-                    return Err(RuntimeError::Unsupported(
-                        "disableOOMKiller on cgroup v2".into(),
-                    ));
-                }
-            } else {
-                if let Some(l) = m.limit() {
-                    write(&d, "memory.limit_in_bytes", &l.to_string())?;
-                }
-                if let Some(s) = m.swap() {
-                    if d.join("memory.memsw.limit_in_bytes").exists() {
-                        write(&d, "memory.memsw.limit_in_bytes", &s.to_string())?;
-                    } else if s != -1 {
-                        tracing::warn!("swap accounting is off on this host; swap limit ignored");
-                    }
-                }
-                if let Some(res) = m.reservation() {
-                    write(&d, "memory.soft_limit_in_bytes", &res.to_string())?;
-                }
-                if let Some(sw) = m.swappiness() {
-                    write(&d, "memory.swappiness", &sw.to_string())?;
-                }
-                if m.disable_oom_killer().unwrap_or(false) {
-                    write(&d, "memory.oom_control", "1")?;
-                }
-            }
+            self.apply_memory(m)?;
         }
         if let Some(p) = r.pids() {
-            let d = need("pids")?;
-            write(&d, "pids.max", &max_or(p.limit()))?;
+            write(&self.need("pids")?, "pids.max", &max_or(p.limit()))?;
         }
         if let Some(c) = r.cpu() {
-            if c.shares().is_some() || c.quota().is_some() || c.period().is_some() {
-                let d = need("cpu")?;
-                if self.is_v2() {
-                    if let Some(s) = c.shares() {
-                        write(&d, "cpu.weight", &shares_to_weight(s).to_string())?;
-                    }
-                    if c.quota().is_some() || c.period().is_some() {
-                        let quota = c.quota().filter(|q| *q > 0);
-                        let period = c.period().unwrap_or(100_000);
-                        let q = quota.map_or("max".to_string(), |q| q.to_string());
-                        write(&d, "cpu.max", &format!("{q} {period}"))?;
-                    }
-                } else {
-                    if let Some(s) = c.shares() {
-                        write(&d, "cpu.shares", &s.to_string())?;
-                    }
-                    if let Some(p) = c.period() {
-                        write(&d, "cpu.cfs_period_us", &p.to_string())?;
-                    }
-                    if let Some(q) = c.quota() {
-                        write(&d, "cpu.cfs_quota_us", &q.to_string())?;
-                    }
-                }
-            }
-            if c.cpus().is_some() || c.mems().is_some() {
-                let d = need("cpuset")?;
-                if let Some(cpus) = c.cpus() {
-                    write(&d, "cpuset.cpus", cpus)?;
-                }
-                if let Some(mems) = c.mems() {
-                    write(&d, "cpuset.mems", mems)?;
-                }
-            }
+            self.apply_cpu(c)?;
+            self.apply_cpuset(c)?;
         }
         if let Some(b) = r.block_io() {
-            let ctl = if self.is_v2() { "io" } else { "blkio" };
-            let d = need(ctl)?;
-            if let Some(w) = b.weight() {
-                if self.is_v2() {
-                    write(&d, "io.weight", &blkio_to_io_weight(w).to_string())?;
-                } else {
-                    write(&d, "blkio.weight", &w.to_string())?;
-                }
-            }
-            let throttles = [
-                (b.throttle_read_bps_device(), "read_bps_device", "rbps"),
-                (b.throttle_write_bps_device(), "write_bps_device", "wbps"),
-                (b.throttle_read_iops_device(), "read_iops_device", "riops"),
-                (b.throttle_write_iops_device(), "write_iops_device", "wiops"),
-            ];
-            for (list, v1, v2) in throttles {
-                for t in list.iter().flatten() {
-                    if self.is_v2() {
-                        let line = format!("{}:{} {v2}={}", t.major(), t.minor(), t.rate());
-                        write(&d, "io.max", &line)?;
-                    } else {
-                        let line = format!("{}:{} {}", t.major(), t.minor(), t.rate());
-                        write(&d, &format!("blkio.throttle.{v1}"), &line)?;
-                    }
-                }
-            }
+            self.apply_block_io(b)?;
         }
         if let Some(u) = r.unified() {
-            if !u.is_empty() {
-                if !self.is_v2() {
-                    return Err(RuntimeError::Unsupported(
-                        "linux.resources.unified needs the cgroup v2 layout".into(),
-                    ));
-                }
-                let d = self.dirs().remove(0);
-                for (k, v) in u {
-                    if k.contains('/') || k.starts_with('.') {
-                        return Err(RuntimeError::Unsupported(format!(
-                            "unified cgroup key {k:?}"
-                        )));
-                    }
-                    write(&d, k, v)?;
-                }
-            }
+            self.apply_unified(u)?;
         }
         if let Some(rules) = r.devices() {
             self.apply_devices(rules)?;
+        }
+        Ok(())
+    }
+
+    fn apply_memory(&self, m: &oci_spec::runtime::LinuxMemory) -> Result<()> {
+        let d = self.need("memory")?;
+        if self.is_v2() {
+            if let Some(l) = m.limit() {
+                write(&d, "memory.max", &max_or(l))?;
+            }
+            if let Some(s) = m.swap() {
+                write(&d, "memory.swap.max", &swap_v2(m.limit(), s))?;
+            }
+            if let Some(res) = m.reservation() {
+                write(&d, "memory.low", &max_or(res))?;
+            }
+            if m.disable_oom_killer().unwrap_or(false) {
+                return Err(RuntimeError::Unsupported(
+                    "disableOOMKiller on cgroup v2".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if let Some(l) = m.limit() {
+            write(&d, "memory.limit_in_bytes", &l.to_string())?;
+        }
+        if let Some(s) = m.swap() {
+            if d.join("memory.memsw.limit_in_bytes").exists() {
+                write(&d, "memory.memsw.limit_in_bytes", &s.to_string())?;
+            } else if s != -1 {
+                tracing::warn!("swap accounting is off on this host; swap limit ignored");
+            }
+        }
+        if let Some(res) = m.reservation() {
+            write(&d, "memory.soft_limit_in_bytes", &res.to_string())?;
+        }
+        if let Some(sw) = m.swappiness() {
+            write(&d, "memory.swappiness", &sw.to_string())?;
+        }
+        if m.disable_oom_killer().unwrap_or(false) {
+            write(&d, "memory.oom_control", "1")?;
+        }
+        Ok(())
+    }
+
+    fn apply_cpu(&self, c: &oci_spec::runtime::LinuxCpu) -> Result<()> {
+        if c.shares().is_none() && c.quota().is_none() && c.period().is_none() {
+            return Ok(());
+        }
+        let d = self.need("cpu")?;
+        if self.is_v2() {
+            if let Some(s) = c.shares() {
+                write(&d, "cpu.weight", &shares_to_weight(s).to_string())?;
+            }
+            if c.quota().is_some() || c.period().is_some() {
+                let quota = c.quota().filter(|q| *q > 0);
+                let period = c.period().unwrap_or(100_000);
+                let q = quota.map_or("max".to_string(), |q| q.to_string());
+                write(&d, "cpu.max", &format!("{q} {period}"))?;
+            }
+            return Ok(());
+        }
+        if let Some(s) = c.shares() {
+            write(&d, "cpu.shares", &s.to_string())?;
+        }
+        if let Some(p) = c.period() {
+            write(&d, "cpu.cfs_period_us", &p.to_string())?;
+        }
+        if let Some(q) = c.quota() {
+            write(&d, "cpu.cfs_quota_us", &q.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn apply_cpuset(&self, c: &oci_spec::runtime::LinuxCpu) -> Result<()> {
+        if c.cpus().is_none() && c.mems().is_none() {
+            return Ok(());
+        }
+        let d = self.need("cpuset")?;
+        if let Some(cpus) = c.cpus() {
+            write(&d, "cpuset.cpus", cpus)?;
+        }
+        if let Some(mems) = c.mems() {
+            write(&d, "cpuset.mems", mems)?;
+        }
+        Ok(())
+    }
+
+    fn apply_block_io(&self, b: &oci_spec::runtime::LinuxBlockIo) -> Result<()> {
+        let v2 = self.is_v2();
+        let d = self.need(if v2 { "io" } else { "blkio" })?;
+        if let Some(w) = b.weight() {
+            if v2 {
+                write(&d, "io.weight", &blkio_to_io_weight(w).to_string())?;
+            } else {
+                write(&d, "blkio.weight", &w.to_string())?;
+            }
+        }
+        let throttles = [
+            (b.throttle_read_bps_device(), "read_bps_device", "rbps"),
+            (b.throttle_write_bps_device(), "write_bps_device", "wbps"),
+            (b.throttle_read_iops_device(), "read_iops_device", "riops"),
+            (b.throttle_write_iops_device(), "write_iops_device", "wiops"),
+        ];
+        for (list, v1, v2_key) in throttles {
+            for t in list.iter().flatten() {
+                if v2 {
+                    let line = format!("{}:{} {v2_key}={}", t.major(), t.minor(), t.rate());
+                    write(&d, "io.max", &line)?;
+                } else {
+                    let line = format!("{}:{} {}", t.major(), t.minor(), t.rate());
+                    write(&d, &format!("blkio.throttle.{v1}"), &line)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_unified(&self, u: &std::collections::HashMap<String, String>) -> Result<()> {
+        if u.is_empty() {
+            return Ok(());
+        }
+        if !self.is_v2() {
+            return Err(RuntimeError::Unsupported(
+                "linux.resources.unified needs the cgroup v2 layout".into(),
+            ));
+        }
+        let d = self.dirs().remove(0);
+        for (k, v) in u {
+            if k.contains('/') || k.starts_with('.') {
+                return Err(RuntimeError::Unsupported(format!(
+                    "unified cgroup key {k:?}"
+                )));
+            }
+            write(&d, k, v)?;
         }
         Ok(())
     }
