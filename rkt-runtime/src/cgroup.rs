@@ -361,6 +361,12 @@ impl Cgroup {
 
     /// Applies new limits to an existing cgroup (`rkt update`).
     pub fn update(&self, r: &LinuxResources) -> Result<()> {
+        if self.is_v2() && r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            // Another program beside the first could only take more away.
+            return Err(RuntimeError::Unsupported(
+                "changing the device rules of a container on cgroup v2".into(),
+            ));
+        }
         self.apply(r)
     }
 
@@ -540,18 +546,24 @@ impl Cgroup {
         Ok(())
     }
 
-    /// v1 device rules, in order, then the devices every container needs. On v2 the device
-    /// controller is an eBPF program; rkt does not load one and says so.
+    /// Device rules: on v1 written to devices.allow/deny in order, then the devices every
+    /// container needs; on v2 compiled with those into an eBPF program attached to the
+    /// cgroup ([`crate::devfilter`]).
     fn apply_devices(&self, rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Result<()> {
-        let Some(d) = (if self.is_v2() {
-            None
-        } else {
-            self.ctl("devices")
-        }) else {
+        if self.is_v2() {
+            if rules.is_empty() {
+                return Ok(());
+            }
+            let mut all = rules.to_vec();
+            all.extend(crate::devfilter::default_rules());
+            let dir = self.dirs().remove(0);
+            return crate::linux::attach_device_program(&dir, &crate::devfilter::program(&all));
+        }
+        let Some(d) = self.ctl("devices") else {
             if rules.iter().any(|r| !r.allow()) {
-                tracing::info!(
-                    "device cgroup rules are not enforced (cgroup v2, or no writable devices controller)"
-                );
+                return Err(RuntimeError::Unsupported(
+                    "device rules without a writable devices cgroup controller".into(),
+                ));
             }
             return Ok(());
         };

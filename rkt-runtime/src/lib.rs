@@ -18,6 +18,7 @@
 pub mod bundle;
 pub mod cgroup;
 pub mod container;
+pub mod devfilter;
 pub mod error;
 pub mod hooks;
 pub mod linux;

@@ -744,6 +744,107 @@ fn exec_helper(args: &ExecArgs, out: &mut std::fs::File) -> Result<()> {
     }
 }
 
+/// Loads `prog` as a cgroup device program and attaches it to the cgroup v2 directory `dir`
+/// (BPF_F_ALLOW_MULTI, beside whatever the engine attached: every program must allow).
+pub fn attach_device_program(dir: &Path, prog: &[crate::devfilter::Insn]) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+    /// The first fields of union bpf_attr for BPF_PROG_LOAD; the kernel takes the rest as 0.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgAttach {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+    }
+    let license = c"Apache-2.0";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut name = [0u8; 16];
+    name[..9].copy_from_slice(b"rkt_devcg");
+    let load = ProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: prog.len() as u32,
+        insns: prog.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name: name,
+        ..Default::default()
+    };
+    // SAFETY: bpf(2) reads `load` (and the instructions and license it points to, alive for
+    // the call) and writes at most log_size bytes into `log`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &load as *const ProgLoad,
+            std::mem::size_of::<ProgLoad>(),
+        )
+    };
+    if fd < 0 {
+        let e = nix::Error::last();
+        let verifier =
+            String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)])
+                .trim()
+                .to_string();
+        return Err(RuntimeError::Init(format!(
+            "loading the device cgroup program: {e}{}",
+            if verifier.is_empty() {
+                String::new()
+            } else {
+                format!(" ({verifier})")
+            }
+        )));
+    }
+    // SAFETY: bpf(2) just returned this descriptor and nothing else owns it.
+    let prog_fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let cg = std::fs::File::open(dir).map_err(|e| RuntimeError::io(dir, e))?;
+    let attach = ProgAttach {
+        target_fd: cg.as_raw_fd() as u32,
+        attach_bpf_fd: prog_fd.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+    };
+    // SAFETY: bpf(2) only reads `attach`; both descriptors are open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attach as *const ProgAttach,
+            std::mem::size_of::<ProgAttach>(),
+        )
+    };
+    if rc < 0 {
+        return Err(RuntimeError::sys(
+            format!("attaching the device program to {}", dir.display()),
+            nix::Error::last(),
+        ));
+    }
+    Ok(())
+}
+
 /// Routes this process's stdout and stderr through pipes that a forked child copies to the
 /// original ones. The child stays in the caller's cgroup while the container runs in its own:
 /// journald files a systemd service's output by where the writer sits, so a pod's output

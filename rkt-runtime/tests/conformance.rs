@@ -235,3 +235,48 @@ fn whatever_init_cannot_do_fails_create_with_the_reason_and_leaves_nothing() {
     assert!(b.rkt(&["delete", &id]).status.success());
     b.assert_gone(&id);
 }
+
+/// The cgroup v2 mount on this host (the unified hierarchy of a hybrid layout, or all of it).
+fn cgroup2_mount() -> std::path::PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            (right.split(' ').next() == Some("cgroup2")).then(|| std::path::PathBuf::from(point))
+        })
+        .expect("no cgroup2 filesystem mounted: the device program needs one")
+}
+
+#[test]
+fn device_rules_on_cgroup_v2_are_an_ebpf_program_the_kernel_enforces() {
+    require_root();
+    let dir = cgroup2_mount().join(uid("rkt-devcg-test"));
+    std::fs::create_dir(&dir).expect("cgroup dir");
+    let rules: Vec<oci_spec::runtime::LinuxDeviceCgroup> = serde_json::from_value(json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "r"}
+    ]))
+    .expect("rules");
+    rkt_runtime::linux::attach_device_program(&dir, &rkt_runtime::devfilter::program(&rules))
+        .expect("load and attach");
+    let probe = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {}/cgroup.procs && {cmd}", dir.display()))
+            .output()
+            .expect("sh");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (read_null, err) = probe("cat /dev/null");
+    assert!(read_null, "reading /dev/null is allowed: {err}");
+    let (write_null, err) = probe("echo x > /dev/null");
+    assert!(!write_null, "writing /dev/null is not");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let (zero, _) = probe("head -c 1 /dev/zero >/dev/null");
+    assert!(!zero, "/dev/zero is not listed");
+    std::fs::remove_dir(&dir).expect("remove the cgroup");
+}
