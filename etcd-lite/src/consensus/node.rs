@@ -87,6 +87,12 @@ const CATCH_UP_ENTRIES: u64 = 5000;
 
 /// How long a ReadIndex round may go unanswered before it is sent again (etcd: 500 ms).
 const READ_RETRY: Duration = Duration::from_millis(300);
+/// Ticks a pre-candidate waits for a quorum of pre-votes before asking again. A voter still in
+/// its leader's lease ignores a pre-vote without answering, and its lease ends within a tick or
+/// two of the candidate's own timeout (both count from the leader's last heartbeat): asking
+/// again soon, instead of after a whole new election timeout (1–2 s), is what keeps a frozen
+/// leader's cluster from going leaderless for seconds. Pre-votes change no term.
+const PREVOTE_RETRY_TICKS: usize = 3;
 
 /// Tunables (etcd's defaults: 100 ms heartbeat, 1 s election).
 #[derive(Debug, Clone)]
@@ -589,6 +595,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
+                self.retry_prevote();
                 next_tick += self.cfg.tick;
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + self.cfg.tick;
@@ -824,6 +831,15 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 "the leader's peer port refuses connections; campaigning without waiting out the election timeout"
             );
             r.election_elapsed = soon;
+        }
+    }
+
+    /// A pre-candidate without its quorum after [`PREVOTE_RETRY_TICKS`] asks again at the next
+    /// tick.
+    fn retry_prevote(&mut self) {
+        let r = &mut self.raw.raft;
+        if r.state == StateRole::PreCandidate && r.election_elapsed >= PREVOTE_RETRY_TICKS {
+            r.election_elapsed = r.randomized_election_timeout().saturating_sub(1);
         }
     }
 
