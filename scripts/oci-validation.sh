@@ -27,24 +27,30 @@ for runtime in rkt runc; do
         for t in $tests; do
             name=$(basename "$t" .t)
             log="$out/$runtime.$run.$name.tap"
-            RUNTIME=$bin timeout 120 "./$t" >"$log" 2>&1 || true
+            rc=0
+            RUNTIME=$bin timeout 120 "./$t" >"$log" 2>&1 || rc=$?
+            echo "$rc" >"$log.rc"
         done
     done
 done
 
 # One line per test: for each runtime and run, ok/notok/skip.
-count() { # file -> "ok/notok/skip"
+# One cell: PASS or FAIL (the test exits non-zero, or reports a "not ok"), then the TAP counts
+# ok/not ok/skip. Some tests pass by exiting 0 without TAP (an expected error).
+count() { # file -> "PASS:ok/notok/skip"
     local f=$1
-    local ok notok skip
+    local ok notok skip rc verdict
     ok=$(grep -cE '^ok ' "$f" || true)
     skip=$(grep -cE '^ok .*# (SKIP|skip)' "$f" || true)
     notok=$(grep -cE '^not ok ' "$f" || true)
-    if [ "$ok" -eq 0 ] && [ "$notok" -eq 0 ]; then
-        notok=1 # no TAP at all: the test binary failed before its plan
+    rc=$(cat "$f.rc")
+    verdict=PASS
+    if [ "$rc" -ne 0 ] || [ "$notok" -ne 0 ]; then
+        verdict=FAIL
     fi
-    echo "$((ok - skip))/$notok/$skip"
+    echo "$verdict:$((ok - skip))/$notok/$skip"
 }
-printf '%-36s %-26s %-26s\n' test "rkt (ok/not ok/skip)" "runc (ok/not ok/skip)"
+printf '%-36s %-40s %-40s\n' test "rkt (verdict:ok/not ok/skip)" "runc (verdict:ok/not ok/skip)"
 for t in $tests; do
     name=$(basename "$t" .t)
     line=""
@@ -53,7 +59,7 @@ for t in $tests; do
         for run in $(seq 1 "$runs"); do
             cells="$cells $(count "$out/$runtime.$run.$name.tap")"
         done
-        line="$line$(printf '%-26s' "$cells")"
+        line="$line$(printf '%-40s' "$cells")"
     done
     printf '%-36s %s\n' "$name" "$line"
 done
