@@ -102,6 +102,33 @@ fn bundle_hooks(s: &Saved) -> Option<oci_spec::runtime::Hooks> {
     spec.hooks().clone()
 }
 
+/// The resources with an allow rule for each device in `linux.devices` after the config's own
+/// rules (as runc does): a listed device is usable even when the rules deny all.
+fn with_listed_devices(
+    linux: &oci_spec::runtime::Linux,
+) -> Option<oci_spec::runtime::LinuxResources> {
+    let mut r = linux.resources().clone()?;
+    let Some(rules) = r.devices().clone() else {
+        return Some(r);
+    };
+    let mut rules = rules;
+    for d in linux.devices().iter().flatten() {
+        let typ = match d.typ() {
+            oci_spec::runtime::LinuxDeviceType::B => "b",
+            oci_spec::runtime::LinuxDeviceType::P => continue,
+            _ => "c",
+        };
+        let rule = serde_json::json!({
+            "allow": true, "type": typ, "major": d.major(), "minor": d.minor(), "access": "rwm"
+        });
+        if let Ok(rule) = serde_json::from_value(rule) {
+            rules.push(rule);
+        }
+    }
+    r.set_devices(Some(rules));
+    Some(r)
+}
+
 /// `create`: set up the container and leave it waiting for `start`.
 pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
     check_id(id)?;
@@ -123,7 +150,7 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Saved> {
     let linux = bundle.spec.linux().clone().unwrap_or_default();
     let rel = cgroup::container_path(linux.cgroups_path().as_deref(), id)?;
     let cg = Cgroup::new(Cgroup::detect_layout()?, rel);
-    cg.create(linux.resources().as_ref())?;
+    cg.create(with_listed_devices(&linux).as_ref())?;
     cleanup.cgroup = Some(cg.clone());
     let fifo = root.fifo(id);
     nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
@@ -661,5 +688,28 @@ mod tests {
         let t = now_rfc3339();
         assert_eq!(t.len(), "2026-11-22T19:00:00.000000000Z".len());
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T');
+    }
+}
+
+#[cfg(test)]
+mod listed_devices_tests {
+    use super::*;
+
+    #[test]
+    fn listed_devices_are_allowed_after_the_rules() {
+        let linux: oci_spec::runtime::Linux = serde_json::from_value(serde_json::json!({
+            "devices": [{"path": "/dev/test1", "type": "c", "major": 1, "minor": 11}],
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]}
+        }))
+        .expect("linux");
+        let r = with_listed_devices(&linux).expect("resources");
+        let rules = serde_json::to_value(r.devices()).expect("json");
+        assert_eq!(
+            rules,
+            serde_json::json!([
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 1, "minor": 11, "access": "rwm"}
+            ])
+        );
     }
 }

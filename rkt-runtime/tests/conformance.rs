@@ -280,3 +280,37 @@ fn device_rules_on_cgroup_v2_are_an_ebpf_program_the_kernel_enforces() {
     assert!(!zero, "/dev/zero is not listed");
     std::fs::remove_dir(&dir).expect("remove the cgroup");
 }
+
+#[test]
+fn a_listed_device_is_usable_when_the_cgroup_rules_deny_all() {
+    // /dev/net/tun's numbers (opening it makes nothing until an ioctl); /unlisted is a node
+    // with /dev/fuse's numbers that only the root filesystem has: the rules still deny it.
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "exec 3</dev/test1 && echo opened; (exec 4</unlisted) || echo refused",
+        ],
+        |v| {
+            v["linux"]["devices"] = json!([
+                {"path": "/dev/test1", "type": "c", "major": 10, "minor": 200, "fileMode": 384}
+            ]);
+            v["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+        },
+    );
+    nix::sys::stat::mknod(
+        &b.path().join("rootfs/unlisted"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(10, 229),
+    )
+    .expect("mknod in the bundle");
+    let (code, out, err) = b.run(&uid("listeddev"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["opened", "refused"],
+        "{err}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+}
