@@ -228,6 +228,10 @@ fn helper(args: &InitArgs, out: &mut std::fs::File, go: OwnedFd) -> Result<()> {
     if let Some(cg) = args.cgroup {
         cg.add(0)?;
     }
+    // Still root of the host (lowering the score needs CAP_SYS_RESOURCE there); init inherits it.
+    if let Some(p) = bundle.spec.process() {
+        process::set_oom_score(&Linux, p)?;
+    }
     let namespaces = bundle
         .spec
         .linux()
@@ -420,7 +424,6 @@ fn init(
         .expect("bundle checks a process exists");
     let pid = host_pid();
     let os = Linux;
-    process::set_oom_score(&os, process)?;
     let plan = rootfs::RootPlan {
         rootfs: &bundle.rootfs,
         spec,

@@ -10,7 +10,7 @@ use oci_spec::runtime::Process;
 use crate::error::{failed, Result, RuntimeError};
 use crate::syscall::Syscall;
 
-/// process.oomScoreAdj, written while /proc is still the host's.
+/// process.oomScoreAdj, written by the helper while it is still root of the host.
 pub fn set_oom_score(sys: &dyn Syscall, process: &Process) -> Result<()> {
     let Some(adj) = process.oom_score_adj() else {
         return Ok(());
