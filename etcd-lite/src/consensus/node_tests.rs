@@ -179,6 +179,14 @@ impl Cluster {
         self.router.nodes.lock()[&id].clone()
     }
 
+    /// A member of the three-member cluster other than `leader`.
+    fn follower_of(&self, leader: u64) -> u64 {
+        [1, 2, 3]
+            .into_iter()
+            .find(|i| *i != leader)
+            .expect("follower")
+    }
+
     fn leader(&self, among: &[u64]) -> u64 {
         self.leader_within(among, Duration::from_secs(10))
     }
@@ -344,10 +352,7 @@ fn read_index_on_a_follower_sees_the_latest_write() {
 fn snapshots_bound_the_log_and_bring_lagging_and_new_members_up() {
     let mut c = Cluster::new(&[1, 2, 3], 5);
     let leader = c.leader(&[1, 2, 3]);
-    let lagging = [1, 2, 3]
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("follower");
+    let lagging = c.follower_of(leader);
     c.stop(lagging);
     let mut last = 0;
     for i in 0..40 {
@@ -415,10 +420,7 @@ fn reads_waiting_on_a_deposed_leader_fail_fast_with_leader_changed() {
 fn proposals_forwarded_to_a_deposed_leader_fail_once_the_term_moves_on() {
     let mut c = Cluster::new(&[1, 2, 3], 1_000_000);
     let leader = c.leader(&[1, 2, 3]);
-    let f = [1, 2, 3]
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("follower");
+    let f = c.follower_of(leader);
     // A long request timeout on the follower: only the new term can answer early.
     c.stop(f);
     c.cfg.request_timeout = Duration::from_secs(60);
@@ -484,10 +486,7 @@ fn a_proposal_applied_inside_a_snapshot_is_answered_without_waiting_out_its_time
     // within 100-200 ms and drop the proposal before forwarding it on a loaded machine.
     let mut c = Cluster::with_election_ticks(&[1, 2, 3], 5, 300);
     let leader = c.leader(&[1, 2, 3]);
-    let f = [1, 2, 3]
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("follower");
+    let f = c.follower_of(leader);
     // A long request timeout on the follower, so that only the snapshot can answer early.
     c.stop(f);
     c.cfg.request_timeout = Duration::from_secs(60);
@@ -559,10 +558,7 @@ fn a_proposal_applied_inside_a_snapshot_is_answered_without_waiting_out_its_time
 fn with_snapshots_made_on_demand_the_log_keeps_entries_for_members_a_little_behind() {
     let mut c = Cluster::build(&[1, 2, 3], 10, 10, Lazy(true));
     let leader = c.leader(&[1, 2, 3]);
-    let f = [1, 2, 3]
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("follower");
+    let f = c.follower_of(leader);
     let mut last = 0;
     for i in 0..27 {
         last = c.put(leader, &format!("a{i}={i}")).expect("put");
