@@ -211,7 +211,15 @@ async fn main() -> anyhow::Result<()> {
             );
             let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |conn| {
+                        if let Ok(c) = &conn {
+                            etcd_lite::consensus::transport::cap_retransmit_backoff(c);
+                        }
+                        conn
+                    },
+                );
                 builder
                     .add_service(svc)
                     .serve_with_incoming_shutdown(incoming, async move {

@@ -65,6 +65,83 @@ async fn refused(url: &str) -> bool {
     )
 }
 
+/// Linux's `TCP_RTO_MAX_MS` (6.15 and later; `libc` does not name it yet).
+const TCP_RTO_MAX_MS: libc::c_int = 44;
+/// The longest a peer connection waits between retransmissions (the kernel's floor).
+const PEER_RTO_MAX_MS: libc::c_int = 1000;
+
+/// Opens peer connections whose retransmission back-off stops at one second. By default it
+/// doubles up to two minutes, so after a partition of two or three seconds heals, the kernel
+/// may wait that long again before it resends what the leader wrote meanwhile, and nothing
+/// commits until it does. Kernels without the option keep their default back-off.
+#[derive(Clone, Copy)]
+struct PeerConnector;
+
+impl tower_service::Service<tonic::codegen::http::Uri> for PeerConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        Box::pin(async move {
+            let bad =
+                || std::io::Error::new(std::io::ErrorKind::InvalidInput, "peer URL has no host");
+            let host = uri.host().ok_or_else(bad)?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri
+                .port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                });
+            let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            cap_retransmit_backoff(&stream);
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+/// Sets `TCP_RTO_MAX_MS` on `stream` (see [`PeerConnector`]; the peer listener sets it on the
+/// connections it accepts, which carry acknowledgements and window updates back). An older
+/// kernel's refusal is logged once and ignored.
+#[allow(unsafe_code)] // setsockopt(2) with an option neither nix nor socket2 names
+pub fn cap_retransmit_backoff(stream: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let value = PEER_RTO_MAX_MS;
+    // SAFETY: the descriptor is a live socket owned by `stream` for the whole call, and the
+    // option value is a c_int read by the kernel through a pointer of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_RTO_MAX_MS,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let error = std::io::Error::last_os_error();
+        WARNED.call_once(|| {
+            tracing::info!(%error, "this kernel cannot cap TCP retransmission back-off (TCP_RTO_MAX_MS, Linux 6.15+); peer links may take longer to recover after a partition heals")
+        });
+    }
+}
+
 /// A channel to a peer URL: TLS (with `tls`) for https://, plain for http://.
 fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
     let ep = Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
@@ -164,10 +241,9 @@ async fn send_loop(
     let channel = match endpoint(&url, tls.as_ref()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3))
-            .connect_lazy(),
+            .connect_with_connector_lazy(PeerConnector),
         Err(e) => {
             tracing::error!(peer = %format!("{to:x}"), %url, error = %e, "bad peer URL");
             return;
@@ -385,5 +461,62 @@ impl<O: Send + 'static> PeerService<O> {
         let n = msgs.len() as u64;
         self.node.step_all(msgs);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// The option's value on a connected socket (`None` where the kernel lacks it).
+    #[allow(unsafe_code)]
+    fn rto_max(fd: &impl AsRawFd) -> Option<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the descriptor is open, and value/len describe a c_int the kernel may fill.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                TCP_RTO_MAX_MS,
+                std::ptr::from_mut(&mut value).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(value)
+    }
+
+    #[tokio::test]
+    async fn peer_connections_stop_backing_off_at_one_second() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let uri: tonic::codegen::http::Uri = format!("http://{addr}").parse().unwrap();
+        let io = tower_service::Service::call(&mut PeerConnector, uri)
+            .await
+            .expect("connects");
+        let (accepted, _) = listener.accept().await.unwrap();
+        let stream = io.into_inner();
+        assert!(stream.nodelay().unwrap());
+        // A kernel without TCP_RTO_MAX_MS (before 6.15) refuses to read it as well as to set it:
+        // then the connection must still work, with the default back-off.
+        match rto_max(&accepted) {
+            Some(_) => {
+                assert_eq!(rto_max(&stream), Some(PEER_RTO_MAX_MS));
+                cap_retransmit_backoff(&accepted);
+                assert_eq!(rto_max(&accepted), Some(PEER_RTO_MAX_MS));
+            }
+            None => assert_eq!(rto_max(&stream), None),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_url_without_a_host_is_an_error_not_a_panic() {
+        let uri: tonic::codegen::http::Uri = "/no/authority".parse().unwrap();
+        let err = tower_service::Service::call(&mut PeerConnector, uri)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     }
 }
