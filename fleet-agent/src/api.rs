@@ -1,6 +1,7 @@
 //! fleet's HTTP API v1, served by every fleetd (unix socket, optionally TCP):
-//! `/fleet/v1/units[/{name}]` (GET, PUT, DELETE), `/fleet/v1/machines`, `/fleet/v1/state`, with
-//! fleet's JSON shapes, pagination and error bodies; plus corelite's
+//! `/fleet/v1/units[/{name}]` (GET, PUT, DELETE), `/fleet/v1/machines`,
+//! `/fleet/v1/state[/{name}]`, with fleet's JSON shapes (every empty field left out), PUT
+//! semantics (create, replace, desired state), pagination and error bodies; plus corelite's
 //! `/fleet/v1/units/{name}/status` and `/journal` (answered by the unit's machine, forwarded there
 //! by any fleetd), `/health` and `/metrics`.
 
@@ -64,21 +65,44 @@ fn store_error(e: kv_client::Error) -> Response {
 /// The API's routes.
 pub fn router<S: Systemd>(state: Arc<ApiState<S>>) -> Router {
     Router::new()
-        .route("/fleet/v1/units", get(list_units::<S>))
+        .route(
+            "/fleet/v1/units",
+            get(list_units::<S>).fallback(only(ONLY_GET)),
+        )
         .route(
             "/fleet/v1/units/:name",
             get(get_unit::<S>)
                 .put(put_unit::<S>)
-                .delete(delete_unit::<S>),
+                .delete(delete_unit::<S>)
+                .fallback(only(
+                    "only GET, PUT and DELETE supported against this resource",
+                )),
         )
         .route("/fleet/v1/units/:name/status", get(unit_status::<S>))
         .route("/fleet/v1/units/:name/journal", get(unit_journal::<S>))
-        .route("/fleet/v1/machines", get(list_machines::<S>))
-        .route("/fleet/v1/state", get(list_states::<S>))
+        .route(
+            "/fleet/v1/machines",
+            get(list_machines::<S>).fallback(only(ONLY_GET)),
+        )
+        .route(
+            "/fleet/v1/state",
+            get(list_states::<S>).fallback(only(ONLY_GET)),
+        )
+        .route(
+            "/fleet/v1/state/:name",
+            get(get_state::<S>).fallback(only(ONLY_GET)),
+        )
         .route("/health", get(health::<S>))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
+}
+
+const ONLY_GET: &str = "only GET supported against this resource";
+
+/// fleet's answer to a method a resource does not take: 405 with its message.
+fn only(message: &'static str) -> impl Fn() -> std::future::Ready<Response> + Clone {
+    move || std::future::ready(error(StatusCode::METHOD_NOT_ALLOWED, message))
 }
 
 #[derive(Deserialize, Default)]
@@ -228,36 +252,66 @@ async fn get_unit<S: Systemd>(
     }
 }
 
+/// fleet's check of a request body's type: exactly one `Content-Type`, `application/json`.
+fn json_content_type(headers: &axum::http::HeaderMap) -> Result<(), String> {
+    let values: Vec<_> = headers.get_all("content-type").iter().collect();
+    if values.len() != 1 {
+        return Err(format!("expected 1 Content-Type, got {}", values.len()));
+    }
+    let value = values[0].to_str().unwrap_or_default();
+    let mime = value.split(';').next().unwrap_or_default().trim();
+    if mime != "application/json" {
+        return Err("only acceptable Content-Type is application/json".into());
+    }
+    Ok(())
+}
+
+/// `PUT /fleet/v1/units/{name}`, as fleet answers it: a new unit is created (201), inactive
+/// unless the body asks otherwise; a unit whose options differ from the stored ones is
+/// replaced the same way (fleetctl's `--replace`); otherwise only the desired state changes
+/// (204), and then one must be given.
 async fn put_unit<S: Systemd>(
     State(st): State<Arc<ApiState<S>>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     crate::metrics::API_REQUESTS.inc();
+    if let Err(e) = json_content_type(&headers) {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e);
+    }
     let u: Unit = match serde_json::from_slice(&body) {
         Ok(u) => u,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON entity: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unable to decode body: {e}"),
+            )
+        }
     };
     if !u.name.is_empty() && u.name != name {
-        return error(StatusCode::BAD_REQUEST, "name in URL and body do not match");
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "name in URL {name:?} differs from unit name in request body {:?}",
+                u.name
+            ),
+        );
     }
     if let Err(e) = unit::validate_name(&name) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    let desired: TargetState = match u.desired_state.as_deref() {
-        None => return error(StatusCode::BAD_REQUEST, "unit desiredState required"),
+    let desired: Option<TargetState> = match u.desired_state.as_deref() {
+        None | Some("") => None,
         Some(s) => match s.parse() {
-            Ok(d) => d,
+            Ok(d) => Some(d),
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         },
     };
-    if unit::is_template(&name) && desired != TargetState::Inactive {
+    if unit::is_template(&name) && desired.is_some_and(|d| d != TargetState::Inactive) {
         return error(
             StatusCode::BAD_REQUEST,
-            format!(
-                "cannot set a template unit to {}; start an instance of it",
-                desired.as_str()
-            ),
+            format!("cannot activate template {name:?}"),
         );
     }
     let key = st.keys.unit(&name);
@@ -266,38 +320,50 @@ async fn put_unit<S: Systemd>(
             Ok(e) => e,
             Err(e) => return store_error(e),
         };
-        let (rec, rev, created) = match &existing {
-            None => {
-                if u.options.is_empty() {
+        let stored = match &existing {
+            None => None,
+            Some(kv) => match serde_json::from_slice::<UnitRecord>(&kv.value) {
+                Ok(rec) => Some((rec, kv.mod_revision)),
+                Err(_) => {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "stored unit undecodable")
+                }
+            },
+        };
+        let (rec, rev, created) = match stored {
+            None if u.options.is_empty() => {
+                return error(
+                    StatusCode::CONFLICT,
+                    "unit does not exist and options field empty",
+                );
+            }
+            // New, or replaced by different options.
+            None => (None, 0, true),
+            Some((rec, rev))
+                if !u.options.is_empty() && unit::hash(&u.options) != unit::hash(&rec.options) =>
+            {
+                (None, rev, true)
+            }
+            Some((mut rec, rev)) => {
+                let Some(desired) = desired else {
                     return error(
                         StatusCode::CONFLICT,
-                        "unit does not exist and options field empty",
+                        "must provide DesiredState to update existing unit",
                     );
-                }
+                };
+                rec.desired_state = desired;
+                (Some(rec), rev, false)
+            }
+        };
+        let rec = match rec {
+            Some(rec) => rec,
+            None => {
                 if let Err(e) = unit::requirements(&u.options, &name) {
                     return error(StatusCode::BAD_REQUEST, e.to_string());
                 }
-                (
-                    UnitRecord {
-                        options: u.options.clone(),
-                        desired_state: desired,
-                    },
-                    0,
-                    true,
-                )
-            }
-            Some(kv) => {
-                let Ok(mut rec) = serde_json::from_slice::<UnitRecord>(&kv.value) else {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, "stored unit undecodable");
-                };
-                if !u.options.is_empty() && unit::hash(&u.options) != unit::hash(&rec.options) {
-                    return error(
-                        StatusCode::CONFLICT,
-                        "unit already exists with different options; destroy it first",
-                    );
+                UnitRecord {
+                    options: u.options.clone(),
+                    desired_state: desired.unwrap_or(TargetState::Inactive),
                 }
-                rec.desired_state = desired;
-                (rec, kv.mod_revision, false)
             }
         };
         let Ok(value) = serde_json::to_vec(&rec) else {
@@ -387,6 +453,28 @@ async fn list_states<S: Systemd>(
         next_page_token: next,
     })
     .into_response()
+}
+
+/// `GET /fleet/v1/state/{name}`: the unit's state on the first machine (by id) that reports
+/// one, as fleet's `UnitState(name)`; what the original fleetctl checks after a blocking start.
+async fn get_state<S: Systemd>(
+    State(st): State<Arc<ApiState<S>>>,
+    Path(name): Path<String>,
+) -> Response {
+    crate::metrics::API_REQUESTS.inc();
+    let (kvs, _) = match st.client.get_prefix(&st.keys.states()).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let first = kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<UnitState>(&kv.value).ok())
+        .filter(|s| s.name == name)
+        .min_by(|a, b| a.machine_id.cmp(&b.machine_id));
+    match first {
+        Some(s) => Json(s).into_response(),
+        None => error(StatusCode::NOT_FOUND, "unit state does not exist"),
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -65,13 +65,18 @@ pub struct UnitRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     /// /etc/machine-id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
-    /// The address it reaches the cluster from.
-    #[serde(rename = "primaryIP")]
-    pub primary_ip: String,
     /// `--metadata` pairs.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The address it reaches the cluster from.
+    #[serde(
+        rename = "primaryIP",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub primary_ip: String,
     /// Where its fleetd serves the API over TCP, if it does (used to fetch status and journals).
     #[serde(rename = "apiURL", default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
@@ -80,21 +85,39 @@ pub struct Machine {
 /// What systemd on a machine says about a unit (`/fleet/v1/state`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitState {
-    /// Unit name.
-    pub name: String,
     /// Hash of the unit file the agent loaded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
     /// Machine it is on.
-    #[serde(rename = "machineID")]
+    #[serde(
+        rename = "machineID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub machine_id: String,
-    /// systemd's LoadState (loaded, not-found, error...).
-    #[serde(rename = "systemdLoadState")]
-    pub load_state: String,
+    /// Unit name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// systemd's ActiveState (active, inactive, failed...).
-    #[serde(rename = "systemdActiveState")]
+    #[serde(
+        rename = "systemdActiveState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub active_state: String,
+    /// systemd's LoadState (loaded, not-found, error...).
+    #[serde(
+        rename = "systemdLoadState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub load_state: String,
     /// systemd's SubState (running, dead, exited...).
-    #[serde(rename = "systemdSubState")]
+    #[serde(
+        rename = "systemdSubState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub sub_state: String,
     /// What the agent did with it: `launched` (it started it) or `loaded` (corelite's field; a
     /// unit that exited on its own stays `launched`, as in fleet).
@@ -122,19 +145,6 @@ impl UnitState {
 /// A unit as the API shows it (`/fleet/v1/units`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unit {
-    /// Unit name.
-    #[serde(default)]
-    pub name: String,
-    /// The unit file's options.
-    #[serde(default)]
-    pub options: Vec<UnitOption>,
-    /// What the user asked for.
-    #[serde(
-        rename = "desiredState",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub desired_state: Option<String>,
     /// What it is now (inactive when not on any machine).
     #[serde(
         rename = "currentState",
@@ -142,16 +152,27 @@ pub struct Unit {
         skip_serializing_if = "Option::is_none"
     )]
     pub current_state: Option<String>,
+    /// What the user asked for.
+    #[serde(
+        rename = "desiredState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub desired_state: Option<String>,
     /// The machine it is scheduled to (empty for global or unscheduled units).
     #[serde(rename = "machineID", default, skip_serializing_if = "Option::is_none")]
     pub machine_id: Option<String>,
+    /// Unit name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The unit file's options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<UnitOption>,
 }
 
 /// A page of units.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnitPage {
-    /// The units.
-    pub units: Vec<Unit>,
     /// Token for the next page, absent on the last one.
     #[serde(
         rename = "nextPageToken",
@@ -159,12 +180,16 @@ pub struct UnitPage {
         skip_serializing_if = "Option::is_none"
     )]
     pub next_page_token: Option<String>,
+    /// The units (left out when there are none, as fleet does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<Unit>,
 }
 
 /// A page of machines.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MachinePage {
-    /// The machines.
+    /// The machines (left out when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub machines: Vec<Machine>,
     /// Token for the next page, absent on the last one.
     #[serde(
@@ -178,8 +203,6 @@ pub struct MachinePage {
 /// A page of unit states.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnitStatePage {
-    /// The states.
-    pub states: Vec<UnitState>,
     /// Token for the next page, absent on the last one.
     #[serde(
         rename = "nextPageToken",
@@ -187,6 +210,9 @@ pub struct UnitStatePage {
         skip_serializing_if = "Option::is_none"
     )]
     pub next_page_token: Option<String>,
+    /// The states (left out when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<UnitState>,
 }
 
 /// fleet's error body: `{"error":{"code":404,"message":"..."}}`.
@@ -201,7 +227,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// HTTP status code.
     pub code: u16,
-    /// What went wrong.
+    /// What went wrong (fleet sends `""` for some errors).
+    #[serde(default)]
     pub message: String,
 }
 
@@ -341,5 +368,35 @@ mod tests {
                 .unwrap();
         assert_eq!(m.metadata["a"], "b");
         assert!("bogus".parse::<TargetState>().is_err());
+    }
+
+    /// What the original fleetd sends: every empty field left out, pages included.
+    #[test]
+    fn the_original_fleetds_sparse_answers_decode() {
+        let p: UnitPage = serde_json::from_str("{}").unwrap();
+        assert!(p.units.is_empty() && p.next_page_token.is_none());
+        let p: UnitStatePage = serde_json::from_str("{}").unwrap();
+        assert!(p.states.is_empty());
+        let p: MachinePage = serde_json::from_str(r#"{"machines":[{"id":"m1"}]}"#).unwrap();
+        assert_eq!(p.machines[0].primary_ip, "");
+        let u: Unit = serde_json::from_str(
+            r#"{"currentState":"inactive","desiredState":"inactive","name":"e.service","options":[{"name":"Environment","section":"Service"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(u.options[0].value, "");
+        assert_eq!(u.machine_id, None);
+        // And what this fleetd sends leaves them out the same way, in fleet's key order.
+        assert_eq!(
+            serde_json::to_string(&UnitPage {
+                units: vec![],
+                next_page_token: None
+            })
+            .unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            serde_json::to_string(&u).unwrap(),
+            r#"{"currentState":"inactive","desiredState":"inactive","name":"e.service","options":[{"name":"Environment","section":"Service"}]}"#
+        );
     }
 }

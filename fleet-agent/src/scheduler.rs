@@ -74,6 +74,34 @@ fn conflicts(a_name: &str, a: &Requirements, b_name: &str, b: &Requirements) -> 
         || b.replaces.iter().any(|r| r == a_name)
 }
 
+/// Whether `from` replaces `to`, directly or through units it replaces in turn.
+fn replaces_transitively(view: &View, from: &str, to: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from];
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        let Some(job) = view.jobs.get(n) else {
+            continue;
+        };
+        for r in &job.req.replaces {
+            if r == to {
+                return true;
+            }
+            todo.push(r);
+        }
+    }
+    false
+}
+
+/// Whether `name` may take `other`'s place: it replaces `other`, and `other` does not replace
+/// it back (units in a Replaces cycle would evict each other forever; they are kept apart
+/// like Conflicts instead).
+fn evicts(view: &View, name: &str, job: &Job, other: &str) -> bool {
+    job.req.replaces.iter().any(|r| r == other) && !replaces_transitively(view, other, name)
+}
+
 /// Whether `machine` (with `metadata`) satisfies the machine-level requirements of a unit.
 fn machine_ok(req: &Requirements, machine: &str, metadata: &BTreeMap<String, String>) -> bool {
     (req.machine_id.is_empty() || req.machine_id.iter().any(|m| m == machine))
@@ -169,6 +197,9 @@ pub fn plan(view: &View) -> Vec<Decision> {
         .filter(|(_, j)| has_rules(&j.req))
         .map(|(n, _)| n.as_str())
         .collect();
+    // Each pass places at least one unit and a unit is only displaced by one that replaces it
+    // (never in a cycle), so this ends; the bound is a guard, not the expected end.
+    let mut passes = 2 * view.jobs.len() + 2;
     loop {
         let mut progress = false;
         let mut still = Vec::new();
@@ -179,10 +210,18 @@ pub fn plan(view: &View) -> Vec<Decision> {
                     // Units it replaces leave the machine.
                     let evicted: Vec<String> = by_machine[machine.as_str()]
                         .iter()
-                        .filter(|other| job.req.replaces.contains(other))
+                        .filter(|other| evicts(view, name, job, other))
                         .cloned()
                         .collect();
-                    for other in evicted {
+                    // Units placed with an evicted one (MachineOf) leave with it.
+                    let mut evict: Vec<(String, String)> = evicted
+                        .into_iter()
+                        .map(|o| (o, format!("replaced by {name}")))
+                        .collect();
+                    while let Some((other, reason)) = evict.pop() {
+                        if placed.get(&other) != Some(&machine) {
+                            continue;
+                        }
                         placed.remove(&other);
                         if let Some(set) = by_machine.get_mut(machine.as_str()) {
                             set.remove(&other);
@@ -194,9 +233,23 @@ pub fn plan(view: &View) -> Vec<Decision> {
                             out.push(Decision::Unschedule {
                                 unit: other.clone(),
                                 machine: machine.clone(),
-                                reason: format!("replaced by {name}"),
+                                reason,
                             });
                         }
+                        evict.extend(
+                            placed
+                                .iter()
+                                .filter(|(u, m)| {
+                                    **m == machine
+                                        && view
+                                            .jobs
+                                            .get(*u)
+                                            .is_some_and(|j| j.req.machine_of.contains(&other))
+                                })
+                                .map(|(u, _)| {
+                                    (u.clone(), format!("its MachineOf unit {other} left"))
+                                }),
+                        );
                         still.push(
                             view.jobs
                                 .get_key_value(&other)
@@ -227,7 +280,8 @@ pub fn plan(view: &View) -> Vec<Decision> {
             .into_iter()
             .filter(|n| !placed.contains_key(*n))
             .collect();
-        if !progress || pending.is_empty() {
+        passes -= 1;
+        if !progress || pending.is_empty() || passes == 0 {
             break;
         }
     }
@@ -268,6 +322,7 @@ fn choose(
     }
     let mut best: Option<(usize, &str)> = None;
     let mut why = "no machine matches its MachineID/MachineMetadata";
+    let mut cycle: Option<String> = None;
     for (machine, md) in &view.machines {
         if pinned.is_some_and(|p| p != machine) || !machine_ok(&job.req, machine, md) {
             continue;
@@ -275,7 +330,7 @@ fn choose(
         let units = &by_machine[machine.as_str()];
         let clashes = |other: &String| {
             view.jobs.get(other).is_some_and(|o| {
-                conflicts(name, &job.req, other, &o.req) && !job.req.replaces.contains(other)
+                conflicts(name, &job.req, other, &o.req) && !evicts(view, name, job, other)
             })
         };
         // A unit without Conflicts/Replaces can only clash with units that have them.
@@ -288,7 +343,16 @@ fn choose(
                 .any(clashes)
         };
         if clash {
-            why = "every eligible machine runs a unit it conflicts with";
+            why = match units
+                .iter()
+                .find(|o| job.req.replaces.contains(o) && replaces_transitively(view, o, name))
+            {
+                Some(o) => {
+                    cycle = Some(o.clone());
+                    "cycle"
+                }
+                None => "every eligible machine runs a unit it conflicts with",
+            };
             continue;
         }
         let load = units.len();
@@ -296,8 +360,13 @@ fn choose(
             best = Some((load, machine));
         }
     }
-    best.map(|(_, m)| m.to_string())
-        .ok_or_else(|| why.to_string())
+    best.map(|(_, m)| m.to_string()).ok_or_else(|| match cycle {
+        Some(o) if why == "cycle" => format!(
+            "it and {o} replace each other (a Replaces cycle), so neither displaces the other \
+             and every eligible machine runs one"
+        ),
+        _ => why.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -490,12 +559,48 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn units_that_replace_each_other_end_the_pass_and_say_why() {
+        // Before, one eligible machine made them evict each other forever.
+        let view = View {
+            jobs: [
+                job("a.service", "Replaces=b.service"),
+                job("b.service", "Replaces=a.service"),
+            ]
+            .into(),
+            machines: machines(&[("m", "")]),
+            schedule: BTreeMap::new(),
+        };
+        let d = plan(&view);
+        let p = placements(&d);
+        assert_eq!(p.len(), 1, "{d:?}");
+        let left = if p.contains_key("a.service") {
+            "b.service"
+        } else {
+            "a.service"
+        };
+        assert!(d.iter().any(|x| matches!(x,
+            Decision::Unschedulable { unit, reason } if unit == left && reason.contains("Replaces cycle"))),
+            "{d:?}");
+        // The next pass keeps it that way.
+        let again = plan(&View {
+            schedule: p,
+            ..view
+        });
+        assert!(
+            again
+                .iter()
+                .all(|d| matches!(d, Decision::Unschedulable { .. })),
+            "{again:?}"
+        );
+    }
+
     proptest! {
         /// Whatever the input, a pass never places a unit twice, never on an unknown machine,
         /// never breaks a conflict it created, and a second pass over its result is quiet.
         #[test]
         fn plans_are_consistent_and_stable(
-            units in proptest::collection::vec((0u8..4, 0u8..3), 0..20),
+            units in proptest::collection::vec((0u8..6, 0u8..3), 0..20),
             nmachines in 0usize..5,
         ) {
             let ms: Vec<(String, String)> =
@@ -509,7 +614,10 @@ mod tests {
                             0 => String::new(),
                             1 => "Conflicts=c*".to_string(),
                             2 => format!("MachineMetadata=zone=z{zone}"),
-                            _ => "MachineOf=u0.service".to_string(),
+                            3 => "MachineOf=u0.service".to_string(),
+                            // Replaces, cycles included (u0 and u1 may replace each other).
+                            4 => format!("Replaces=u{zone}.service"),
+                            _ => format!("Replaces=u{}.service\nMachineID=m0", (i + 1) % 3),
                         };
                         let name = if *kind == 1 { format!("c{i}.service") } else { format!("u{i}.service") };
                         job(&name, &x)

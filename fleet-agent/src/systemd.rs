@@ -310,12 +310,35 @@ impl Systemd for Dbus {
     }
 }
 
-/// An in-memory systemd: units "run" as soon as they are started. For tests and the scheduling
-/// benchmark's simulated machines.
+/// What a simulated unit is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum SimState {
+    /// Loaded, not running.
+    #[default]
+    Dead,
+    /// Started.
+    Running,
+    /// Its start failed.
+    Failed,
+}
+
+/// An in-memory systemd: units "run" as soon as they are started, except those whose
+/// `ExecStart` is `/bin/false` (or `/usr/bin/false`): their start fails, as a broken version
+/// of a service would. For tests and the scheduling benchmark's simulated machines.
 #[derive(Default)]
 pub struct Simulated {
-    units: std::sync::Mutex<BTreeMap<String, (String, bool)>>,
+    units: std::sync::Mutex<BTreeMap<String, (String, SimState)>>,
     changes: Arc<Notify>,
+}
+
+/// Whether a simulated unit's start fails.
+fn fails_to_start(contents: &str) -> bool {
+    contents.lines().any(|l| {
+        matches!(
+            l.trim().strip_prefix("ExecStart="),
+            Some("/bin/false" | "/usr/bin/false")
+        )
+    })
 }
 
 impl Simulated {
@@ -323,7 +346,7 @@ impl Simulated {
     pub fn running(&self) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, (_, a))| *a)
+            .filter(|(_, (_, st))| *st == SimState::Running)
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -331,12 +354,12 @@ impl Simulated {
     /// Makes a unit exit, as if its process ended.
     pub fn exit(&self, name: &str) {
         if let Some(u) = self.lock().get_mut(name) {
-            u.1 = false;
+            u.1 = SimState::Dead;
         }
         self.changes.notify_one();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, bool)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, SimState)>> {
         self.units.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -361,48 +384,50 @@ impl Systemd for Simulated {
         Ok(())
     }
     async fn start(&self, name: &str) -> Result<()> {
-        match self.lock().get_mut(name) {
-            Some(u) => u.1 = true,
-            None => {
-                return Err(Error::Job {
-                    unit: name.to_string(),
-                    result: "failed".into(),
-                })
+        let failed = match self.lock().get_mut(name) {
+            Some(u) if fails_to_start(&u.0) => {
+                u.1 = SimState::Failed;
+                true
             }
-        }
+            Some(u) => {
+                u.1 = SimState::Running;
+                false
+            }
+            None => true,
+        };
         self.changes.notify_one();
+        if failed {
+            return Err(Error::Job {
+                unit: name.to_string(),
+                result: "failed".into(),
+            });
+        }
         Ok(())
     }
     async fn stop(&self, name: &str) -> Result<()> {
         if let Some(u) = self.lock().get_mut(name) {
-            u.1 = false;
+            u.1 = SimState::Dead;
         }
         self.changes.notify_one();
         Ok(())
     }
     async fn states(&self, names: &[String]) -> Result<BTreeMap<String, UnitProps>> {
         let units = self.lock();
+        let props = |load: &str, active: &str, sub: &str| UnitProps {
+            load: load.into(),
+            active: active.into(),
+            sub: sub.into(),
+        };
         Ok(names
             .iter()
             .map(|n| {
-                let props = match units.get(n) {
-                    Some((_, true)) => UnitProps {
-                        load: "loaded".into(),
-                        active: "active".into(),
-                        sub: "running".into(),
-                    },
-                    Some((_, false)) => UnitProps {
-                        load: "loaded".into(),
-                        active: "inactive".into(),
-                        sub: "dead".into(),
-                    },
-                    None => UnitProps {
-                        load: "not-found".into(),
-                        active: "inactive".into(),
-                        sub: "dead".into(),
-                    },
+                let p = match units.get(n).map(|u| u.1) {
+                    Some(SimState::Running) => props("loaded", "active", "running"),
+                    Some(SimState::Dead) => props("loaded", "inactive", "dead"),
+                    Some(SimState::Failed) => props("loaded", "failed", "failed"),
+                    None => props("not-found", "inactive", "dead"),
                 };
-                (n.clone(), props)
+                (n.clone(), p)
             })
             .collect())
     }

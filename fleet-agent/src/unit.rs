@@ -5,16 +5,20 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha1::{Digest, Sha1};
 
 /// One `Name=Value` line of a unit file, as fleet's API carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitOption {
-    /// The `[Section]` it is in.
-    pub section: String,
     /// The option's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
-    /// Its value (continuation lines joined with a space).
+    /// The `[Section]` it is in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub section: String,
+    /// Its value (continuation lines joined with a space). Empty (`Environment=`) is left out
+    /// of the JSON, as fleet's schema leaves out every empty field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
 }
 
@@ -122,10 +126,11 @@ pub fn render(options: &[UnitOption]) -> String {
     out
 }
 
-/// A stable hash of a unit's contents (hex SHA-256 of its rendering).
+/// A unit's hash as fleet computes it: hex SHA-1 of its rendering ([`render`] is go-systemd's
+/// `Serialize`), so both fleetctls show the same HASH for the same unit.
 pub fn hash(options: &[UnitOption]) -> String {
-    let digest = Sha256::digest(render(options).as_bytes());
-    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+    let digest = Sha1::digest(render(options).as_bytes());
+    digest.iter().fold(String::with_capacity(40), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     })
@@ -370,6 +375,25 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hashes the original fleetctl v1.0.0 printed (`list-unit-files --full`) for these files
+    /// (scripts/capture-original-fleetctl.sh).
+    #[test]
+    fn hashes_are_the_original_fleets() {
+        let hello = "[Unit]\nDescription=Hello\n[Service]\nEnvironment=\nExecStart=/bin/sh -c \"while true; do echo hello; sleep 1; done\"\n[X-Fleet]\nMachineMetadata=role=web\n";
+        let again = hello.replace("hello; sleep 1", "hello again; sleep 1");
+        let web = "[Service]\nExecStart=/bin/sh -c \"echo web %i; sleep 1000\"\n";
+        for (text, want) in [
+            (
+                hello.to_string(),
+                "bf2e10ca2811850e32188c83e5c28d13f59e914d",
+            ),
+            (again, "224820c986c4bc1db63b734b793870204370617b"),
+            (web.to_string(), "685b4eddcae8f3dc641af6d62c4ebe6e58095f83"),
+        ] {
+            assert_eq!(hash(&parse(&text).unwrap()), want, "{text}");
+        }
+    }
     use proptest::prelude::*;
 
     const HELLO: &str = "[Unit]\nDescription=Hello\n\n[Service]\n# comment\nExecStart=/bin/sh -c \\\n  'echo hi'\n\n[X-Fleet]\nConflicts=hello*.service\nMachineMetadata=region=us region=eu disk!=hdd\n";

@@ -63,7 +63,14 @@ fn fleetctl(dir: &Path, sock: &Path, args: &[&str]) -> Output {
         .expect("running fleetctl")
 }
 
+/// curl through the unit socket, sending JSON (fleet refuses other content types).
 fn curl(sock: &Path, args: &[&str]) -> (u16, String) {
+    let mut with_type = vec!["-H", "Content-Type: application/json"];
+    with_type.extend_from_slice(args);
+    curl_raw(sock, &with_type)
+}
+
+fn curl_raw(sock: &Path, args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
         .arg(sock)
@@ -259,17 +266,109 @@ fn api_shapes_pagination_and_errors() {
     );
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("options field empty"), "{body}");
-    let other = r#"{"desiredState":"launched","options":[{"section":"Service","name":"ExecStart","value":"/bin/other"}]}"#;
+    // Different options replace the unit (fleetctl --replace); without a desired state it
+    // starts over inactive, as in fleet.
+    let other = r#"{"options":[{"section":"Service","name":"ExecStart","value":"/bin/other"}]}"#;
     let (code, body) = curl(
         &f.sock,
         &[
             "-XPUT",
-            "http://localhost/fleet/v1/units/u001.service",
+            "http://localhost/fleet/v1/units/u149.service",
             "-d",
             other,
         ],
     );
-    assert_eq!(code, 409, "{body}");
+    assert_eq!(code, 201, "{body}");
+    let (_, body) = curl(&f.sock, &["http://localhost/fleet/v1/units/u149.service"]);
+    assert_eq!(
+        body,
+        r#"{"currentState":"inactive","desiredState":"inactive","name":"u149.service","options":[{"name":"ExecStart","section":"Service","value":"/bin/other"}]}"#
+    );
+    // The same options and no desired state: nothing to do, and fleet says so.
+    let (code, body) = curl(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/u149.service",
+            "-d",
+            other,
+        ],
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            409,
+            r#"{"error":{"code":409,"message":"must provide DesiredState to update existing unit"}}"#
+        )
+    );
+    // A body that is not declared JSON is refused before it is read.
+    let (code, body) = curl_raw(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/form.service",
+            "-d",
+            other,
+        ],
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            415,
+            r#"{"error":{"code":415,"message":"only acceptable Content-Type is application/json"}}"#
+        )
+    );
+    let (code, body) = curl(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/a.service",
+            "-d",
+            r#"{"name":"b.service","options":[]}"#,
+        ],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("differs from unit name in request body"),
+        "{body}"
+    );
+    let (code, body) = curl(&f.sock, &["-XPOST", "http://localhost/fleet/v1/units"]);
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            405,
+            r#"{"error":{"code":405,"message":"only GET supported against this resource"}}"#
+        )
+    );
+    // An empty value (Environment=) is a value like any other; fleet leaves it out of the JSON.
+    let (code, body) = curl(
+        &f.sock,
+        &[
+            "-XPUT",
+            "http://localhost/fleet/v1/units/env.service",
+            "-d",
+            r#"{"name":"env.service","options":[{"section":"Service","name":"Environment"},{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#,
+        ],
+    );
+    assert_eq!(code, 201, "{body}");
+    let (_, body) = curl(&f.sock, &["http://localhost/fleet/v1/units/env.service"]);
+    assert!(
+        body.contains(r#"{"name":"Environment","section":"Service"}"#),
+        "{body}"
+    );
+    let out = fleetctl(dir.path(), &f.sock, &["cat", "env.service"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[Service]\nEnvironment=\nExecStart=/bin/true\n"
+    );
+    let (code, body) = curl(&f.sock, &["http://localhost/fleet/v1/state/env.service"]);
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            404,
+            r#"{"error":{"code":404,"message":"unit state does not exist"}}"#
+        )
+    );
     let (code, body) = curl(
         &f.sock,
         &[
@@ -324,6 +423,11 @@ fn api_shapes_pagination_and_errors() {
     assert_eq!(states["states"][0]["systemdActiveState"], "active");
     assert_eq!(states["states"][0]["systemdSubState"], "running");
     assert_eq!(states["states"][0]["machineID"], format!("{:032x}", 1));
+    // One unit's state, as the original fleetctl reads it after a blocking start.
+    let (code, body) = curl(&f.sock, &["http://localhost/fleet/v1/state/u002.service"]);
+    assert_eq!(code, 200, "{body}");
+    let state: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(state, states["states"][0]);
 
     // fleetctl's own bad input.
     std::fs::write(
@@ -551,4 +655,271 @@ fn fleetctl_refuses_https_without_a_ca() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--ca-file"), "{err}");
+}
+
+/// The states of `web@N.service` instances: (name, hash, active state).
+fn instance_states(sock: &Path) -> Vec<(String, String, String)> {
+    let (_, body) = curl(sock, &["http://localhost/fleet/v1/state"]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["states"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    let name = s["name"].as_str()?;
+                    name.starts_with("web@").then(|| {
+                        (
+                            name.to_string(),
+                            s["hash"].as_str().unwrap_or_default().to_string(),
+                            s["systemdActiveState"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `fleetctl` with `args` while another thread counts the active `web@` instances every
+/// few milliseconds; returns the output and the fewest seen active.
+fn watching_instances(dir: &Path, sock: &Path, args: &[&str]) -> (Output, usize) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, sock) = (stop.clone(), sock.to_path_buf());
+        std::thread::spawn(move || {
+            let mut fewest = usize::MAX;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let active = instance_states(&sock)
+                    .iter()
+                    .filter(|(_, _, a)| a == "active")
+                    .count();
+                fewest = fewest.min(active);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            fewest
+        })
+    };
+    let out = fleetctl(dir, sock, args);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    (out, watcher.join().expect("watcher"))
+}
+
+/// `fleetctl rolling-replace` on three simulated machines: five instances of a template move to
+/// a new version one at a time with never fewer than four running; a broken version stops at
+/// its first instance, which goes back to the version before, so all five run it again.
+#[test]
+fn rolling_replace_keeps_instances_running_and_stops_on_a_broken_version() {
+    require_tool("curl");
+    let store = etcd_lite();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleets: Vec<Fleetd> = (1..=3)
+        .map(|n| fleetd(dir.path(), n, &store.endpoint(), "role=web"))
+        .collect();
+    let sock = &fleets[0].sock;
+    eventually(Duration::from_secs(20), "three machines", || {
+        machines(sock) == 3
+    });
+    let version = |v: &str, exec: &str| {
+        let d = dir.path().join(v);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let text = format!("[Unit]\nDescription=web {v}\n\n[Service]\nExecStart={exec}\n");
+        std::fs::write(d.join("web@.service"), &text).expect("write");
+        let options = fleet_agent::unit::parse(&text).expect("unit");
+        (d, fleet_agent::unit::hash(&options))
+    };
+    let (v1, h1) = version("v1", "/bin/echo v1");
+    let (_, h2) = version("v2", "/bin/echo v2");
+    version("v3", "/bin/false");
+
+    let out = fleetctl(
+        &v1,
+        sock,
+        &["start", "web@1", "web@2", "web@3", "web@4", "web@5"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    eventually(Duration::from_secs(20), "five v1 instances active", || {
+        let s = instance_states(sock);
+        s.len() == 5 && s.iter().all(|(_, h, a)| *h == h1 && a == "active")
+    });
+    let machines_used: std::collections::BTreeSet<String> = {
+        let (_, body) = curl(sock, &["http://localhost/fleet/v1/units"]);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .filter_map(|u| u["machineID"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(machines_used.len(), 3, "spread over the three machines");
+
+    // A working new version: every instance moves, one at a time.
+    let (out, fewest) = watching_instances(
+        dir.path(),
+        sock,
+        &[
+            "rolling-replace",
+            "v2/web@.service",
+            "--instances",
+            "web@{1..5}",
+            "--max-unavailable",
+            "1",
+            "--health-timeout",
+            "30s",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("(5/5)"), "{stdout}");
+    assert!(fewest >= 4, "only {fewest} of 5 instances ran at one point");
+    let s = instance_states(sock);
+    assert!(
+        s.len() == 5 && s.iter().all(|(_, h, a)| *h == h2 && a == "active"),
+        "{s:?}"
+    );
+
+    // A broken version: its first instance fails, goes back to v2, and nothing else moves.
+    let (out, fewest) = watching_instances(
+        dir.path(),
+        sock,
+        &[
+            "rolling-replace",
+            "v3/web@.service",
+            "--health-timeout",
+            "30s",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr.contains("failed with the new version") && stderr.contains("0 of 5"),
+        "{stderr}"
+    );
+    assert!(fewest >= 4, "only {fewest} of 5 instances ran at one point");
+    eventually(Duration::from_secs(20), "all five back on v2", || {
+        let s = instance_states(sock);
+        s.len() == 5 && s.iter().all(|(_, h, a)| *h == h2 && a == "active")
+    });
+    let out = fleetctl(dir.path(), sock, &["cat", "web@.service"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ExecStart=/bin/echo v2"),
+        "the template is back to v2: {out:?}"
+    );
+
+    // Bad input is refused before anything changes.
+    let out = fleetctl(
+        dir.path(),
+        sock,
+        &["rolling-replace", "v2/web@.service", "--instances", "db@1"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an instance of web@.service"),
+        "{out:?}"
+    );
+    let out = fleetctl(
+        dir.path(),
+        sock,
+        &[
+            "rolling-replace",
+            "v2/web@.service",
+            "--max-unavailable",
+            "0",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 1"),
+        "{out:?}"
+    );
+}
+
+/// One recorded exchange of `scripts/fleet-capture.py`.
+#[derive(serde::Deserialize, Debug, Clone)]
+struct Exchange {
+    method: String,
+    path: String,
+    content_type: Option<String>,
+    body: String,
+    status: u16,
+    response: String,
+}
+
+fn exchanges(jsonl: &str) -> Vec<Exchange> {
+    jsonl
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("fixture line"))
+        .collect()
+}
+
+/// An answer body as JSON when it is JSON, so that key order and spacing do not matter.
+fn answer(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+/// The original CoreOS fleetctl v1.0.0's requests (every command, captured with
+/// scripts/fleet-capture.py in front of this fleetd: see tests/fixtures/README.md) get the
+/// answers recorded then.
+#[test]
+fn the_original_fleetctls_requests_get_the_recorded_answers() {
+    require_tool("curl");
+    let store = etcd_lite();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fleetd_with(
+        dir.path(),
+        1,
+        &store.endpoint(),
+        "role=web",
+        &["--public-ip", "10.9.0.1"],
+    );
+    eventually(Duration::from_secs(20), "machine registered", || {
+        machines(&f.sock) == 1
+    });
+    let recorded = exchanges(include_str!("fixtures/original-fleetctl-v1.0.0.jsonl"));
+    assert!(recorded.len() > 50, "the fixture covers every command");
+    for (i, x) in recorded.iter().enumerate() {
+        let url = format!("http://localhost{}", x.path);
+        let header = x
+            .content_type
+            .as_ref()
+            .map(|t| format!("Content-Type: {t}"));
+        let mut args = vec!["-X", x.method.as_str()];
+        if let Some(h) = &header {
+            args.extend(["-H", h.as_str()]);
+        }
+        if !x.body.is_empty() {
+            args.extend(["--data-binary", x.body.as_str()]);
+        }
+        args.push(&url);
+        // A GET may be a poll (the client waits for a state): its answer may be any answer
+        // the original client got to the same request from here on, and is waited for. A
+        // change must get exactly the recorded answer at once.
+        let acceptable: Vec<(u16, serde_json::Value)> = if x.method == "GET" {
+            recorded[i..]
+                .iter()
+                .filter(|y| y.method == x.method && y.path == x.path && y.body == x.body)
+                .map(|y| (y.status, answer(&y.response)))
+                .collect()
+        } else {
+            vec![(x.status, answer(&x.response))]
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, body) = curl_raw(&f.sock, &args);
+            let got = (code, answer(&body));
+            if acceptable.contains(&got) {
+                break;
+            }
+            assert!(
+                x.method == "GET" && std::time::Instant::now() < deadline,
+                "exchange {i}: {} {} answered {got:?}, the original client got {:?}",
+                x.method,
+                x.path,
+                acceptable[0]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -547,8 +547,12 @@ fn fleet_runs_units_on_real_systemd_machines() {
     let sock = c.machines[0].api_sock();
     let curl = |args: &[&str]| {
         let out = run(Command::new("curl")
-            .arg("-s")
-            .arg("--unix-socket")
+            .args([
+                "-s",
+                "-H",
+                "Content-Type: application/json",
+                "--unix-socket",
+            ])
             .arg(&sock)
             .args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -584,7 +588,7 @@ fn fleet_runs_units_on_real_systemd_machines() {
         " %{http_code}",
     ]);
     assert!(
-        bad_json.ends_with(" 400") && bad_json.contains("invalid JSON"),
+        bad_json.ends_with(" 400") && bad_json.contains("unable to decode body"),
         "{bad_json}"
     );
 

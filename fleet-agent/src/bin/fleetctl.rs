@@ -73,6 +73,10 @@ struct Cli {
     /// Known hosts file for SSH (default: ssh's own).
     #[arg(long, global = true, env = "FLEETCTL_KNOWN_HOSTS_FILE")]
     known_hosts_file: Option<PathBuf>,
+    /// The TCP port SSH connects to on the machines (`fleetctl ssh`, and status and journal
+    /// when the API cannot give them).
+    #[arg(long, global = true, env = "FLEETCTL_SSH_PORT", default_value_t = 22)]
+    ssh_port: u16,
     /// Seconds to wait for each API request.
     #[arg(long, global = true, default_value_t = 10.0)]
     request_timeout: f64,
@@ -99,11 +103,11 @@ enum Cmd {
     /// List the units' systemd states on their machines.
     ListUnits(ListArgs),
     /// Upload unit files into the cluster (without scheduling them).
-    Submit { units: Vec<String> },
+    Submit(CreateArgs),
     /// Schedule units to machines and load them into systemd.
-    Load { units: Vec<String> },
+    Load(CreateArgs),
     /// Schedule, load and start units.
-    Start { units: Vec<String> },
+    Start(CreateArgs),
     /// Stop units (they stay loaded).
     Stop { units: Vec<String> },
     /// Unload units from their machines (they stay in the cluster).
@@ -119,6 +123,9 @@ enum Cmd {
         /// Number of lines.
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: u32,
+        /// Keep printing new entries (through SSH to the unit's machine, as the original).
+        #[arg(short = 'f', long)]
+        follow: bool,
         /// Machine to read from (for global units).
         #[arg(long)]
         machine: Option<String>,
@@ -126,6 +133,11 @@ enum Cmd {
     },
     /// Check unit files without submitting them.
     Verify { files: Vec<String> },
+    /// Replace a template's running instances with a new version of it, a few at a time:
+    /// each batch is replaced and must become active (systemd's active: after READY=1 for
+    /// Type=notify, after ExecStartPost) before the next; a batch that fails is put back to
+    /// the old version and the rest are left running it.
+    RollingReplace(RollingArgs),
     /// Open a shell (or run COMMAND) over SSH on a machine, or on the machine a unit is on;
     /// through the --tunnel host when one is given.
     Ssh {
@@ -141,6 +153,235 @@ enum Cmd {
     /// Connect stdin and stdout to the local fleet socket (what --tunnel runs on the node).
     #[command(hide = true)]
     TunnelStdio,
+}
+
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    /// Replace units in the cluster whose local unit file differs (the unit goes back to
+    /// inactive first, as in fleet; submit replaces only inactive units, load inactive or
+    /// loaded ones, start any).
+    #[arg(long)]
+    replace: bool,
+    units: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    fleetctl rolling-replace ./web@.service                      # every instance, one at a time\n  \
+    fleetctl rolling-replace ./web@.service --instances 'web@{1..5}' --max-unavailable 2 --health-timeout 90s")]
+struct RollingArgs {
+    /// The new version of the template: a local unit file such as ./web@.service.
+    template: String,
+    /// The instances to replace, comma-separated, with numeric ranges in braces
+    /// (web@{1..5},web@blue); default: every instance of the template in the cluster.
+    #[arg(long)]
+    instances: Option<String>,
+    /// How many instances may be out of service at once.
+    #[arg(long, default_value_t = 1)]
+    max_unavailable: usize,
+    /// How long each replaced instance has to become active: 90s, 2m, 500ms (or seconds).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    health_timeout: Duration,
+}
+
+/// `90s`, `2m`, `500ms`, `1h` or a number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 60s, 2m, 500ms"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// The instance names of `spec` (`web@{1..3},web@blue`) for `template` (`web@.service`).
+fn expand_instances(spec: &str, template: &str) -> anyhow::Result<Vec<String>> {
+    let suffix = template.rsplit_once('.').map_or("service", |(_, s)| s);
+    let mut out = Vec::new();
+    // Commas inside braces belong to the brace.
+    let mut parts = Vec::new();
+    let (mut depth, mut cur) = (0, String::new());
+    for c in spec.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    parts.push(cur);
+    for part in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let names: Vec<String> = match (part.find('{'), part.find('}')) {
+            (Some(open), Some(close)) if open < close => {
+                let (head, tail) = (&part[..open], &part[close + 1..]);
+                let inner = &part[open + 1..close];
+                let range = inner.split_once("..").and_then(|(a, b)| {
+                    Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?))
+                });
+                match range {
+                    Some((a, b)) if a <= b && b - a < 10_000 => {
+                        (a..=b).map(|i| format!("{head}{i}{tail}")).collect()
+                    }
+                    _ => inner
+                        .split(',')
+                        .map(|x| format!("{head}{}{tail}", x.trim()))
+                        .collect(),
+                }
+            }
+            (None, None) => vec![part.to_string()],
+            _ => bail!("invalid instance list {spec:?}: unbalanced braces in {part:?}"),
+        };
+        for n in names {
+            let n = if n.contains('.') {
+                n
+            } else {
+                format!("{n}.{suffix}")
+            };
+            unit::validate_name(&n)?;
+            if unit::template_of(&n).map(|(t, _)| t).as_deref() != Some(template) {
+                bail!("{n} is not an instance of {template}");
+            }
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("--instances {spec:?} names no instances");
+    }
+    Ok(out)
+}
+
+/// Waits until every unit of `names` runs `hash` and systemd calls it active; fails at once
+/// when one of them failed with the new version, or when `timeout` passes.
+async fn wait_healthy(
+    api: &Api,
+    names: &[String],
+    hash: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let states = api.states().await?;
+        let mut waiting = Vec::new();
+        for name in names {
+            let st = states.iter().find(|s| &s.name == name && s.hash == hash);
+            match st {
+                Some(s) if s.active_state == "active" => {}
+                Some(s) if s.active_state == "failed" => bail!(
+                    "{name} failed with the new version on {} ({}/{})",
+                    short(&s.machine_id, false),
+                    s.active_state,
+                    s.sub_state
+                ),
+                Some(s) => waiting.push(format!("{name} ({})", s.active_state)),
+                None => waiting.push(format!("{name} (not yet loaded with the new version)")),
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("not active within {:?}: {}", timeout, waiting.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `fleetctl rolling-replace`: see [`Cmd::RollingReplace`].
+async fn rolling_replace(api: &Api, a: &RollingArgs) -> anyhow::Result<()> {
+    let (template, options) = read_unit_file(&a.template)?;
+    if !unit::is_template(&template) {
+        bail!("{template} is not a template (name@.service): rolling-replace replaces the instances of a template");
+    }
+    if a.max_unavailable == 0 {
+        bail!("--max-unavailable must be at least 1");
+    }
+    let hash = unit::hash(&options);
+    let before: BTreeMap<String, Unit> = api
+        .units()
+        .await?
+        .into_iter()
+        .map(|u| (u.name.clone(), u))
+        .collect();
+    let instances = match &a.instances {
+        Some(spec) => expand_instances(spec, &template)?,
+        None => before
+            .keys()
+            .filter(|n| unit::template_of(n).map(|(t, _)| t).as_deref() == Some(&template))
+            .cloned()
+            .collect(),
+    };
+    if instances.is_empty() {
+        bail!("no instances of {template} in the cluster (name them with --instances)");
+    }
+    let old_template = before.get(&template);
+    if old_template.is_none_or(|t| unit::hash(&t.options) != hash) {
+        api.put(&template, options.clone(), None).await?;
+    }
+    let total = instances.len();
+    let mut done = 0;
+    for batch in instances.chunks(a.max_unavailable) {
+        for name in batch {
+            api.put(name, options.clone(), Some("launched")).await?;
+        }
+        if let Err(e) = wait_healthy(api, batch, &hash, a.health_timeout).await {
+            for name in batch {
+                match before.get(name) {
+                    Some(old) => {
+                        let state = old.desired_state.as_deref().unwrap_or("launched");
+                        api.put(name, old.options.clone(), Some(state)).await?;
+                    }
+                    None => {
+                        // It did not exist before: take it away again.
+                        api.call("DELETE", &format!("/fleet/v1/units/{name}"), None)
+                            .await?;
+                    }
+                }
+            }
+            if done == 0 {
+                match old_template {
+                    Some(t) => api.put(&template, t.options.clone(), None).await?,
+                    None => {
+                        api.call("DELETE", &format!("/fleet/v1/units/{template}"), None)
+                            .await?;
+                    }
+                }
+            }
+            bail!(
+                "rolling replace of {template} stopped: {e}. {done} of {total} instances run the new version; [{}] went back to the version they ran before; the others were not touched{}",
+                batch.join(" "),
+                if done == 0 { " (the template too)" } else { "" }
+            );
+        }
+        done += batch.len();
+        for name in batch {
+            println!("Unit {name} replaced and active ({done}/{total})");
+        }
+    }
+    println!(
+        "Rolling replace of {template} done: {total} instances run {}",
+        &hash[..7]
+    );
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -327,11 +568,18 @@ impl Api {
         .await
     }
 
-    async fn put(&self, name: &str, options: Vec<UnitOption>, desired: &str) -> anyhow::Result<()> {
+    /// PUT a unit: its options (a new or replaced unit; empty to keep them) and its desired
+    /// state (none: inactive for a new unit, as fleet).
+    async fn put(
+        &self,
+        name: &str,
+        options: Vec<UnitOption>,
+        desired: Option<&str>,
+    ) -> anyhow::Result<()> {
         let body = serde_json::to_vec(&Unit {
             name: name.to_string(),
             options,
-            desired_state: Some(desired.to_string()),
+            desired_state: desired.map(str::to_string),
             current_state: None,
             machine_id: None,
         })?;
@@ -367,11 +615,27 @@ fn read_unit_file(path: &str) -> anyhow::Result<(String, Vec<UnitOption>)> {
     Ok((name, options))
 }
 
+/// Whether `command` may replace a unit whose desired state is `state` (fleet's rule: submit
+/// only inactive units, load inactive or loaded ones, start any).
+fn may_replace(command: &str, state: &str) -> bool {
+    match command {
+        "submit" => state == "inactive",
+        "load" => matches!(state, "inactive" | "loaded"),
+        _ => true,
+    }
+}
+
 /// Makes sure each argument's unit is in the cluster (from a local file, the registry, or its
-/// template); returns the unit names.
-async fn ensure_submitted(api: &Api, args: &[String]) -> anyhow::Result<Vec<String>> {
+/// template); with `replace`, a unit whose local file differs is replaced. `command` is the
+/// subcommand (what may be replaced depends on it). Returns the unit names.
+async fn ensure_submitted(
+    api: &Api,
+    args: &[String],
+    replace: bool,
+    command: &str,
+) -> anyhow::Result<Vec<String>> {
     if args.is_empty() {
-        bail!("no units given");
+        bail!("No units given");
     }
     let mut names = Vec::new();
     for arg in args {
@@ -383,14 +647,25 @@ async fn ensure_submitted(api: &Api, args: &[String]) -> anyhow::Result<Vec<Stri
             .transpose()?;
         match (api.unit(&name).await?, local) {
             (Some(existing), Some((_, opts))) => {
-                if unit::hash(&existing.options) != unit::hash(&opts) {
+                let state = existing.desired_state.as_deref().unwrap_or("inactive");
+                if unit::hash(&existing.options) == unit::hash(&opts) {
+                    if replace {
+                        println!("Found same Unit({name}) in Registry, nothing to do");
+                    }
+                } else if !replace {
                     eprintln!(
-                        "WARNING: Unit {name} in registry differs from local unit file {arg}"
+                        "WARNING: Unit {name} in registry differs from local unit file {arg}. Add --replace to override."
+                    );
+                } else if may_replace(command, state) {
+                    api.put(&name, opts, None).await?;
+                } else {
+                    eprintln!(
+                        "Warning: can not replace Unit({name}) in state '{state}', use the appropriate command"
                     );
                 }
             }
             (Some(_), None) => {}
-            (None, Some((_, opts))) => api.put(&name, opts, "inactive").await?,
+            (None, Some((_, opts))) => api.put(&name, opts, None).await?,
             (None, None) => {
                 let Some((template, _)) = unit::template_of(&name) else {
                     bail!("unable to find unit {name}: no such file and not in the cluster");
@@ -404,7 +679,7 @@ async fn ensure_submitted(api: &Api, args: &[String]) -> anyhow::Result<Vec<Stri
                         None => bail!("unable to find unit {name} or its template {template}"),
                     }
                 };
-                api.put(&name, opts, "inactive").await?;
+                api.put(&name, opts, None).await?;
             }
         }
         names.push(name);
@@ -553,7 +828,7 @@ async fn set_state(
             );
         }
         let global = unit::requirements(&u.options, name).is_ok_and(|r| r.global);
-        api.put(name, vec![], desired).await?;
+        api.put(name, vec![], Some(desired)).await?;
         if global && want != "inactive" {
             println!("Triggered global unit {name} {want}");
         }
@@ -572,6 +847,127 @@ async fn set_state(
         v
     };
     wait_for(api, cli, &waiting, want).await
+}
+
+/// The units of `args` that are in the cluster (fleet's `findUnits`: the others are skipped).
+async fn find_units(api: &Api, args: &[String]) -> anyhow::Result<Vec<Unit>> {
+    let all: BTreeMap<String, Unit> = api
+        .units()
+        .await?
+        .into_iter()
+        .map(|u| (u.name.clone(), u))
+        .collect();
+    Ok(args
+        .iter()
+        .filter_map(|a| all.get(&unit_name(a)).cloned())
+        .collect())
+}
+
+/// `stop` (`desired` loaded) and `unload` (inactive), with the original's messages.
+async fn stop_or_unload(
+    api: &Api,
+    cli: &Cli,
+    units: &[String],
+    desired: &str,
+) -> anyhow::Result<()> {
+    let (verb, done) = if desired == "loaded" {
+        ("stop", "stopped")
+    } else {
+        ("unload", "unloaded")
+    };
+    if units.is_empty() {
+        eprintln!("No units given");
+        return Ok(());
+    }
+    let found = find_units(api, units).await?;
+    if found.is_empty() {
+        eprintln!("Units not found in registry");
+        return Ok(());
+    }
+    let mut waiting = Vec::new();
+    for u in &found {
+        let global = unit::requirements(&u.options, &u.name).is_ok_and(|r| r.global);
+        let current = u.current_state.as_deref().unwrap_or("inactive");
+        if !global && verb == "stop" {
+            match current {
+                "inactive" => bail!("Unable to stop unit {} in state inactive", u.name),
+                "loaded" => continue,
+                _ => {}
+            }
+        }
+        api.put(&u.name, vec![], Some(desired)).await?;
+        if global {
+            println!("Triggered global unit {} {verb}", u.name);
+        } else {
+            waiting.push(u.name.clone());
+        }
+    }
+    wait_for(api, cli, &waiting, desired)
+        .await
+        .with_context(|| format!("Failed to {verb} units [{}]", waiting.join(" ")))?;
+    eprintln!("Successfully {done} units [{}].", waiting.join(" "));
+    Ok(())
+}
+
+/// Whether an error answer means the API has no such route: the original fleetd answers
+/// corelite's `/units/{name}/status` and `/journal` with a 404 without a message.
+fn lacks_extension(status: u16, body: &[u8]) -> bool {
+    status == 404
+        && serde_json::from_slice::<ErrorBody>(body).is_ok_and(|e| e.error.message.is_empty())
+}
+
+/// The machine whose id is, or starts with, `id`.
+async fn machine_by_prefix(api: &Api, id: &str) -> anyhow::Result<Machine> {
+    let machines = api.machines().await?;
+    let found: Vec<&Machine> = machines.iter().filter(|m| m.id.starts_with(id)).collect();
+    match found.as_slice() {
+        [m] => Ok((*m).clone()),
+        [_, _, ..] => bail!("machine id prefix {id} is ambiguous"),
+        [] => bail!("machine {id} is not in the cluster"),
+    }
+}
+
+/// The address of the machine a (non-global) unit is scheduled to.
+async fn unit_machine_ip(api: &Api, u: &Unit) -> anyhow::Result<String> {
+    let m = u
+        .machine_id
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .with_context(|| format!("Unit {} is not scheduled to a machine", u.name))?;
+    let ip = machine_by_prefix(api, m).await?.primary_ip;
+    if ip.is_empty() {
+        bail!("machine {m} has no address (primaryIP) to reach it by SSH");
+    }
+    Ok(ip)
+}
+
+/// Runs `command` (a shell when empty) on `ip` over SSH as the original fleetctl does:
+/// --ssh-username, --ssh-port, host key checking, through the --tunnel host when one is
+/// given. Returns ssh's exit status.
+fn run_ssh(cli: &Cli, ip: &str, forward_agent: bool, command: &[&str]) -> anyhow::Result<i32> {
+    let mut argv = ssh_command(cli);
+    argv.extend(["-p".into(), cli.ssh_port.to_string()]);
+    if forward_agent {
+        argv.push("-A".into());
+    }
+    if let Some(t) = cli.tunnel.as_deref().filter(|t| !t.is_empty()) {
+        // Through the tunnel host, with the same options for both hops (ssh's -J would not
+        // pass them on).
+        let (host, port) = split_host(t);
+        let mut hop = ssh_command(cli);
+        if let Some(p) = port {
+            hop.extend(["-p".into(), p]);
+        }
+        hop.extend(["-W".into(), "%h:%p".into(), host]);
+        argv.extend(["-o".into(), format!("ProxyCommand={}", hop.join(" "))]);
+    }
+    argv.push(ip.to_string());
+    argv.extend(command.iter().map(|c| c.to_string()));
+    let status = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .context("running ssh")?;
+    Ok(status.code().unwrap_or(255))
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -705,35 +1101,37 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 a.no_legend,
             )
         }
-        Cmd::Submit { units } => {
-            ensure_submitted(&api, units).await?;
+        Cmd::Submit(a) => {
+            ensure_submitted(&api, &a.units, a.replace, "submit").await?;
             Ok(())
         }
-        Cmd::Load { units } => {
-            let names = ensure_submitted(&api, units).await?;
+        Cmd::Load(a) => {
+            let names = ensure_submitted(&api, &a.units, a.replace, "load").await?;
             set_state(&api, cli, &names, "loaded", "loaded").await
         }
-        Cmd::Start { units } => {
-            let names = ensure_submitted(&api, units).await?;
+        Cmd::Start(a) => {
+            let names = ensure_submitted(&api, &a.units, a.replace, "start").await?;
             set_state(&api, cli, &names, "launched", "launched").await
         }
-        Cmd::Stop { units } => {
-            let names: Vec<String> = units.iter().map(|u| unit_name(u)).collect();
-            set_state(&api, cli, &names, "loaded", "loaded").await
-        }
-        Cmd::Unload { units } => {
-            let names: Vec<String> = units.iter().map(|u| unit_name(u)).collect();
-            set_state(&api, cli, &names, "inactive", "inactive").await
-        }
+        Cmd::Stop { units } => stop_or_unload(&api, cli, units, "loaded").await,
+        Cmd::Unload { units } => stop_or_unload(&api, cli, units, "inactive").await,
         Cmd::Destroy { units } => {
-            for u in units {
-                let name = unit_name(u);
+            if units.is_empty() {
+                eprintln!("No units given");
+                return Ok(());
+            }
+            let found = find_units(&api, units).await?;
+            if found.is_empty() {
+                eprintln!("Units not found in registry");
+                return Ok(());
+            }
+            for u in found {
                 let (status, body) = api
-                    .call("DELETE", &format!("/fleet/v1/units/{name}"), None)
+                    .call("DELETE", &format!("/fleet/v1/units/{}", u.name), None)
                     .await?;
                 match status {
-                    204 | 200 => println!("Destroyed {name}"),
-                    404 => eprintln!("Unit {name} does not exist"),
+                    204 | 200 => println!("Destroyed {}", u.name),
+                    404 => {} // destroyed meanwhile
                     _ => return Err(Api::fail(status, &body)),
                 }
             }
@@ -752,35 +1150,74 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Status { units } => {
             for (i, u) in units.iter().enumerate() {
                 let name = unit_name(u);
+                let Some(unit) = api.unit(&name).await? else {
+                    bail!("Unit {name} does not exist.");
+                };
+                let global = unit::requirements(&unit.options, &name).is_ok_and(|r| r.global);
+                if !global && unit.current_state.as_deref().unwrap_or("inactive") == "inactive" {
+                    bail!("Unit {name} does not appear to be loaded.");
+                }
                 let (status, body) = api
                     .call("GET", &format!("/fleet/v1/units/{name}/status"), None)
                     .await?;
-                if status != 200 {
-                    return Err(Api::fail(status, &body).context(format!("status of {name}")));
-                }
                 if i > 0 {
                     println!();
                 }
-                print!("{}", String::from_utf8_lossy(&body));
+                if status == 200 {
+                    print!("{}", String::from_utf8_lossy(&body));
+                    continue;
+                }
+                if !lacks_extension(status, &body) {
+                    return Err(Api::fail(status, &body).context(format!("status of {name}")));
+                }
+                // The original fleetd: systemctl on the unit's machine, through SSH.
+                let ip = unit_machine_ip(&api, &unit).await?;
+                let code = run_ssh(cli, &ip, false, &["systemctl", "status", "-l", &name])?;
+                if code != 0 {
+                    std::process::exit(code);
+                }
             }
             Ok(())
         }
         Cmd::Journal {
             lines,
+            follow,
             machine,
             unit: u,
         } => {
             let name = unit_name(u);
-            let mut path = format!("/fleet/v1/units/{name}/journal?lines={lines}");
-            if let Some(m) = machine {
-                path += &format!("&machineID={m}");
+            let Some(unit) = api.unit(&name).await? else {
+                bail!("Unit {name} does not exist.");
+            };
+            if unit.current_state.as_deref().unwrap_or("inactive") == "inactive"
+                && machine.is_none()
+            {
+                bail!("Unit {name} does not appear to be running.");
             }
-            let (status, body) = api.call("GET", &path, None).await?;
-            if status != 200 {
-                return Err(Api::fail(status, &body).context(format!("journal of {name}")));
+            if !follow {
+                let mut path = format!("/fleet/v1/units/{name}/journal?lines={lines}");
+                if let Some(m) = machine {
+                    path += &format!("&machineID={m}");
+                }
+                let (status, body) = api.call("GET", &path, None).await?;
+                if status == 200 {
+                    print!("{}", String::from_utf8_lossy(&body));
+                    return Ok(());
+                }
+                if !lacks_extension(status, &body) {
+                    return Err(Api::fail(status, &body).context(format!("journal of {name}")));
+                }
             }
-            print!("{}", String::from_utf8_lossy(&body));
-            Ok(())
+            let ip = match machine {
+                Some(m) => machine_by_prefix(&api, m).await?.primary_ip,
+                None => unit_machine_ip(&api, &unit).await?,
+            };
+            let n = lines.to_string();
+            let mut cmd = vec!["journalctl", "--unit", &name, "--no-pager", "-n", &n];
+            if *follow {
+                cmd.push("-f");
+            }
+            std::process::exit(run_ssh(cli, &ip, false, &cmd)?);
         }
         Cmd::TunnelStdio => unreachable!("handled before the API is reached"),
         Cmd::Ssh {
@@ -788,15 +1225,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             target,
             command,
         } => {
-            let machines = api.machines().await?;
-            let by_id: Vec<&Machine> = machines
-                .iter()
-                .filter(|m| m.id.starts_with(target.as_str()))
-                .collect();
-            let machine = match by_id.as_slice() {
-                [m] => (*m).clone(),
-                [_, _, ..] => bail!("machine id prefix {target} is ambiguous"),
-                [] => {
+            let machine = match machine_by_prefix(&api, target).await {
+                Ok(m) => m,
+                Err(_) => {
                     let name = unit_name(target);
                     let on = api
                         .states()
@@ -807,36 +1238,15 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                         .with_context(|| {
                             format!("{target} is neither a machine nor a unit on a machine")
                         })?;
-                    machines
-                        .iter()
-                        .find(|m| m.id == on)
-                        .cloned()
+                    machine_by_prefix(&api, &on)
+                        .await
                         .with_context(|| format!("{name}'s machine {on} is not in the cluster"))?
                 }
             };
-            let mut argv = ssh_command(cli);
-            if *forward_agent {
-                argv.push("-A".into());
-            }
-            if let Some(t) = cli.tunnel.as_deref().filter(|t| !t.is_empty()) {
-                // Through the tunnel host, with the same options for both hops (ssh's -J would
-                // not pass them on).
-                let (host, port) = split_host(t);
-                let mut hop = ssh_command(cli);
-                if let Some(p) = port {
-                    hop.extend(["-p".into(), p]);
-                }
-                hop.extend(["-W".into(), "%h:%p".into(), host]);
-                argv.extend(["-o".into(), format!("ProxyCommand={}", hop.join(" "))]);
-            }
-            argv.push(machine.primary_ip.clone());
-            argv.extend(command.iter().cloned());
-            let status = std::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .status()
-                .context("running ssh")?;
-            std::process::exit(status.code().unwrap_or(255));
+            let command: Vec<&str> = command.iter().map(String::as_str).collect();
+            std::process::exit(run_ssh(cli, &machine.primary_ip, *forward_agent, &command)?);
         }
+        Cmd::RollingReplace(a) => rolling_replace(&api, a).await,
         Cmd::Verify { files } => {
             if files.is_empty() {
                 bail!("no unit files given");
@@ -865,5 +1275,52 @@ async fn main() {
     if let Err(e) = run(&cli).await {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_lists_expand_ranges_and_refuse_strangers() {
+        assert_eq!(
+            expand_instances("web@{1..3},web@blue", "web@.service").unwrap(),
+            [
+                "web@1.service",
+                "web@2.service",
+                "web@3.service",
+                "web@blue.service"
+            ]
+        );
+        assert_eq!(
+            expand_instances("web@{a,b}.service, web@a", "web@.service").unwrap(),
+            ["web@a.service", "web@b.service"]
+        );
+        assert_eq!(
+            expand_instances("sock@{7..7}", "sock@.socket").unwrap(),
+            ["sock@7.socket"]
+        );
+        for bad in ["db@1", "web@{1..2", "web@.service", "", " , "] {
+            assert!(expand_instances(bad, "web@.service").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_like_fleetctls() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "10 parsecs", "-1s", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replace_follows_fleets_rules_per_command() {
+        assert!(may_replace("submit", "inactive") && !may_replace("submit", "loaded"));
+        assert!(may_replace("load", "loaded") && !may_replace("load", "launched"));
+        assert!(may_replace("start", "launched"));
     }
 }
