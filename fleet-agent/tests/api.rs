@@ -923,3 +923,226 @@ fn the_original_fleetctls_requests_get_the_recorded_answers() {
         }
     }
 }
+/// A stand-in for the original fleetd: answers each request with what the original answered
+/// to the same request (scripts/fleet-capture.py in front of fleetd v1.0.0, see
+/// tests/fixtures/README.md). Requests it has no answer for get a 599 and are listed.
+struct RecordedFleetd {
+    port: u16,
+    unanswered: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RecordedFleetd {
+    fn start(jsonl: &str) -> Self {
+        use std::collections::{BTreeMap, VecDeque};
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut answers: BTreeMap<(String, String, String), VecDeque<(u16, String)>> =
+            BTreeMap::new();
+        for x in exchanges(jsonl) {
+            answers
+                .entry((x.method, x.path, x.body))
+                .or_default()
+                .push_back((x.status, x.response));
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let unanswered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let missing = unanswered.clone();
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(answers));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (answers, missing) = (answers.clone(), missing.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut parts = line.split_whitespace();
+                        let method = parts.next().unwrap_or_default().to_string();
+                        let path = parts.next().unwrap_or_default().to_string();
+                        let mut length = 0usize;
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    length = v.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let key = (method, path, String::from_utf8_lossy(&body).into_owned());
+                        let (status, text) = {
+                            let mut a = answers.lock().expect("answers");
+                            match a.get_mut(&key) {
+                                // Polls see the recorded answers in turn, then the last one.
+                                Some(q) if q.len() > 1 => q.pop_front().expect("answer"),
+                                Some(q) => q.front().cloned().expect("answer"),
+                                None => {
+                                    missing.lock().expect("missing").push(format!("{key:?}"));
+                                    (599, String::new())
+                                }
+                            }
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if conn.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RecordedFleetd { port, unanswered }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// This fleetctl against the original fleetd v1.0.0 (its recorded answers): every command
+/// decodes what that fleetd sends (pages left out when empty, options without values) and
+/// prints what the original fleetctl prints; status and journal, which that fleetd's API lacks,
+/// go through SSH to the unit's machine (a stand-in `ssh` records how it is called).
+#[test]
+fn fleetctl_works_against_the_original_fleetd() {
+    let fleetd = RecordedFleetd::start(include_str!("fixtures/original-fleetd-v1.0.0.jsonl"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let ssh_log = dir.path().join("ssh.log");
+    let fake_ssh = bin.join("ssh");
+    std::fs::write(
+        &fake_ssh,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\necho 'fake ssh ran'\n",
+            ssh_log.display()
+        ),
+    )
+    .expect("write ssh");
+    std::fs::set_permissions(
+        &fake_ssh,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let hello = "[Unit]\nDescription=Hello\n[Service]\nEnvironment=\nExecStart=/bin/sh -c \"while true; do echo hello; sleep 1; done\"\n[X-Fleet]\nMachineMetadata=role=web\n";
+    std::fs::write(dir.path().join("hello.service"), hello).expect("write");
+    std::fs::write(
+        dir.path().join("web@.service"),
+        "[Service]\nExecStart=/bin/sh -c \"echo web %i; sleep 1000\"\n",
+    )
+    .expect("write");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let fc = |args: &[&str]| -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .args(["--endpoint", &fleetd.endpoint()])
+            .args(args)
+            .env("PATH", &path)
+            .current_dir(dir.path())
+            .output()
+            .expect("fleetctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| -> String {
+        let (success, stdout, stderr) = fc(args);
+        assert!(success, "fleetctl {args:?}: {stdout}{stderr}");
+        stdout + &stderr
+    };
+    let machine = format!("{:032x}", 2);
+    assert!(ok(&["list-machines"]).contains("10.9.0.2"));
+    assert_eq!(ok(&["list-unit-files", "--no-legend"]), "");
+    assert_eq!(ok(&["list-units", "--no-legend"]), "");
+    let out = ok(&["submit", "hello.service", "web@.service"]);
+    assert!(out.contains("Unit hello.service inactive"), "{out}");
+    ok(&["list-unit-files"]);
+    // The same hashes as the original fleetctl shows.
+    let out = ok(&["list-unit-files", "--full"]);
+    assert!(
+        out.contains("bf2e10ca2811850e32188c83e5c28d13f59e914d")
+            && out.contains("685b4eddcae8f3dc641af6d62c4ebe6e58095f83"),
+        "{out}"
+    );
+    assert_eq!(
+        ok(&["cat", "hello.service"]),
+        fleet_agent::unit::render(&fleet_agent::unit::parse(hello).expect("unit"))
+    );
+    assert!(ok(&["load", "hello.service"])
+        .contains("Unit hello.service loaded on 00000000.../10.9.0.2"));
+    assert!(ok(&["start", "hello.service"])
+        .contains("Unit hello.service launched on 00000000.../10.9.0.2"));
+    ok(&["list-units"]);
+    let out = ok(&["start", "web@1", "web@2"]);
+    assert!(out.contains("Unit web@2.service launched on"), "{out}");
+    let out = ok(&["list-units", "--no-legend"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    // status and journal through SSH, as the original fleetctl does them.
+    assert!(ok(&["status", "hello.service"]).contains("fake ssh ran"));
+    ok(&["journal", "-n", "3", "hello.service"]);
+    let calls = std::fs::read_to_string(&ssh_log).expect("ssh was run");
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(
+        calls[0].ends_with("-l core -p 22 10.9.0.2 systemctl status -l hello.service"),
+        "{calls:?}"
+    );
+    assert!(
+        calls[1].ends_with("10.9.0.2 journalctl --unit hello.service --no-pager -n 3"),
+        "{calls:?}"
+    );
+    let out = ok(&["stop", "hello.service"]);
+    assert!(
+        out.contains("Successfully stopped units [hello.service]."),
+        "{out}"
+    );
+    let out = ok(&["unload", "hello.service"]);
+    assert!(
+        out.contains("Successfully unloaded units [hello.service]."),
+        "{out}"
+    );
+    std::fs::write(
+        dir.path().join("hello.service"),
+        hello.replace("hello; sleep 1", "hello again; sleep 1"),
+    )
+    .expect("write");
+    let out = ok(&["submit", "hello.service"]);
+    assert!(out.contains("Add --replace to override"), "{out}");
+    ok(&["submit", "--replace", "hello.service"]);
+    let out = ok(&["start", "--replace", "hello.service"]);
+    assert!(out.contains("Unit hello.service launched on"), "{out}");
+    let out = ok(&["list-unit-files", "--full"]);
+    assert!(
+        out.contains("224820c986c4bc1db63b734b793870204370617b\tlaunched"),
+        "{out}"
+    );
+    assert!(out.contains(&machine), "{out}");
+    let out = ok(&["destroy", "hello.service", "web@1", "web@2", "web@.service"]);
+    assert_eq!(out.matches("Destroyed").count(), 4, "{out}");
+    assert!(ok(&["destroy", "nothing.service"]).contains("Units not found in registry"));
+    assert_eq!(ok(&["list-unit-files", "--no-legend"]), "");
+    let unanswered = fleetd.unanswered.lock().expect("unanswered").clone();
+    assert!(
+        unanswered.is_empty(),
+        "requests the original never saw: {unanswered:?}"
+    );
+}

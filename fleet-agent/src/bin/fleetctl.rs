@@ -658,6 +658,7 @@ async fn ensure_submitted(
                     );
                 } else if may_replace(command, state) {
                     api.put(&name, opts, None).await?;
+                    println!("Unit {name} inactive");
                 } else {
                     eprintln!(
                         "Warning: can not replace Unit({name}) in state '{state}', use the appropriate command"
@@ -665,7 +666,10 @@ async fn ensure_submitted(
                 }
             }
             (Some(_), None) => {}
-            (None, Some((_, opts))) => api.put(&name, opts, None).await?,
+            (None, Some((_, opts))) => {
+                api.put(&name, opts, None).await?;
+                println!("Unit {name} inactive");
+            }
             (None, None) => {
                 let Some((template, _)) = unit::template_of(&name) else {
                     bail!("unable to find unit {name}: no such file and not in the cluster");
@@ -680,6 +684,7 @@ async fn ensure_submitted(
                     }
                 };
                 api.put(&name, opts, None).await?;
+                println!("Unit {name} inactive");
             }
         }
         names.push(name);
