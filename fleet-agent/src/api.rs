@@ -151,6 +151,7 @@ struct Registry {
     units: BTreeMap<String, UnitRecord>,
     schedule: BTreeMap<String, String>,
     states: Vec<UnitState>,
+    unschedulable: BTreeMap<String, String>,
 }
 
 async fn read_registry(client: &Client, keys: &Keys) -> Result<Registry, kv_client::Error> {
@@ -159,6 +160,7 @@ async fn read_registry(client: &Client, keys: &Keys) -> Result<Registry, kv_clie
         units: BTreeMap::new(),
         schedule: BTreeMap::new(),
         states: Vec::new(),
+        unschedulable: BTreeMap::new(),
     };
     for kv in kvs {
         let Ok(key) = std::str::from_utf8(&kv.key) else {
@@ -172,6 +174,10 @@ async fn read_registry(client: &Client, keys: &Keys) -> Result<Registry, kv_clie
             }
             Some(KeyKind::Schedule(n)) => {
                 reg.schedule
+                    .insert(n.to_string(), String::from_utf8_lossy(&kv.value).into());
+            }
+            Some(KeyKind::Unschedulable(n)) => {
+                reg.unschedulable
                     .insert(n.to_string(), String::from_utf8_lossy(&kv.value).into());
             }
             Some(KeyKind::State(..)) => {
@@ -208,6 +214,10 @@ fn unit_view(name: &str, rec: &UnitRecord, reg: &Registry) -> Unit {
         options: rec.options.clone(),
         desired_state: Some(rec.desired_state.as_str().to_string()),
         current_state: Some(current.as_str().to_string()),
+        unschedulable_reason: machine
+            .is_none()
+            .then(|| reg.unschedulable.get(name).cloned())
+            .flatten(),
         machine_id: machine,
     }
 }

@@ -8,7 +8,7 @@ use kv_client::Client;
 use tokio::sync::watch;
 
 use crate::mirror::{Mirror, Snapshot};
-use crate::model::{Keys, TargetState};
+use crate::model::Keys;
 use crate::scheduler::{plan, Decision, Job, View};
 
 /// The scheduler's view of a snapshot. Units whose `[X-Fleet]` section no longer parses are left
@@ -120,11 +120,11 @@ async fn lead(
         let decisions = plan(&view);
         let mut last_rev = 0;
         let mut puts = Vec::new();
+        let mut unschedulable: BTreeMap<String, String> = BTreeMap::new();
         for d in decisions {
             match d {
                 Decision::Schedule { unit, machine } => {
                     tracing::debug!(%unit, %machine, "scheduled");
-                    reported.remove(&unit);
                     puts.push((keys.schedule(&unit), machine.into_bytes(), 0));
                 }
                 Decision::Unschedule {
@@ -142,11 +142,7 @@ async fn lead(
                     }
                 }
                 Decision::Unschedulable { unit, reason } => {
-                    // Reported once per reason, not on every pass.
-                    if reported.get(&unit) != Some(&reason) {
-                        tracing::warn!(%unit, %reason, "unit cannot be scheduled");
-                        reported.insert(unit, reason);
-                    }
+                    unschedulable.insert(unit, reason);
                 }
             }
         }
@@ -161,11 +157,31 @@ async fn lead(
                 Err(e) => tracing::warn!(error = %e, "cannot write schedule"),
             }
         }
-        reported.retain(|u, _| {
-            view.jobs
-                .get(u)
-                .is_some_and(|j| j.target != TargetState::Inactive)
-        });
+        // Why units cannot be placed, logged and stored once per reason (under the engine's
+        // lease: a new engine reports afresh); cleared when that changes.
+        let mut unrecorded = Vec::new();
+        for (unit, reason) in &unschedulable {
+            if reported.get(unit) != Some(reason) {
+                tracing::warn!(%unit, %reason, "unit cannot be scheduled");
+                let key = keys.unschedulable(unit);
+                match client.put(&key, reason.clone().into_bytes(), lease).await {
+                    Ok(rev) => last_rev = last_rev.max(rev),
+                    Err(e) => {
+                        tracing::warn!(%unit, error = %e, "cannot record why");
+                        unrecorded.push(unit.clone());
+                    }
+                }
+            }
+        }
+        for unit in reported.keys().filter(|u| !unschedulable.contains_key(*u)) {
+            if let Err(e) = client.delete(&keys.unschedulable(unit)).await {
+                tracing::warn!(%unit, error = %e, "cannot clear why it was unschedulable");
+            }
+        }
+        reported = unschedulable;
+        for unit in unrecorded {
+            reported.remove(&unit); // tried again next pass
+        }
         if last_rev > 0 {
             // Plan again only on a view that includes our own writes.
             mirror

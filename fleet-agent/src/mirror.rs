@@ -122,6 +122,8 @@ impl Snapshot {
             KeyKind::EngineLeader => {
                 self.leader = put.then(|| String::from_utf8_lossy(&kv.value).into_owned());
             }
+            // The engine's own reports, for the API.
+            KeyKind::Unschedulable(_) => {}
         }
     }
 }

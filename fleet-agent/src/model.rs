@@ -5,7 +5,8 @@
 //! - `machine/<id>`: [`Machine`] under the machine's lease (its heartbeat);
 //! - `schedule/<name>`: the machine id the engine placed the unit on;
 //! - `state/<machine>/<name>`: [`UnitState`] under the machine's lease, written by its agent;
-//! - `engine/leader`: the machine id of the active engine, under its lease.
+//! - `engine/leader`: the machine id of the active engine, under its lease;
+//! - `unschedulable/<name>`: why the engine cannot place a unit now, under the engine's lease.
 
 use std::collections::BTreeMap;
 
@@ -162,6 +163,13 @@ pub struct Unit {
     /// The machine it is scheduled to (empty for global or unscheduled units).
     #[serde(rename = "machineID", default, skip_serializing_if = "Option::is_none")]
     pub machine_id: Option<String>,
+    /// Why the engine cannot place it now (corelite's field; fleet's clients ignore it).
+    #[serde(
+        rename = "unschedulableReason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unschedulable_reason: Option<String>,
     /// Unit name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -283,6 +291,10 @@ impl Keys {
     pub fn state(&self, machine: &str, name: &str) -> String {
         format!("{}state/{machine}/{name}", self.prefix)
     }
+    /// Why the engine cannot place a unit.
+    pub fn unschedulable(&self, name: &str) -> String {
+        format!("{}unschedulable/{name}", self.prefix)
+    }
     /// The engine leader key.
     pub fn engine_leader(&self) -> String {
         format!("{}engine/leader", self.prefix)
@@ -300,6 +312,8 @@ impl Keys {
         } else if let Some(s) = rest.strip_prefix("state/") {
             let (m, n) = s.split_once('/')?;
             Some(KeyKind::State(m, n))
+        } else if let Some(n) = rest.strip_prefix("unschedulable/") {
+            Some(KeyKind::Unschedulable(n))
         } else if rest == "engine/leader" {
             Some(KeyKind::EngineLeader)
         } else {
@@ -321,6 +335,8 @@ pub enum KeyKind<'a> {
     State(&'a str, &'a str),
     /// `engine/leader`.
     EngineLeader,
+    /// `unschedulable/<name>`.
+    Unschedulable(&'a str),
 }
 
 #[cfg(test)]
@@ -344,6 +360,10 @@ mod tests {
             Some(KeyKind::State("m1", "a.service"))
         );
         assert_eq!(k.classify(&k.engine_leader()), Some(KeyKind::EngineLeader));
+        assert_eq!(
+            k.classify(&k.unschedulable("a.service")),
+            Some(KeyKind::Unschedulable("a.service"))
+        );
         assert_eq!(k.classify("/other/unit/x"), None);
     }
 
@@ -359,6 +379,7 @@ mod tests {
             desired_state: Some("launched".into()),
             current_state: Some("inactive".into()),
             machine_id: None,
+            unschedulable_reason: None,
         };
         let j = serde_json::to_value(&u).unwrap();
         assert_eq!(j["desiredState"], "launched");

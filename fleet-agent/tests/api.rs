@@ -1146,3 +1146,84 @@ fn fleetctl_works_against_the_original_fleetd() {
         "requests the original never saw: {unanswered:?}"
     );
 }
+
+/// A unit the engine cannot place says why, in the API (`unschedulableReason`) and in
+/// fleetctl's error; two units that replace each other on a single machine end with one
+/// running and the other reported, and the reason goes when the unit can be placed.
+#[test]
+fn unschedulable_units_say_why() {
+    require_tool("curl");
+    let store = etcd_lite();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fleetd(dir.path(), 1, &store.endpoint(), "role=web");
+    eventually(Duration::from_secs(20), "machine registered", || {
+        machines(&f.sock) == 1
+    });
+    let write = |name: &str, xfleet: &str| {
+        std::fs::write(
+            dir.path().join(name),
+            format!("[Service]\nExecStart=/bin/true\n[X-Fleet]\n{xfleet}\n"),
+        )
+        .expect("write")
+    };
+    write("nowhere.service", "MachineID=nope");
+    let out = fleetctl(
+        dir.path(),
+        &f.sock,
+        &["--block-attempts", "10", "start", "nowhere.service"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("nowhere.service (cannot be scheduled: no machine matches its MachineID"),
+        "{err}"
+    );
+    write("a.service", "Replaces=b.service");
+    write("b.service", "Replaces=a.service");
+    let out = fleetctl(
+        dir.path(),
+        &f.sock,
+        &["--no-block", "start", "a.service", "b.service"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let reason = |name: &str| {
+        let (_, body) = curl(
+            &f.sock,
+            &[&format!("http://localhost/fleet/v1/units/{name}")],
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        (
+            v["machineID"].as_str().map(str::to_string),
+            v["unschedulableReason"].as_str().map(str::to_string),
+        )
+    };
+    eventually(
+        Duration::from_secs(20),
+        "one placed, the other reported",
+        || {
+            let (a, b) = (reason("a.service"), reason("b.service"));
+            let (placed, left) = if a.0.is_some() { (a, b) } else { (b, a) };
+            placed.0.is_some()
+                && placed.1.is_none()
+                && left.0.is_none()
+                && left.1.is_some_and(|r| r.contains("Replaces cycle"))
+        },
+    );
+    // Let the MachineID match: the unit is placed and its reason is gone.
+    write("nowhere.service", &format!("MachineID={:032x}", 1));
+    let out = fleetctl(
+        dir.path(),
+        &f.sock,
+        &[
+            "--block-attempts",
+            "40",
+            "start",
+            "--replace",
+            "nowhere.service",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    eventually(Duration::from_secs(20), "reason cleared", || {
+        reason("nowhere.service") == (Some(format!("{:032x}", 1)), None)
+    });
+}

@@ -582,6 +582,7 @@ impl Api {
             desired_state: desired.map(str::to_string),
             current_state: None,
             machine_id: None,
+            unschedulable_reason: None,
         })?;
         let (status, resp) = self
             .call("PUT", &format!("/fleet/v1/units/{name}"), Some(body))
@@ -770,6 +771,8 @@ async fn wait_for(api: &Api, cli: &Cli, names: &[String], want: &str) -> anyhow:
         .collect();
     let mut attempts = 0;
     let mut pending: Vec<String> = names.to_vec();
+    // The engine's reason for units it cannot place, as last seen.
+    let mut why: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let mut still = Vec::new();
         for name in &pending {
@@ -800,6 +803,10 @@ async fn wait_for(api: &Api, cli: &Cli, names: &[String], want: &str) -> anyhow:
                 }
             } else {
                 still.push(name.clone());
+                match u.unschedulable_reason {
+                    Some(r) => why.insert(name.clone(), r),
+                    None => why.remove(name),
+                };
             }
         }
         if still.is_empty() {
@@ -807,7 +814,14 @@ async fn wait_for(api: &Api, cli: &Cli, names: &[String], want: &str) -> anyhow:
         }
         attempts += 1;
         if cli.block_attempts > 0 && attempts >= cli.block_attempts {
-            bail!("units did not reach state {want}: {}", still.join(" "));
+            let listed: Vec<String> = still
+                .iter()
+                .map(|n| match why.get(n) {
+                    Some(r) => format!("{n} (cannot be scheduled: {r})"),
+                    None => n.clone(),
+                })
+                .collect();
+            bail!("units did not reach state {want}: {}", listed.join(", "));
         }
         pending = still;
         tokio::time::sleep(Duration::from_millis(500)).await;
