@@ -1227,3 +1227,61 @@ fn unschedulable_units_say_why() {
         reason("nowhere.service") == (Some(format!("{:032x}", 1)), None)
     });
 }
+
+/// `fleetctl fd-forward SOCKET` is what the original fleetctl's `--tunnel` runs on the node
+/// through SSH: it bridges stdin and stdout to the fleet socket.
+#[test]
+fn fd_forward_bridges_stdio_to_the_socket_for_the_original_tunnel() {
+    use std::io::Write;
+    let store = etcd_lite();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fleetd(dir.path(), 1, &store.endpoint(), "role=web");
+    eventually(Duration::from_secs(20), "machine registered", || {
+        machines(&f.sock) == 1
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .arg("fd-forward")
+        .arg(&f.sock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("fleetctl fd-forward");
+    // As through SSH: the request goes in, stdin stays open until the answer is out.
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"GET /fleet/v1/machines?alt=json HTTP/1.1\r\nHost: domain-sock\r\n\r\n")
+        .expect("request");
+    let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let (read, mut stdout) = (read.clone(), child.stdout.take().expect("stdout"));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                read.lock().expect("buffer").extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let machine = format!("{:032x}", 1);
+    eventually(Duration::from_secs(10), "the answer comes back", || {
+        String::from_utf8_lossy(&read.lock().expect("buffer")).contains(&machine)
+    });
+    drop(stdin);
+    assert!(child.wait().expect("fleetctl ends").success());
+    reader.join().expect("reader");
+    let text = String::from_utf8_lossy(&read.lock().expect("buffer")).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .arg("fd-forward")
+        .arg(dir.path().join("nobody.sock"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("fleetctl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nobody.sock"),
+        "{out:?}"
+    );
+}

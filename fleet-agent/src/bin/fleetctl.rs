@@ -153,6 +153,10 @@ enum Cmd {
     /// Connect stdin and stdout to the local fleet socket (what --tunnel runs on the node).
     #[command(hide = true)]
     TunnelStdio,
+    /// Connect stdin and stdout to SOCKET: what the original fleetctl's --tunnel runs on the
+    /// node (`fleetctl fd-forward /var/run/fleet.sock`).
+    #[command(hide = true)]
+    FdForward { socket: PathBuf },
 }
 
 #[derive(clap::Args, Debug)]
@@ -1013,8 +1017,10 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Endpoint::Unix(p) => p.clone(),
         _ => PathBuf::from("/var/run/fleet.sock"),
     };
-    if let Cmd::TunnelStdio = cli.cmd {
-        return tunnel_stdio(&socket).await;
+    match &cli.cmd {
+        Cmd::TunnelStdio => return tunnel_stdio(&socket).await,
+        Cmd::FdForward { socket } => return tunnel_stdio(socket).await,
+        _ => {}
     }
     let tunnel = cli
         .tunnel
@@ -1238,7 +1244,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             std::process::exit(run_ssh(cli, &ip, false, &cmd)?);
         }
-        Cmd::TunnelStdio => unreachable!("handled before the API is reached"),
+        Cmd::TunnelStdio | Cmd::FdForward { .. } => {
+            unreachable!("handled before the API is reached")
+        }
         Cmd::Ssh {
             forward_agent,
             target,
