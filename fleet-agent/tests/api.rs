@@ -1285,3 +1285,58 @@ fn fd_forward_bridges_stdio_to_the_socket_for_the_original_tunnel() {
         "{out:?}"
     );
 }
+
+/// A user who may not open the root-only fleet socket (the original fleetctl's `--tunnel` logs
+/// in as `core`) gets there through `sudo -n`, as this fleetctl's own tunnel does: a stand-in
+/// `sudo` records how it is called.
+#[test]
+fn fd_forward_goes_through_sudo_for_a_user_the_socket_refuses() {
+    require_tool("setpriv");
+    let store = etcd_lite();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fleetd(dir.path(), 1, &store.endpoint(), "role=web");
+    eventually(Duration::from_secs(20), "socket", || f.sock.exists());
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod")
+    };
+    open(dir.path(), 0o755);
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    open(&bin, 0o777);
+    let said = bin.join("sudo.args");
+    std::fs::write(
+        bin.join("sudo"),
+        format!("#!/bin/sh\nprintf '%s\\n' \"$*\" > {}\n", said.display()),
+    )
+    .expect("write");
+    open(&bin.join("sudo"), 0o755);
+    // The socket stays root's (0600 under fleetd.socket; made so here).
+    open(&f.sock, 0o600);
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_fleetctl"))
+        .arg("fd-forward")
+        .arg(&f.sock)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("fleetctl as nobody");
+    assert!(out.status.success(), "{out:?}");
+    let args = std::fs::read_to_string(&said).expect("sudo was run");
+    assert_eq!(
+        args.trim(),
+        format!(
+            "-n {} fd-forward {}",
+            env!("CARGO_BIN_EXE_fleetctl"),
+            f.sock.display()
+        )
+    );
+}

@@ -458,6 +458,29 @@ fn tunnel_command(cli: &Cli, host: &str, socket: &Path) -> Vec<String> {
 }
 
 /// `fleetctl tunnel-stdio`: stdin to the socket, the socket to stdout, until both ends close.
+/// `fleetctl fd-forward SOCKET`, as the original fleetctl's `--tunnel` runs it on the node as
+/// the SSH user. The fleet socket is root's: a user who may not open it goes through
+/// `sudo -n` (as this fleetctl's own `--tunnel` does), so the original client works as `core`.
+async fn fd_forward(socket: &Path) -> anyhow::Result<()> {
+    let denied = matches!(
+        tokio::net::UnixStream::connect(socket).await,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied
+    );
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0;
+    if denied && !root {
+        let me = std::env::current_exe().context("finding this fleetctl")?;
+        let err = std::os::unix::process::CommandExt::exec(
+            std::process::Command::new("sudo")
+                .arg("-n")
+                .arg(me)
+                .arg("fd-forward")
+                .arg(socket),
+        );
+        bail!("running sudo for {}: {err}", socket.display());
+    }
+    tunnel_stdio(socket).await
+}
+
 async fn tunnel_stdio(socket: &Path) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt as _;
     let s = tokio::net::UnixStream::connect(socket)
@@ -1019,7 +1042,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     };
     match &cli.cmd {
         Cmd::TunnelStdio => return tunnel_stdio(&socket).await,
-        Cmd::FdForward { socket } => return tunnel_stdio(socket).await,
+        Cmd::FdForward { socket } => return fd_forward(socket).await,
         _ => {}
     }
     let tunnel = cli
