@@ -169,6 +169,35 @@ pub struct Config {
     pub unsafe_wal_cut_corrupt: bool,
 }
 
+impl Config {
+    /// Parses etcd's command line as Go's flag package does: `-name x` like `--name x`, and a
+    /// flag given again keeps its last value (scripts and units written for etcd start it so).
+    pub fn parse_go_style<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString>,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Config::command().args_override_self(true);
+        // `-abc` is the flag abc (Go has no clusters of one-letter flags); `-1` stays a value.
+        let args = args.into_iter().map(Into::into).map(|a: std::ffi::OsString| {
+            match a.to_str() {
+                Some(s)
+                    if s.len() > 2
+                        && s.starts_with('-')
+                        && !s.starts_with("--")
+                        && s.as_bytes()[1].is_ascii_alphabetic() =>
+                {
+                    format!("-{s}").into()
+                }
+                _ => a,
+            }
+        });
+        let matches = cmd.try_get_matches_from(args)?;
+        Config::from_arg_matches(&matches)
+    }
+}
+
 /// The TLS settings between members (etcd's --peer-* flags).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerTls {
@@ -450,6 +479,38 @@ mod tests {
         let mut v = vec!["etcd-lite"];
         v.extend_from_slice(args);
         Config::parse_from(v)
+    }
+
+    #[test]
+    fn flags_are_read_as_gos_flag_package_reads_them() {
+        let go = |args: &[&str]| {
+            let mut v = vec!["etcd-lite"];
+            v.extend_from_slice(args);
+            Config::parse_go_style(v)
+        };
+        let c = go(&[
+            "-name",
+            "n1",
+            "-data-dir=/tmp/x",
+            "--listen-client-urls",
+            "http://127.0.0.1:1",
+            "-listen-client-urls",
+            "http://127.0.0.1:2",
+            "-client-cert-auth",
+        ])
+        .expect("Go-style flags");
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.data_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(
+            c.listen_addrs().ok(),
+            Some(vec![("127.0.0.1:2".parse().expect("addr"), false)]),
+            "the last of a repeated flag wins"
+        );
+        assert!(c.client_cert_auth);
+        // Not a flag of etcd's: still an error, with clap's message.
+        let e = go(&["-no-such-flag"]).expect_err("unknown flag");
+        assert!(e.to_string().contains("-no-such-flag"), "{e}");
+        assert_eq!(go(&["-version"]).expect_err("prints").kind(), clap::error::ErrorKind::DisplayVersion);
     }
 
     #[test]

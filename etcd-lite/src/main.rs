@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use etcd_lite::config::Config;
 use etcd_lite::consensus::transport::{PeerService, PeerTransport};
 use etcd_lite::server::{EtcdServer, Limits};
@@ -62,7 +61,7 @@ fn exit_on_panic() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg = Config::parse();
+    let cfg = Config::parse_go_style(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logs(&cfg);
     exit_on_panic();
     let auth_tokens =
