@@ -180,8 +180,10 @@ impl Config {
         use clap::{CommandFactory, FromArgMatches};
         let cmd = Config::command().args_override_self(true);
         // `-abc` is the flag abc (Go has no clusters of one-letter flags); `-1` stays a value.
-        let args = args.into_iter().map(Into::into).map(|a: std::ffi::OsString| {
-            match a.to_str() {
+        let args = args
+            .into_iter()
+            .map(Into::into)
+            .map(|a: std::ffi::OsString| match a.to_str() {
                 Some(s)
                     if s.len() > 2
                         && s.starts_with('-')
@@ -191,8 +193,7 @@ impl Config {
                     format!("-{s}").into()
                 }
                 _ => a,
-            }
-        });
+            });
         let matches = cmd.try_get_matches_from(args)?;
         Config::from_arg_matches(&matches)
     }
@@ -510,7 +511,10 @@ mod tests {
         // Not a flag of etcd's: still an error, with clap's message.
         let e = go(&["-no-such-flag"]).expect_err("unknown flag");
         assert!(e.to_string().contains("-no-such-flag"), "{e}");
-        assert_eq!(go(&["-version"]).expect_err("prints").kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(
+            go(&["-version"]).expect_err("prints").kind(),
+            clap::error::ErrorKind::DisplayVersion
+        );
     }
 
     #[test]

@@ -582,9 +582,8 @@ impl Maintenance for Services {
         self.0.refuse_on_learner()?;
         self.admin(&r)?;
         self.0.move_leader(r.get_ref().target_id).await?;
-        Ok(Response::new(MoveLeaderResponse {
-            header: self.0.header(self.0.store.published()),
-        }))
+        // etcd leaves the header unset here (as for Defragment); clients check it.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 }
 

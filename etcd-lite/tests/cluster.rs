@@ -583,6 +583,26 @@ fn move_leader_hands_leadership_to_the_member_asked_for() {
     let err = c.members[target].fails(&["--endpoints", &c.endpoints(), "move-leader", "abcdef"]);
     assert!(err.contains("bad leader transferee"), "{err}");
     assert_eq!(c.leader(), target);
+    // Over gRPC, back to the first leader: the answer has no header, as etcd's (the Rust
+    // etcd-client checks that).
+    let back = member_id(leader);
+    let url = format!("http://{}", c.members[target].endpoint());
+    let resp = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            use etcd_api::etcdserverpb::{
+                maintenance_client::MaintenanceClient, MoveLeaderRequest,
+            };
+            let mut m = MaintenanceClient::connect(url).await.expect("connect");
+            m.move_leader(MoveLeaderRequest { target_id: back })
+                .await
+                .expect("move leader")
+                .into_inner()
+        });
+    assert_eq!(resp.header, None);
+    assert_eq!(c.leader(), leader);
 }
 
 /// Past `--quota-backend-bytes` the cluster raises NOSPACE (through the log: every member
