@@ -364,6 +364,14 @@ fn v3_gateway_kv_lease_and_errors() {
     assert!(j.get("kvs").is_none());
     let (_, j) = post("/v3/maintenance/status", "{}");
     assert_eq!(j["version"], "3.5.0");
+    // Fields the gateway does not know are ignored, as etcd's gateway ignores them.
+    let (code, j) = post("/v3/maintenance/status", r#"{"newer_field":1}"#);
+    assert_eq!((code, &j["version"]), (200, &serde_json::json!("3.5.0")));
+    let (code, j) = post(
+        "/v3/kv/range",
+        &format!(r#"{{"key":"{}","not_in_3_4":true}}"#, b64("l")),
+    );
+    assert_eq!(code, 200, "{j}");
     let (_, j) = post("/v3/cluster/member/list", "{}");
     assert_eq!(j["members"][0]["name"], "default");
     // Errors: etcd's gateway body, the store unchanged.

@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&set)?
         .preserve_proto_field_names()
+        // etcd's gateway ignores fields it does not know (clients send newer or extra ones).
+        .ignore_unknown_fields()
         .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
     Ok(())
 }
