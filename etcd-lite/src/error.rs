@@ -91,6 +91,15 @@ pub enum EtcdError {
     InvalidAuthMgmt,
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
+    // The Lock and Election services' own errors (etcd's concurrency package; gRPC Unknown).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("mutex: session is expired")]
+    SessionExpired,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
 }
 
 impl From<sled::Error> for EtcdError {
@@ -165,6 +174,10 @@ impl EtcdError {
             | EtcdError::NotSupportedForLearner
             | EtcdError::Timeout => Code::Unavailable,
             EtcdError::Storage(_) => Code::Internal,
+            EtcdError::ElectionNoLeader
+            | EtcdError::ElectionNotLeader
+            | EtcdError::SessionExpired
+            | EtcdError::MissingLeaderKey => Code::Unknown,
         }
     }
 

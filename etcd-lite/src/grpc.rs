@@ -1,4 +1,5 @@
-//! The etcd v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance, Auth) over [`EtcdServer`].
+//! The etcd v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance, Auth, and the Lock and
+//! Election services of [`crate::concurrency`]) over [`EtcdServer`].
 
 // tonic::Status is large by design and is what every handler returns.
 #![allow(clippy::result_large_err)]
@@ -14,6 +15,15 @@ use etcd_api::etcdserverpb::{
     maintenance_server::{Maintenance, MaintenanceServer},
     watch_server::{Watch, WatchServer},
     *,
+};
+use etcd_api::v3electionpb::{
+    election_server::{Election, ElectionServer},
+    CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use etcd_api::v3lockpb::{
+    lock_server::{Lock, LockServer},
+    LockRequest, LockResponse, UnlockRequest, UnlockResponse,
 };
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -47,7 +57,7 @@ impl Services {
         Ok(self.0.may_admin(&who)?)
     }
 
-    /// The tonic router with all five services, limits applied.
+    /// The tonic router with every service (etcd's six, Lock and Election), limits applied.
     pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
         let max = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let s = Services(server);
@@ -56,6 +66,8 @@ impl Services {
             .add_service(LeaseServer::new(s.clone()).max_decoding_message_size(max))
             .add_service(ClusterServer::new(s.clone()).max_decoding_message_size(max))
             .add_service(AuthServer::new(s.clone()).max_decoding_message_size(max))
+            .add_service(LockServer::new(s.clone()).max_decoding_message_size(max))
+            .add_service(ElectionServer::new(s.clone()).max_decoding_message_size(max))
             .add_service(
                 MaintenanceServer::new(s)
                     .max_decoding_message_size(max)
@@ -116,6 +128,87 @@ impl Watch for Services {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(crate::watch::serve(self.0.clone(), r.into_inner(), tx, who));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for Services {
+    async fn lock(&self, r: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        let LockRequest { name, lease } = r.into_inner();
+        let (header, key) = crate::concurrency::lock(&self.0, &who, &name, lease).await?;
+        Ok(Response::new(LockResponse {
+            header: Some(header),
+            key,
+        }))
+    }
+    async fn unlock(&self, r: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        let header = crate::concurrency::unlock(&self.0, &who, r.into_inner().key).await?;
+        Ok(Response::new(UnlockResponse {
+            header: Some(header),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Election for Services {
+    async fn campaign(
+        &self,
+        r: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        let CampaignRequest { name, lease, value } = r.into_inner();
+        let (header, leader) =
+            crate::concurrency::campaign(&self.0, &who, &name, lease, value).await?;
+        Ok(Response::new(CampaignResponse {
+            header: Some(header),
+            leader: Some(leader),
+        }))
+    }
+    async fn proclaim(
+        &self,
+        r: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        let ProclaimRequest { leader, value } = r.into_inner();
+        let leader = leader.ok_or(EtcdError::MissingLeaderKey)?;
+        let header = crate::concurrency::proclaim(&self.0, &who, &leader, value).await?;
+        Ok(Response::new(ProclaimResponse {
+            header: Some(header),
+        }))
+    }
+    async fn leader(&self, r: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        let name = r.into_inner().name;
+        Ok(Response::new(
+            crate::concurrency::leader(&self.0, &who, &name).await?,
+        ))
+    }
+    type ObserveStream = BoxStream<LeaderResponse>;
+    async fn observe(
+        &self,
+        r: Request<LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        let rx = crate::concurrency::observe(self.0.clone(), who, r.into_inner().name)?;
+        let stream = ReceiverStream::new(rx).map(|r| r.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+    async fn resign(&self, r: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        self.0.refuse_on_learner()?;
+        let who = self.who(&r)?;
+        let leader = r.into_inner().leader.ok_or(EtcdError::MissingLeaderKey)?;
+        let header = crate::concurrency::resign(&self.0, &who, &leader).await?;
+        Ok(Response::new(ResignResponse {
+            header: Some(header),
+        }))
     }
 }
 

@@ -12,6 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use etcd_api::etcdserverpb::*;
+use etcd_api::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderRequest, ProclaimRequest, ProclaimResponse,
+    ResignRequest, ResignResponse,
+};
+use etcd_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -429,6 +434,105 @@ async fn role_list(State(s): Srv, who: Who, body: Bytes) -> Response {
     .await
 }
 
+async fn lock(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(&s.clone(), who, body, |r: LockRequest, who| async move {
+        let (header, key) = crate::concurrency::lock(&s, &who, &r.name, r.lease).await?;
+        Ok(LockResponse {
+            header: Some(header),
+            key,
+        })
+    })
+    .await
+}
+async fn unlock(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(&s.clone(), who, body, |r: UnlockRequest, who| async move {
+        let header = crate::concurrency::unlock(&s, &who, r.key).await?;
+        Ok(UnlockResponse {
+            header: Some(header),
+        })
+    })
+    .await
+}
+async fn campaign(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |r: CampaignRequest, who| async move {
+            let (header, leader) =
+                crate::concurrency::campaign(&s, &who, &r.name, r.lease, r.value).await?;
+            Ok(CampaignResponse {
+                header: Some(header),
+                leader: Some(leader),
+            })
+        },
+    )
+    .await
+}
+async fn proclaim(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(
+        &s.clone(),
+        who,
+        body,
+        |r: ProclaimRequest, who| async move {
+            let leader = r.leader.ok_or(EtcdError::MissingLeaderKey)?;
+            let header = crate::concurrency::proclaim(&s, &who, &leader, r.value).await?;
+            Ok(ProclaimResponse {
+                header: Some(header),
+            })
+        },
+    )
+    .await
+}
+async fn election_leader(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(&s.clone(), who, body, |r: LeaderRequest, who| async move {
+        crate::concurrency::leader(&s, &who, &r.name).await
+    })
+    .await
+}
+async fn resign(State(s): Srv, who: Who, body: Bytes) -> Response {
+    gateway(&s.clone(), who, body, |r: ResignRequest, who| async move {
+        let leader = r.leader.ok_or(EtcdError::MissingLeaderKey)?;
+        let header = crate::concurrency::resign(&s, &who, &leader).await?;
+        Ok(ResignResponse {
+            header: Some(header),
+        })
+    })
+    .await
+}
+
+/// POST /v3/election/observe: `{"result": LeaderResponse}` lines, one per leader or value,
+/// until the client hangs up.
+async fn observe(State(s): Srv, who: Who, body: Bytes) -> Response {
+    let req: LeaderRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let rx = match who
+        .0
+        .and_then(|who| crate::concurrency::observe(s.clone(), who, req.name))
+    {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let lines = ReceiverStream::new(rx).map(|r| {
+        let v = match r {
+            Ok(resp) => serde_json::json!({ "result": resp }),
+            Err(e) => {
+                serde_json::json!({"error": {"code": e.code() as i32, "message": e.to_string()}})
+            }
+        };
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
 /// POST /v3/watch: the body holds one or more WatchRequest objects; the answer is a stream of
 /// `{"result": WatchResponse}` lines until the client hangs up.
 async fn watch(State(s): Srv, who: Who, body: Bytes) -> Response {
@@ -576,7 +680,14 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             .route(&format!("{prefix}/auth/role/list"), post(role_list))
             .route(&format!("{prefix}/auth/role/delete"), post(role_delete))
             .route(&format!("{prefix}/auth/role/grant"), post(role_grant))
-            .route(&format!("{prefix}/auth/role/revoke"), post(role_revoke));
+            .route(&format!("{prefix}/auth/role/revoke"), post(role_revoke))
+            .route(&format!("{prefix}/lock/lock"), post(lock))
+            .route(&format!("{prefix}/lock/unlock"), post(unlock))
+            .route(&format!("{prefix}/election/campaign"), post(campaign))
+            .route(&format!("{prefix}/election/proclaim"), post(proclaim))
+            .route(&format!("{prefix}/election/leader"), post(election_leader))
+            .route(&format!("{prefix}/election/observe"), post(observe))
+            .route(&format!("{prefix}/election/resign"), post(resign));
     }
     let r = crate::http_v2::routes(r);
     let grpc = Services::routes(server.clone())
@@ -589,6 +700,28 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
     r.layer(DefaultBodyLimit::max(limit))
         .with_state(server)
         .merge(grpc)
+        .fallback(no_route)
+}
+
+/// Any path no route serves: a gRPC call gets gRPC's `Unimplemented` (status 12, as gRPC
+/// requires HTTP 200); anything else a 404 with a grpc-gateway JSON error, never a 200.
+async fn no_route(req: axum::extract::Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!("unknown method {}", req.uri().path()))
+            .into_http()
+            .map(|_: tonic::body::BoxBody| Body::empty());
+    }
+    let body = serde_json::json!({
+        "error": "Not Found",
+        "code": tonic::Code::NotFound as i32,
+        "message": format!("404 page not found: {} {}", req.method(), req.uri().path()),
+    });
+    json(404, &body)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::ServerConfig;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -62,25 +63,56 @@ pub fn server_config(t: &ClientTls) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = match &t.client_ca_file {
         Some(ca) => {
             let roots = tls_util::roots(ca)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| file_error(ca, e))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| file_error(ca, e))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let key = tls_util::private_key(&t.key_file)?;
-    let mut cfg = builder
-        .with_single_cert(certificates(&t.cert_file)?, key)
-        .map_err(|e| {
-            TlsError::Config(format!(
-                "{} and {}: {e}",
-                t.cert_file.display(),
-                t.key_file.display()
-            ))
-        })?;
+    let pair_error = |e: &dyn std::fmt::Display| {
+        TlsError::Config(format!(
+            "{} and {}: {e}",
+            t.cert_file.display(),
+            t.key_file.display()
+        ))
+    };
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| pair_error(&e))?;
+    let certified = CertifiedKey::new(certificates(&t.cert_file)?, key);
+    if let Err(e) = certified.keys_match() {
+        // webpki parses X.509 v3 only; etcd (Go) serves the v1 certificates older openssl
+        // recipes make, so a v1 certificate is checked against its key here instead.
+        match v1_certificate_matches(&certified) {
+            Some(true) => tracing::warn!(
+                cert = %t.cert_file.display(),
+                "serving an X.509 v1 certificate: clients that verify with rustls or webpki \
+                 refuse it; regenerate it as v3 (openssl x509 -req ... -extfile with \
+                 subjectAltName)"
+            ),
+            Some(false) => return Err(pair_error(&"the certificate is not the key's")),
+            None => return Err(pair_error(&e)),
+        }
+    }
+    let mut cfg = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// For an X.509 v1 end-entity certificate: whether it holds the key's public key. `None` for
+/// anything else (webpki's own error then stands).
+fn v1_certificate_matches(certified: &CertifiedKey) -> Option<bool> {
+    let der = certified.end_entity_cert().ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+    if parsed.version() != x509_parser::x509::X509Version::V1 {
+        return None;
+    }
+    let spki = certified.key.public_key()?;
+    Some(spki.as_ref() == parsed.tbs_certificate.subject_pki.raw)
 }
 
 /// The peer listener's and the peer connections' TLS: this member's certificate on both sides,

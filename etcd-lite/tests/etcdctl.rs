@@ -313,6 +313,11 @@ fn compaction_and_watch_from_compacted_revision() {
         all.contains("required revision has been compacted"),
         "{all}"
     );
+    // Only revisions below the compaction revision are gone: etcd streams from it.
+    let w = Watch::start(&m, &["c", "--rev", "5"]);
+    w.expect(&["PUT", "c", "3", "PUT", "c", "4"]);
+    m.ok(&["put", "c", "5"]);
+    w.expect(&["PUT", "c", "5"]);
 }
 
 #[test]

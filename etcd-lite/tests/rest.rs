@@ -580,3 +580,99 @@ fn grpc_timeouts_are_checked_like_grpc_servers_do() {
     let h = m.grpc_curl("/etcdserverpb.KV/Range", &range, &["grpc-timeout: 5S"]);
     assert!(matches!(header(&h, "grpc-status"), None | Some("0")), "{h}");
 }
+
+#[test]
+fn unknown_paths_are_404_and_unknown_grpc_methods_unimplemented() {
+    let m = member();
+    for path in [
+        "/v3/kv/nope",
+        "/v2/nope",
+        "/v3beta/lock/nope",
+        "/nothing/here",
+    ] {
+        let (code, body, hdrs) = m.curl(&["-XPOST", "-d", "{}"], path);
+        assert_eq!(code, 404, "{path}: {body}");
+        assert_eq!(header(&hdrs, "Content-Type"), Some("application/json"));
+        let j = json(&body);
+        assert_eq!(j["error"], "Not Found", "{path}: {body}");
+        assert_eq!(j["code"], 5);
+        assert!(j["message"].as_str().is_some_and(|s| s.contains(path)));
+    }
+    // A gRPC client calling a method no service has gets gRPC's Unimplemented.
+    let h = m.grpc_curl("/etcdserverpb.KV/Nope", &[], &[]);
+    assert_eq!(header(&h, "grpc-status"), Some("12"), "{h}");
+}
+
+#[test]
+fn v3_gateway_lock_and_election() {
+    let m = member();
+    let (_, body, _) = m.curl(&["-d", r#"{"TTL": 60}"#], "/v3/lease/grant");
+    let lease = json(&body)["ID"].as_str().expect("lease id").to_string();
+    let (code, body, _) = m.curl(
+        &[
+            "-d",
+            &format!(r#"{{"name":"{}","lease":"{lease}"}}"#, b64("gw")),
+        ],
+        "/v3/lock/lock",
+    );
+    assert_eq!(code, 200, "{body}");
+    let key = json(&body)["key"].as_str().expect("key").to_string();
+    let hex = format!("{:x}", lease.parse::<i64>().expect("numeric id"));
+    assert_eq!(key, b64(&format!("gw/{hex}")));
+    let (code, body, _) = m.curl(&["-d", &format!(r#"{{"key":"{key}"}}"#)], "/v3/lock/unlock");
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["header"]["revision"].is_string());
+
+    // An election through the gateway: no leader yet (etcd's error), then a campaign.
+    let name = b64("gw-election");
+    let (code, body, _) = m.curl(
+        &["-d", &format!(r#"{{"name":"{name}"}}"#)],
+        "/v3/election/leader",
+    );
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(json(&body)["message"], "election: no leader");
+    let (code, body, _) = m.curl(
+        &[
+            "-d",
+            &format!(
+                r#"{{"name":"{name}","lease":"{lease}","value":"{}"}}"#,
+                b64("me")
+            ),
+        ],
+        "/v3/election/campaign",
+    );
+    assert_eq!(code, 200, "{body}");
+    let leader = json(&body)["leader"].clone();
+    assert_eq!(leader["key"], b64(&format!("gw-election/{hex}")));
+    let (_, body, _) = m.curl(
+        &["-d", &format!(r#"{{"name":"{name}"}}"#)],
+        "/v3/election/leader",
+    );
+    assert_eq!(json(&body)["kv"]["value"], b64("me"));
+    let (code, body, _) = m.curl(
+        &[
+            "-d",
+            &format!(r#"{{"leader":{leader},"value":"{}"}}"#, b64("still me")),
+        ],
+        "/v3/election/proclaim",
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, body, _) = m.curl(
+        &["-d", &format!(r#"{{"name":"{name}"}}"#)],
+        "/v3/election/leader",
+    );
+    assert_eq!(json(&body)["kv"]["value"], b64("still me"));
+    let (code, body, _) = m.curl(&["-d", "{}"], "/v3/election/resign");
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(json(&body)["message"], "\"leader\" field must be provided");
+    let (code, body, _) = m.curl(
+        &["-d", &format!(r#"{{"leader":{leader}}}"#)],
+        "/v3/election/resign",
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, _, _) = m.curl(
+        &["-d", &format!(r#"{{"name":"{name}"}}"#)],
+        "/v3/election/leader",
+    );
+    assert_eq!(code, 500);
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::pki::pki;
+use test_support::pki::{issue_v1, pki};
 use test_support::{free_port, EtcdLite};
 
 const BIN: &str = env!("CARGO_BIN_EXE_etcd-lite");
@@ -231,6 +231,54 @@ fn server_tls_without_client_certificates() {
     );
     assert!(!untrusted.status.success());
     let _ = m.dir.path();
+}
+
+#[test]
+fn x509_v1_server_certificates_are_served_as_etcd_does() {
+    let pki_dir = tempfile::tempdir().expect("a temp dir");
+    let d = pki_dir.path();
+    pki(d, "a");
+    issue_v1(d, "a", "v1", "127.0.0.1");
+    let m = start(d, &["--cert-file", "v1.pem", "--key-file", "v1-key.pem"]);
+    // OpenSSL clients (curl, Python) accept a v1 certificate whose CN names the host.
+    let url = format!("https://127.0.0.1:{}/v3/kv/put", m.port);
+    let put = run(
+        "curl",
+        d,
+        &[
+            "-sS",
+            "--fail",
+            "--cacert",
+            "a-ca.pem",
+            "-d",
+            r#"{"key":"eA==","value":"MQ=="}"#,
+            &url,
+        ],
+    );
+    assert!(put.status.success(), "{}", text(&put));
+    assert!(text(&put).contains("revision"), "{}", text(&put));
+    // A v1 certificate with another key than the one given is still refused at start.
+    issue_v1(d, "a", "other", "127.0.0.1");
+    let url = format!("https://127.0.0.1:{}", free_port());
+    let out = Command::new(BIN)
+        .current_dir(d)
+        .args(["--data-dir", "data-mismatch"])
+        .args(["--cert-file", "v1.pem", "--key-file", "other-key.pem"])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running etcd-lite");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("the certificate is not the key's"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

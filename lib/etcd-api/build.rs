@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/auth.proto",
         "proto/rpc.proto",
         "proto/raftpeer.proto",
+        "proto/v3lock.proto",
+        "proto/v3election.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
@@ -27,6 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .preserve_proto_field_names()
         // etcd's gateway ignores fields it does not know (clients send newer or extra ones).
         .ignore_unknown_fields()
-        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

@@ -1206,7 +1206,9 @@ impl ReadView<'_> {
     }
 
     /// Every change with revision in `[from, to]` to a key of `range`, in revision order, with the
-    /// previous value of each key when `prev_kv` is set. `from` must not be compacted.
+    /// previous value of each key when `prev_kv` is set. `from` must not be below the compaction
+    /// revision; from the compaction revision itself on, what compaction kept is returned, as etcd
+    /// does (a key's last change at that revision is kept unless it was a deletion).
     pub fn events(
         &self,
         range: &KeyRange<'_>,
@@ -1214,7 +1216,7 @@ impl ReadView<'_> {
         to: i64,
         prev_kv: bool,
     ) -> Result<Vec<Event>> {
-        if from <= self.state.compacted {
+        if from < self.state.compacted {
             return Err(EtcdError::Compacted);
         }
         let mut out = Vec::new();

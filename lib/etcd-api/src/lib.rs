@@ -25,6 +25,18 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
+/// `v3lockpb`: the server-side Lock service.
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
+}
+
+/// `v3electionpb`: the server-side Election service.
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
+}
+
 /// `raftpeer`: corelite's member-to-member transport for raft messages (not part of etcd's API).
 pub mod raftpeer {
     include!(concat!(env!("OUT_DIR"), "/raftpeer.rs"));

@@ -106,3 +106,55 @@ pub fn issue_for_days(dir: &Path, name: &str, base: &str, ext: &str, days: i32) 
         ],
     );
 }
+
+/// Signs an X.509 **v1** certificate `BASE.pem` (CN `cn`, no extensions, as older openssl
+/// recipes make them) with the CA `pki` made for `name`. Panics if openssl made another
+/// version (newer openssl releases add extensions by default).
+pub fn issue_v1(dir: &Path, name: &str, base: &str, cn: &str) {
+    let ca = format!("{name}-ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{base}-key.pem"),
+            "-out",
+            &format!("{base}.csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{base}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{base}.pem"),
+        ],
+    );
+    let text = Command::new(require_tool("openssl"))
+        .current_dir(dir)
+        .args(["x509", "-noout", "-text", "-in", &format!("{base}.pem")])
+        .output()
+        .expect("running openssl");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Version: 1 (0x0)"),
+        "openssl made no v1 certificate:\n{text}"
+    );
+}
