@@ -194,6 +194,15 @@ pub struct Cgroup {
     rel: PathBuf,
 }
 
+/// Creates a cgroup directory whose parent exists; one that another runtime process created at
+/// the same moment (two containers started at once share their parent cgroups) is fine.
+fn create_shared_dir(d: &Path) -> Result<()> {
+    match std::fs::create_dir(d) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err(d, e)),
+        _ => Ok(()),
+    }
+}
+
 fn io_err(path: &Path, e: std::io::Error) -> RuntimeError {
     RuntimeError::io(path, e)
 }
@@ -325,7 +334,7 @@ impl Cgroup {
                     }
                     at.push(c);
                     if !at.exists() {
-                        std::fs::create_dir(&at).map_err(|e| io_err(&at, e))?;
+                        create_shared_dir(&at)?;
                     }
                 }
             }
@@ -344,12 +353,15 @@ impl Cgroup {
             }
         }
         for d in missing.into_iter().rev() {
-            std::fs::create_dir(&d).map_err(|e| io_err(&d, e))?;
+            create_shared_dir(&d)?;
             if is_cpuset {
                 if let Some(parent) = d.parent() {
                     for f in ["cpuset.cpus", "cpuset.mems"] {
+                        // Only where still empty: a container started beside this one may have
+                        // made the directory and filled it in already.
+                        let own = std::fs::read_to_string(d.join(f)).unwrap_or_default();
                         let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
-                        if !v.trim().is_empty() {
+                        if own.trim().is_empty() && !v.trim().is_empty() {
                             write(&d, f, v.trim())?;
                         }
                     }
@@ -746,6 +758,16 @@ fn max_or(v: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_made_by_another_process_meanwhile_is_fine_a_missing_parent_is_not() {
+        let t = tempfile::tempdir().expect("temp dir");
+        let d = t.path().join("rkt");
+        create_shared_dir(&d).expect("first");
+        create_shared_dir(&d).expect("made already");
+        let err = create_shared_dir(&t.path().join("no/parent")).expect_err("no parent");
+        assert!(err.to_string().contains("no/parent"), "{err}");
+    }
 
     const HYBRID: &str = "\
 25 1 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
