@@ -689,7 +689,7 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             .route(&format!("{prefix}/election/observe"), post(observe))
             .route(&format!("{prefix}/election/resign"), post(resign));
     }
-    let r = crate::http_v2::routes(r);
+    let r = crate::v2_admin::routes(crate::http_v2::routes(r));
     let grpc = Services::routes(server.clone())
         .into_axum_router()
         .route(

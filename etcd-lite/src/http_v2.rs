@@ -130,8 +130,8 @@ async fn keys_root(
 /// What a v2 request may be authenticated with: its Authorization header (HTTP Basic) and
 /// its client certificate's CN.
 pub struct V2Creds {
-    authorization: Option<String>,
-    cn: Option<String>,
+    pub(crate) authorization: Option<String>,
+    pub(crate) cn: Option<String>,
 }
 
 #[axum::async_trait]
@@ -157,7 +157,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for V2Creds {
 }
 
 /// etcd's v2 answer to missing or wrong credentials.
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     let mut r = json(
         401,
         &serde_json::json!({"message": "Insufficient credentials"}),
@@ -207,7 +207,13 @@ async fn keys(
         return unauthorized();
     }
     let res = match method {
-        Method::GET | Method::HEAD => get(&s, &path, &f).await,
+        Method::GET | Method::HEAD => {
+            let res = get(&s, &path, &f).await;
+            if f.get("wait").is_none_or(|w| w != "true") {
+                s.v2_stats.count("get", res.is_ok());
+            }
+            res
+        }
         Method::PUT => put(&s, &path, &f, &who).await,
         Method::POST => post(&s, &path, &f, &who).await,
         Method::DELETE => delete(&s, &path, &f, &who).await,
@@ -219,8 +225,38 @@ async fn keys(
     }
 }
 
+/// The action a v2 write is (what `/v2/stats/store` counts a failure of it as).
+fn intended_action(cmd: &V2Command) -> &'static str {
+    match cmd {
+        V2Command::Set {
+            prev_value,
+            prev_index,
+            prev_exist,
+            ..
+        } => match (prev_value.is_some() || prev_index.is_some(), prev_exist) {
+            (true, _) => "compareAndSwap",
+            (false, Some(false)) => "create",
+            (false, Some(true)) => "update",
+            (false, None) => "set",
+        },
+        V2Command::CreateInOrder { .. } => "create",
+        V2Command::Delete {
+            prev_value,
+            prev_index,
+            ..
+        } if prev_value.is_some() || prev_index.is_some() => "compareAndDelete",
+        V2Command::Delete { .. } => "delete",
+    }
+}
+
 async fn write(s: &EtcdServer, cmd: V2Command, who: &Caller) -> Result<Response, V2Error> {
-    match s.v2(cmd, who).await {
+    let intended = intended_action(&cmd);
+    let res = s.v2(cmd, who).await;
+    match &res {
+        Ok((V2Outcome::Done(d), _)) => s.v2_stats.count(d.action, true),
+        _ => s.v2_stats.count(intended, false),
+    }
+    match res {
         Ok((V2Outcome::Done(d), rev)) => {
             let V2Done {
                 action,
@@ -418,6 +454,22 @@ fn first_event(
 }
 
 /// Long-poll: answers with the first change at or after `from` under `path`.
+/// Counts a v2 wait while it lasts (`watchers` in `/v2/stats/store`).
+struct Watching<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Watching<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicU64) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Watching(c)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn wait(
     s: &Arc<EtcdServer>,
     path: &str,
@@ -425,6 +477,7 @@ async fn wait(
     from: Option<i64>,
 ) -> Result<Response, V2Error> {
     let mut sub = s.events.subscribe();
+    let _watching = Watching::new(&s.v2_stats.watchers);
     let start_idx = s.store.published();
     let mut next = from.unwrap_or(start_idx + 1);
     let deadline = tokio::time::Instant::now() + MAX_WAIT;

@@ -37,6 +37,7 @@ pub mod mvcc;
 pub mod serve;
 pub mod server;
 pub mod tls;
+pub mod v2_admin;
 pub mod v2store;
 pub mod wal;
 pub mod watch;

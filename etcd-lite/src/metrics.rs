@@ -1,8 +1,8 @@
 //! Prometheus metrics served on /metrics (names follow etcd's where one exists).
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// The server's counters and gauges.
@@ -42,6 +42,10 @@ pub struct RaftMetrics {
     pub leader_changes: IntCounter,
     pub has_leader: IntGauge,
     pub is_leader: IntGauge,
+    /// Raft append messages (entries or heartbeats' catch-up) sent, by member (v2's stats).
+    pub appends_sent: IntCounterVec,
+    /// Raft append messages received from the leader (v2's stats).
+    pub appends_received: IntCounter,
 }
 
 fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
@@ -108,6 +112,24 @@ impl RaftMetrics {
                 r,
                 "etcd_server_is_leader",
                 "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            ),
+            appends_sent: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "etcd_lite_raft_append_sent_total",
+                        "Raft append messages sent, by the member (hex id) they went to.",
+                    ),
+                    &["to"],
+                )
+                .expect("metric names are valid constants");
+                r.register(Box::new(c.clone()))
+                    .expect("each metric is registered once");
+                c
+            },
+            appends_received: counter(
+                r,
+                "etcd_lite_raft_append_received_total",
+                "Raft append messages received from the leader.",
             ),
         }
     }

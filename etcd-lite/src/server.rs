@@ -186,6 +186,8 @@ pub struct EtcdServer {
     read_budget_kib: u32,
     /// Users, roles and tokens, kept by the state machine.
     pub auth: Arc<crate::auth::AuthStore>,
+    /// What `/v2/stats/store` counts.
+    pub v2_stats: crate::v2_admin::StoreStats,
 }
 
 /// Who makes a request: `None` while auth is off (anything goes), else the user a token or a
@@ -363,6 +365,7 @@ impl EtcdServer {
             read_budget: Arc::new(Semaphore::new(read_budget_kib as usize)),
             read_budget_kib,
             auth,
+            v2_stats: Default::default(),
         }))
     }
 

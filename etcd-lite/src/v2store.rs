@@ -231,7 +231,7 @@ pub fn v2_path(key: &[u8]) -> Option<(String, bool)> {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub fn rfc3339(t: SystemTime) -> String {
     // RFC 3339 in UTC with nanoseconds, as Go's time.Time marshals.
     let d = t
         .duration_since(SystemTime::UNIX_EPOCH)

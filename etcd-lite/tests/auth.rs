@@ -787,3 +787,127 @@ fn a_client_certificate_names_its_user() {
     let (ok, out) = run(&["--user", ROOT, "get", "/cert/a", "--print-value-only"]);
     assert!(ok && out == "1\n", "{out}");
 }
+
+/// v2's auth API (python-etcd and other v2 clients) over the one model: users and roles made
+/// through v2 are v3's, v2 paths are v3 key ranges, and enabling through v2 does what etcd v2
+/// does (root gets the root role, a guest role appears).
+#[test]
+fn the_v2_auth_api_is_a_view_of_v3_users_and_roles() {
+    let m = EtcdLite::start(BIN, FAST);
+    let put = |creds: Option<&str>, path: &str, body: &str| {
+        let mut args = vec!["-XPUT", "-d", body];
+        if let Some(c) = creds {
+            args.extend(["-u", c]);
+        }
+        m.curl(&args, path)
+    };
+    let get = |creds: Option<&str>, path: &str| match creds {
+        Some(c) => m.curl(&["-u", c], path),
+        None => m.curl(&[], path),
+    };
+    // Enabling without a root user: v2's refusal.
+    let (code, body, _) = put(None, "/v2/auth/enable", "");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("No root user available"), "{body}");
+    let (code, body, _) = put(
+        None,
+        "/v2/auth/users/root",
+        r#"{"user":"root","password":"rootpw","roles":[]}"#,
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (201, r#"{"user":"root","roles":[]}"#)
+    );
+    let (code, _, _) = put(None, "/v2/auth/enable", "");
+    assert_eq!(code, 200);
+    let (_, body, _) = get(None, "/v2/auth/enable");
+    assert_eq!(body, r#"{"enabled":true}"#);
+    // Anonymous administration is refused; v3 sees the same state.
+    let (code, _, _) = get(None, "/v2/auth/users");
+    assert_eq!(code, 401);
+    assert_eq!(
+        m.ok(&["--user", ROOT, "user", "get", "root"]),
+        "User: root\nRoles: root\n"
+    );
+    let (_, body, _) = get(Some(ROOT), "/v2/auth/roles");
+    assert_eq!(
+        body,
+        r#"{"roles":[{"role":"guest","permissions":{"kv":{"read":["*"],"write":["*"]}}},{"role":"root","permissions":{"kv":{"read":["/*"],"write":["/*"]}}}]}"#
+    );
+
+    // A role with v2 paths is a v3 role with ranges; grant and revoke change it.
+    let (code, body, _) = put(
+        Some(ROOT),
+        "/v2/auth/roles/app",
+        r#"{"role":"app","permissions":{"kv":{"read":["/app/*","/shared"],"write":["/app/*"]}}}"#,
+    );
+    assert_eq!(code, 201, "{body}");
+    let v3 = m.ok(&["--user", ROOT, "role", "get", "app"]);
+    assert!(v3.contains("[app/, app0) (prefix app/)"), "{v3}");
+    assert!(v3.contains("shared"), "{v3}");
+    let (code, body, _) = put(
+        Some(ROOT),
+        "/v2/auth/roles/app",
+        r#"{"role":"app","revoke":{"kv":{"read":["/shared"]}}}"#,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        body,
+        r#"{"role":"app","permissions":{"kv":{"read":["/app/*"],"write":["/app/*"]}}}"#
+    );
+    // A user with that role writes under /app/ and nowhere else, in v2 and in v3.
+    let (code, body, _) = put(
+        Some(ROOT),
+        "/v2/auth/users/alice",
+        r#"{"user":"alice","password":"alicepw","roles":["app"]}"#,
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (201, r#"{"user":"alice","roles":["app"]}"#)
+    );
+    let (code, _, _) = m.curl(&["-u", ALICE, "-XPUT", "-d", "value=1"], "/v2/keys/app/x");
+    assert_eq!(code, 201);
+    let (code, _, _) = m.curl(&["-u", ALICE, "-XPUT", "-d", "value=1"], "/v2/keys/other");
+    assert_eq!(code, 401);
+    assert_eq!(
+        m.ok(&["--user", ALICE, "get", "app/x", "--print-value-only"]),
+        "1\n"
+    );
+    // Bad input: an unknown role, a user or role that is not there, a path v2 cannot grant.
+    let (code, body, _) = put(
+        Some(ROOT),
+        "/v2/auth/users/bob",
+        r#"{"user":"bob","password":"b","roles":["nope"]}"#,
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (404, r#"{"message":"auth: Role nope does not exist."}"#)
+    );
+    let (code, _, _) = get(Some(ROOT), "/v2/auth/users/bob");
+    assert_eq!(code, 404, "a failed create leaves no user");
+    let (code, body, _) = put(
+        Some(ROOT),
+        "/v2/auth/roles/bad",
+        r#"{"role":"bad","permissions":{"kv":{"read":["/a*b"]}}}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, _, _) = m.curl(&["-u", ROOT, "-XDELETE"], "/v2/auth/roles/root");
+    assert_eq!(code, 403);
+    // Users' roles change by grant and revoke; delete removes them from v3 too.
+    let (code, body, _) = put(
+        Some(ROOT),
+        "/v2/auth/users/alice",
+        r#"{"user":"alice","grant":["guest"],"revoke":["app"]}"#,
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"user":"alice","roles":["guest"]}"#)
+    );
+    let (code, _, _) = m.curl(&["-u", ROOT, "-XDELETE"], "/v2/auth/users/alice");
+    assert_eq!(code, 200);
+    assert!(!m.ok(&["--user", ROOT, "user", "list"]).contains("alice"));
+    let (code, _, _) = m.curl(&["-u", ROOT, "-XDELETE"], "/v2/auth/enable");
+    assert_eq!(code, 200);
+    let (_, body, _) = get(None, "/v2/auth/enable");
+    assert_eq!(body, r#"{"enabled":false}"#);
+}

@@ -140,6 +140,35 @@ fn three_members_replicate_and_any_member_serves() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // v2's view of the cluster: every client URL, and leader stats only from the leader,
+    // which has sent appends to both followers.
+    let (_, machines, _) = c.members[1].curl(&[], "/v2/machines");
+    for m in &c.members {
+        assert!(
+            machines.contains(&format!("http://{}", m.endpoint())),
+            "{machines}"
+        );
+    }
+    let leader = c.leader();
+    for (i, m) in c.members.iter().enumerate() {
+        let (code, body, _) = m.curl(&[], "/v2/stats/leader");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("stats json");
+        let (_, me, _) = m.curl(&[], "/v2/stats/self");
+        let me: serde_json::Value = serde_json::from_str(&me).expect("self json");
+        if i == leader {
+            assert_eq!(code, 200, "{body}");
+            let followers = v["followers"].as_object().expect("followers");
+            assert_eq!(followers.len(), 2, "{body}");
+            assert!(followers
+                .values()
+                .all(|f| f["counts"]["success"].as_u64() > Some(0)));
+            assert_eq!(me["state"], "StateLeader");
+        } else {
+            assert_eq!((code, &v["message"]), (403, &"not current leader".into()));
+            assert_eq!(me["state"], "StateFollower");
+            assert!(me["recvAppendRequestCnt"].as_u64() > Some(0), "{me}");
+        }
+    }
 }
 
 #[test]

@@ -676,3 +676,39 @@ fn v3_gateway_lock_and_election() {
     );
     assert_eq!(code, 500);
 }
+
+#[test]
+fn v2_machines_and_stats() {
+    let m = member();
+    let (code, body, _) = m.curl(&[], "/v2/machines");
+    assert_eq!((code, body.as_str()), (200, m.url("").as_str()));
+    let (_, body, _) = m.curl(&[], "/v2/stats/self");
+    let me = json(&body);
+    assert_eq!(me["name"], "default");
+    assert_eq!(me["state"], "StateLeader");
+    assert_eq!(me["leaderInfo"]["leader"], me["id"]);
+    assert!(me["startTime"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let (code, body, _) = m.curl(&[], "/v2/stats/leader");
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["leader"], me["id"]);
+    // What the store answered: one set, one get, one missing key, one failed compare.
+    m.curl(&["-XPUT", "-d", "value=1"], "/v2/keys/s");
+    m.curl(&[], "/v2/keys/s");
+    m.curl(&[], "/v2/keys/missing");
+    m.curl(
+        &["-XPUT", "-d", "value=2", "-d", "prevValue=9"],
+        "/v2/keys/s",
+    );
+    let (_, body, _) = m.curl(&[], "/v2/stats/store");
+    let st = json(&body);
+    assert_eq!(
+        (
+            &st["setsSuccess"],
+            &st["getsSuccess"],
+            &st["getsFail"],
+            &st["compareAndSwapFail"]
+        ),
+        (&1.into(), &1.into(), &1.into(), &1.into())
+    );
+    assert_eq!(st["watchers"], 0);
+}

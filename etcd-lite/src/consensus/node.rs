@@ -17,7 +17,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
@@ -171,6 +171,8 @@ struct Shared {
     leader: std::sync::atomic::AtomicU64,
     /// This member is a learner (non-voting) now.
     learner: std::sync::atomic::AtomicBool,
+    /// When this member first saw the current leader (milliseconds since the Unix epoch).
+    leader_since_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to a running node (cheap to clone).
@@ -372,6 +374,15 @@ impl<O: Send + 'static> Node<O> {
     /// The current term, as last seen by the node's thread.
     pub fn term(&self) -> u64 {
         self.shared.term.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When this member first saw the current leader (or lost the last one).
+    pub fn leader_since(&self) -> std::time::SystemTime {
+        let ms = self
+            .shared
+            .leader_since_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
     }
 
     /// The current leader's id (0: none known), as last seen by the node's thread.
@@ -738,8 +749,16 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             .leader
             .swap(leader, std::sync::atomic::Ordering::Relaxed);
         let m = &self.cfg.metrics;
-        if old != leader && leader != raft::INVALID_ID {
-            m.leader_changes.inc();
+        if old != leader {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.shared
+                .leader_since_ms
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            if leader != raft::INVALID_ID {
+                m.leader_changes.inc();
+            }
         }
         m.has_leader.set(i64::from(leader != raft::INVALID_ID));
         let learner = self
@@ -789,6 +808,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                             "raft message for another member dropped"
                         );
                         continue;
+                    }
+                    if m.get_msg_type() == MessageType::MsgAppend {
+                        self.cfg.metrics.appends_received.inc();
                     }
                     if let Err(e) = self.raw.step(m) {
                         tracing::debug!(error = %e, "raft message refused");
@@ -950,11 +972,26 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
     }
 
+    /// Counts the append messages among `msgs`, by addressee (v2's stats show them).
+    fn count_appends(&self, msgs: &[Message]) {
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgAppend {
+                self.cfg
+                    .metrics
+                    .appends_sent
+                    .with_label_values(&[&format!("{:x}", m.to)])
+                    .inc();
+            }
+        }
+    }
+
     fn on_ready(&mut self) -> raft::Result<()> {
         let mut rd = self.raw.ready();
         // A leader may send before it syncs (raft's thesis, 10.2.1); followers' replies wait.
         if !rd.messages().is_empty() {
-            self.transport.send(rd.take_messages());
+            let msgs = rd.take_messages();
+            self.count_appends(&msgs);
+            self.transport.send(msgs);
         }
         let snapshot = !rd.snapshot().is_empty();
         if snapshot {
@@ -1055,6 +1092,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             let f = self.in_flight.pop_front().expect("front exists");
             if !f.messages.is_empty() {
+                self.count_appends(&f.messages);
                 self.transport.send(f.messages);
             }
             last = Some(f.number);
