@@ -167,6 +167,11 @@ pub struct Config {
     /// again, so that it copies the cluster's data from a peer.
     #[arg(long, default_value_t = false)]
     pub unsafe_wal_cut_corrupt: bool,
+    /// Serve the v2 API (/v2/keys, /v2/machines, /v2/stats, /v2/auth). On unless set to
+    /// false (etcd 3.4 has it off by default; corelite's image and older clients use it).
+    #[arg(long, env = "ETCD_ENABLE_V2", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, default_value_t = true)]
+    pub enable_v2: bool,
 }
 
 impl Config {
@@ -508,6 +513,9 @@ mod tests {
             "the last of a repeated flag wins"
         );
         assert!(c.client_cert_auth);
+        assert!(c.enable_v2, "v2 is served unless turned off");
+        assert!(go(&["-enable-v2"]).expect("bare bool").enable_v2);
+        assert!(!go(&["--enable-v2=false"]).expect("bool").enable_v2);
         // Not a flag of etcd's: still an error, with clap's message.
         let e = go(&["-no-such-flag"]).expect_err("unknown flag");
         assert!(e.to_string().contains("-no-such-flag"), "{e}");

@@ -638,8 +638,8 @@ async fn v2_members(State(s): Srv) -> Response {
     }
 }
 
-/// Every HTTP route plus the gRPC services, on one router.
-pub fn router(server: Arc<EtcdServer>) -> Router {
+/// Every HTTP route plus the gRPC services, on one router; the v2 API only if `v2`.
+pub fn router(server: Arc<EtcdServer>, v2: bool) -> Router {
     let limit = server.limits.max_request_bytes * 2 + crate::server::GRPC_OVERHEAD_BYTES;
     let mut r = Router::new()
         .route("/health", get(health))
@@ -689,7 +689,11 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             .route(&format!("{prefix}/election/observe"), post(observe))
             .route(&format!("{prefix}/election/resign"), post(resign));
     }
-    let r = crate::v2_admin::routes(crate::http_v2::routes(r));
+    let r = if v2 {
+        crate::v2_admin::routes(crate::http_v2::routes(r))
+    } else {
+        r
+    };
     let grpc = Services::routes(server.clone())
         .into_axum_router()
         .route(

@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
     );
     server.spawn_lease_sweeper();
     server.spawn_publisher();
-    let app = etcd_lite::http::router(server.clone());
+    let app = etcd_lite::http::router(server.clone(), cfg.enable_v2);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     if clustered {

@@ -712,3 +712,19 @@ fn v2_machines_and_stats() {
     );
     assert_eq!(st["watchers"], 0);
 }
+
+#[test]
+fn enable_v2_false_turns_the_v2_api_off() {
+    let m = EtcdLite::start(env!("CARGO_BIN_EXE_etcd-lite"), &["--enable-v2=false"]);
+    for path in [
+        "/v2/keys/x",
+        "/v2/machines",
+        "/v2/stats/self",
+        "/v2/auth/enable",
+    ] {
+        let (code, body, _) = m.curl(&[], path);
+        assert_eq!(code, 404, "{path}: {body}");
+    }
+    let (code, _, _) = m.curl(&["-d", r#"{"key":"eA=="}"#], "/v3/kv/range");
+    assert_eq!(code, 200);
+}
