@@ -87,6 +87,19 @@ pub struct Config {
         env = "ETCD_INITIAL_CLUSTER_TOKEN"
     )]
     pub initial_cluster_token: String,
+    /// Bootstrap through etcd's v2 discovery protocol: the token URL of a discovery service
+    /// (`curl https://discovery.etcd.io/new?size=3`, or Debian's etcd-discovery). Replaces
+    /// --initial-cluster and --initial-cluster-token on the first start.
+    #[arg(long, env = "ETCD_DISCOVERY")]
+    pub discovery: Option<String>,
+    /// HTTP proxy to reach the discovery service through.
+    #[arg(long, env = "ETCD_DISCOVERY_PROXY")]
+    pub discovery_proxy: Option<String>,
+    /// What a member that finds the discovered cluster full does. etcd-lite has no v2 proxy
+    /// mode, so both values exit with etcd's "discovery: cluster is full".
+    #[arg(long, default_value = "proxy", env = "ETCD_DISCOVERY_FALLBACK",
+          value_parser = ["exit", "proxy"])]
+    pub discovery_fallback: String,
     /// Raft heartbeat interval in milliseconds (elections after 10 of them).
     #[arg(long, default_value_t = 100, env = "ETCD_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: u64,

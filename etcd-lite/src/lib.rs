@@ -24,6 +24,7 @@ pub mod concurrency;
 pub mod config;
 pub mod consensus;
 pub mod deadline;
+pub mod discovery;
 pub mod durable;
 pub mod error;
 pub mod failpoint;

@@ -59,9 +59,34 @@ fn exit_on_panic() {
     }));
 }
 
+/// etcd's v2 discovery for a first start: registers this member under the token URL `url`
+/// and waits for the rest; the initial cluster they form.
+async fn discover(cfg: &Config, url: &str) -> anyhow::Result<String> {
+    if cfg.initial_cluster.is_some() {
+        anyhow::bail!("--discovery and --initial-cluster exclude each other: give one");
+    }
+    let mut me = cfg.clone();
+    me.initial_cluster_token = url.to_string();
+    let member = me.member()?;
+    let entry = member
+        .peer_urls
+        .iter()
+        .map(|u| format!("{}={u}", member.name))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (url, proxy) = (url.to_string(), cfg.discovery_proxy.clone());
+    tracing::info!(url = %url, member_id = %format!("{:x}", member.id), "discovering the cluster");
+    let cluster = tokio::task::spawn_blocking(move || {
+        etcd_lite::discovery::Discovery::new(&url, proxy.as_deref())?.join(member.id, &entry)
+    })
+    .await??;
+    tracing::info!(initial_cluster = %cluster, "discovered the cluster");
+    Ok(cluster)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg = Config::parse_go_style(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let mut cfg = Config::parse_go_style(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logs(&cfg);
     exit_on_panic();
     let auth_tokens =
@@ -73,8 +98,16 @@ async fn main() -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let member = cfg.member()?;
     let data_dir = cfg.data_dir();
+    if let Some(url) = cfg.discovery.clone() {
+        if !data_dir.join("member").exists() {
+            // A first start: the discovery service says who the cluster is. Nothing is written
+            // to the data directory before it has answered.
+            cfg.initial_cluster = Some(discover(&cfg, &url).await?);
+            cfg.initial_cluster_token = url;
+        }
+    }
+    let member = cfg.member()?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let peer_tls = match cfg.peer_tls()? {
@@ -82,7 +115,8 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let mut cluster = cfg.cluster()?;
-    let clustered = cfg.initial_cluster.is_some() || !cluster.new_cluster;
+    let clustered =
+        cfg.initial_cluster.is_some() || cfg.discovery.is_some() || !cluster.new_cluster;
     let mut member = member;
     etcd_lite::wal::cut_corrupt_records(cfg.unsafe_wal_cut_corrupt);
     let opened = EtcdServer::open_store(&data_dir, cfg.cache_bytes)
