@@ -211,6 +211,8 @@ async fn main() -> anyhow::Result<()> {
     let app = etcd_lite::http::router(server.clone(), cfg.enable_v2);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    // A restart without --initial-cluster*: the data directory knows the cluster's members.
+    let clustered = clustered || server.registry.read().len() > 1;
     if clustered {
         server
             .peer_listening

@@ -269,6 +269,14 @@ impl EtcdLite {
         }
     }
 
+    /// Leaves `flag` and its value out of the next starts.
+    pub fn remove_flag(&mut self, flag: &str) {
+        if let Some(i) = self.extra.iter().position(|a| a == flag) {
+            let end = (i + 2).min(self.extra.len());
+            self.extra.drain(i..end);
+        }
+    }
+
     /// Starts the member again after [`EtcdLite::terminate`] or [`EtcdLite::kill9`].
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "member is still running");
