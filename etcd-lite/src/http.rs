@@ -715,15 +715,20 @@ async fn no_route(req: axum::extract::Request) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    // Read what the client sends (up to a bound) before answering: an HTTP/2 stream answered
+    // while its request is still arriving is reset, and the client sees a framing error
+    // instead of the answer.
+    let _ = axum::body::to_bytes(req.into_body(), 1 << 20).await;
     if grpc {
-        return tonic::Status::unimplemented(format!("unknown method {}", req.uri().path()))
+        return tonic::Status::unimplemented(format!("unknown method {path}"))
             .into_http()
             .map(|_: tonic::body::BoxBody| Body::empty());
     }
     let body = serde_json::json!({
         "error": "Not Found",
         "code": tonic::Code::NotFound as i32,
-        "message": format!("404 page not found: {} {}", req.method(), req.uri().path()),
+        "message": format!("404 page not found: {method} {path}"),
     });
     json(404, &body)
 }

@@ -28,6 +28,7 @@ pub mod discovery;
 pub mod durable;
 pub mod error;
 pub mod failpoint;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod http_v2;

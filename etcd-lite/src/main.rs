@@ -84,8 +84,41 @@ async fn discover(cfg: &Config, url: &str) -> anyhow::Result<String> {
     Ok(cluster)
 }
 
+/// `etcd-lite gateway start ...`: the L4 gateway of [`etcd_lite::gateway`] instead of a member.
+async fn gateway(args: Vec<String>) -> anyhow::Result<()> {
+    use clap::Parser;
+    if args.get(1).map(String::as_str) != Some("start") {
+        anyhow::bail!("usage: etcd-lite gateway start [--endpoints ...] (see `etcd-lite gateway start --help`)");
+    }
+    // Go's flag package: -flag and --flag are the same.
+    let flags = args[2..].iter().map(|a| {
+        if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") {
+            format!("-{a}")
+        } else {
+            a.clone()
+        }
+    });
+    let cfg = etcd_lite::gateway::GatewayConfig::parse_from(
+        std::iter::once("etcd-lite gateway start".to_string()).chain(flags),
+    );
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},h2=warn", cfg.log_level)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    etcd_lite::gateway::run(cfg, shutdown_signal()).await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("gateway")) {
+        let args = std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return gateway(args).await;
+    }
     let mut cfg = Config::parse_go_style(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logs(&cfg);
     exit_on_panic();
