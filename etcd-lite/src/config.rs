@@ -32,6 +32,13 @@ use crate::server::{ClusterSpec, Limits, MemberInfo};
         --peer-cert-file node1.pem --peer-key-file node1-key.pem --peer-trusted-ca-file ca.pem \\
         --peer-client-cert-auth
 
+    # bootstrap through a discovery service (URL from https://discovery.etcd.io/new?size=3)
+    etcd-lite --name node1 --listen-peer-urls http://10.0.0.1:2380 \\
+        --initial-advertise-peer-urls http://10.0.0.1:2380 --discovery https://discovery.etcd.io/TOKEN
+
+    # on a machine that is not a member: a local endpoint passing clients to the members
+    etcd-lite gateway start --endpoints 10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
+
     # then, from another shell
     ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2379 put foo bar
     curl -s http://127.0.0.1:2379/v2/keys/foo
