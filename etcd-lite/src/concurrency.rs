@@ -445,7 +445,8 @@ pub async fn leader(server: &EtcdServer, who: &Caller, name: &[u8]) -> Result<Le
 
 /// Observe: streams election `name`'s leader, first as it is (or as the first candidate
 /// appears), then each new value it proclaims, then its successor once it is gone. Ends when
-/// the receiver is dropped.
+/// the receiver is dropped, or with etcd's permission error once the caller may no longer read
+/// the election's keys.
 pub fn observe(
     server: Arc<EtcdServer>,
     who: Caller,
@@ -456,7 +457,7 @@ pub fn observe(
     server.may(&who, &prefix, &end, Access::Read)?;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        if let Err(e) = follow(&server, &prefix, &end, &tx).await {
+        if let Err(e) = follow(&server, &who, &prefix, &end, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -489,6 +490,7 @@ async fn next_revision(
 /// What [`observe`] runs until the receiver goes.
 async fn follow(
     server: &EtcdServer,
+    who: &Caller,
     prefix: &[u8],
     end: &[u8],
     tx: &mpsc::Sender<Result<LeaderResponse>>,
@@ -524,6 +526,8 @@ async fn follow(
             },
         };
         loop {
+            // Like a watch, an observer whose user lost the permission gets nothing more.
+            server.may(who, prefix, end, Access::Read)?;
             let header = server.header(seen.max(leader.mod_revision));
             let resp = LeaderResponse {
                 header,

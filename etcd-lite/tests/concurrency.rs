@@ -3,6 +3,9 @@
 //! cancelled waiter, and an election's campaign, proclaim, leader, observe and resign. The
 //! same keys as etcdctl's client-side `lock` (one recipe, two implementations).
 
+// tonic's interceptors return tonic::Status, large by design.
+#![allow(clippy::result_large_err)]
+
 use std::time::Duration;
 
 use etcd_api::etcdserverpb::{
@@ -325,5 +328,110 @@ fn election_campaign_proclaim_observe_and_resign() {
             format!("e/{l2:x}").into_bytes()
         );
         assert_eq!(next(&mut observed).await, "two");
+    });
+}
+
+#[test]
+fn observe_needs_read_on_the_election_and_ends_when_it_is_revoked() {
+    let m = EtcdLite::start(env!("CARGO_BIN_EXE_etcd-lite"), &["--bcrypt-cost", "4"]);
+    m.ok(&["user", "add", "root:rootpw"]);
+    m.ok(&["user", "add", "alice:alicepw"]);
+    m.ok(&["role", "add", "watcher"]);
+    m.ok(&[
+        "role",
+        "grant-permission",
+        "watcher",
+        "read",
+        "e/",
+        "--prefix",
+    ]);
+    m.ok(&["user", "grant-role", "alice", "watcher"]);
+    m.ok(&["auth", "enable"]);
+    runtime().block_on(async {
+        use etcd_api::etcdserverpb::{auth_client::AuthClient, AuthenticateRequest};
+        let ch = channel(&m).await;
+        let token = |name: &str, password: &str| {
+            let (name, password, ch) = (name.to_string(), password.to_string(), ch.clone());
+            async move {
+                AuthClient::new(ch)
+                    .authenticate(AuthenticateRequest { name, password })
+                    .await
+                    .expect("authenticate")
+                    .into_inner()
+                    .token
+            }
+        };
+        let with_token = |t: String| {
+            let ch = ch.clone();
+            ElectionClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
+                r.metadata_mut()
+                    .insert("token", t.parse().expect("ascii token"));
+                Ok(r)
+            })
+        };
+        let mut root = with_token(token("root", "rootpw").await);
+        let mut alice = with_token(token("alice", "alicepw").await);
+        // Anonymous: refused at once.
+        let err = ElectionClient::new(ch.clone())
+            .observe(LeaderRequest {
+                name: b"e".to_vec(),
+            })
+            .await
+            .expect_err("anonymous");
+        assert_eq!(err.message(), "etcdserver: user name is empty");
+        let mut observed = alice
+            .observe(LeaderRequest {
+                name: b"e".to_vec(),
+            })
+            .await
+            .expect("alice may read e/")
+            .into_inner();
+        let lease = {
+            let mut l = LeaseClient::with_interceptor(ch.clone(), {
+                let t = token("root", "rootpw").await;
+                move |mut r: tonic::Request<()>| {
+                    r.metadata_mut()
+                        .insert("token", t.parse().expect("ascii token"));
+                    Ok(r)
+                }
+            });
+            l.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+                .await
+                .expect("grant")
+                .into_inner()
+                .id
+        };
+        let lead = root
+            .campaign(CampaignRequest {
+                name: b"e".to_vec(),
+                lease,
+                value: b"first".to_vec(),
+            })
+            .await
+            .expect("campaign")
+            .into_inner()
+            .leader;
+        assert_eq!(next(&mut observed).await, "first");
+        // Alice loses the permission: the next change ends her stream with etcd's error.
+        m.ok(&[
+            "--user",
+            "root:rootpw",
+            "role",
+            "revoke-permission",
+            "watcher",
+            "e/",
+            "--prefix",
+        ]);
+        root.proclaim(ProclaimRequest {
+            leader: lead,
+            value: b"second".to_vec(),
+        })
+        .await
+        .expect("proclaim");
+        let end = tokio::time::timeout(Duration::from_secs(10), observed.message())
+            .await
+            .expect("observe sent nothing");
+        let err = end.expect_err("the stream ends with an error");
+        assert_eq!(err.message(), "etcdserver: permission denied");
     });
 }
