@@ -486,6 +486,8 @@ struct Driver<S: StateMachine, T> {
     raw: RawNode<RaftLog>,
     sm: S,
     transport: T,
+    /// The append counter of each peer (`RaftMetrics::appends_sent`), looked up once.
+    appends_sent: HashMap<u64, prometheus::IntCounter>,
     next_request: u64,
     proposals: HashMap<u64, Pending<S::Output>>,
     /// Proposals this follower forwarded to its leader, with the term they were sent in: when
@@ -558,6 +560,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             raw,
             sm,
             transport,
+            appends_sent: HashMap::new(),
             next_request: first_request_number(),
             proposals: HashMap::new(),
             forwarded: HashMap::new(),
@@ -973,13 +976,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     }
 
     /// Counts the append messages among `msgs`, by addressee (v2's stats show them).
-    fn count_appends(&self, msgs: &[Message]) {
+    fn count_appends(&mut self, msgs: &[Message]) {
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgAppend {
-                self.cfg
-                    .metrics
-                    .appends_sent
-                    .with_label_values(&[&format!("{:x}", m.to)])
+                let sent = &self.cfg.metrics.appends_sent;
+                self.appends_sent
+                    .entry(m.to)
+                    .or_insert_with(|| sent.with_label_values(&[&format!("{:x}", m.to)]))
                     .inc();
             }
         }
