@@ -39,6 +39,12 @@ use crate::server::{ClusterSpec, Limits, MemberInfo};
     # on a machine that is not a member: a local endpoint passing clients to the members
     etcd-lite gateway start --endpoints 10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
 
+    # back up, inspect and restore (etcd's snapshot format, etcdutl's flags)
+    etcdctl --endpoints 127.0.0.1:2379 snapshot save backup.db
+    etcd-lite snapshot status backup.db -w table
+    etcd-lite snapshot restore backup.db --name node1 --data-dir node1.etcd \\
+        --initial-cluster node1=http://10.0.0.1:2380 --initial-advertise-peer-urls http://10.0.0.1:2380
+
     # then, from another shell
     ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2379 put foo bar
     curl -s http://127.0.0.1:2379/v2/keys/foo

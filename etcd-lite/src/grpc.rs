@@ -648,25 +648,44 @@ impl Maintenance for Services {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.0.refuse_on_learner()?;
         self.admin(&r)?;
-        let (blob, rev) = {
-            let view = self.0.store.read();
-            (view.snapshot()?, view.rev)
-        };
+        // etcd's backend format (a bbolt file and its SHA-256), built in a temporary file so
+        // the answer streams from disk whatever the store's size.
+        let server = self.0.clone();
+        let (file, total, rev) = tokio::task::spawn_blocking(move || {
+            let view = server.store.read();
+            let rev = view.rev;
+            crate::backup::snapshot_file(&view, None).map(|(f, len)| (f, len, rev))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshot: {e}")))?
+        .map_err(|e| Status::internal(format!("snapshot: {e}")))?;
         let header = self.0.header(rev);
-        let total = blob.len();
-        let chunks: Vec<SnapshotResponse> = blob
-            .chunks(SNAPSHOT_CHUNK)
-            .enumerate()
-            .map(|(i, c)| SnapshotResponse {
-                header,
-                remaining_bytes: (total - (i * SNAPSHOT_CHUNK + c.len())) as u64,
-                blob: c.to_vec(),
-                version: API_VERSION.into(),
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            chunks.into_iter().map(Ok),
-        ))))
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = std::io::BufReader::new(file);
+            let mut sent = 0u64;
+            while sent < total {
+                let mut blob = vec![0u8; SNAPSHOT_CHUNK.min((total - sent) as usize)];
+                if let Err(e) = file.read_exact(&mut blob) {
+                    let _ = tx.blocking_send(Err(Status::internal(format!("snapshot: {e}"))));
+                    return;
+                }
+                sent += blob.len() as u64;
+                let msg = SnapshotResponse {
+                    header,
+                    remaining_bytes: total - sent,
+                    blob,
+                    version: API_VERSION.into(),
+                };
+                if tx.blocking_send(Ok(msg)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
     async fn move_leader(
         &self,

@@ -20,6 +20,7 @@ pub mod applier;
 pub mod auth;
 pub mod auth_api;
 pub mod authority;
+pub mod backup;
 pub mod concurrency;
 pub mod config;
 pub mod consensus;

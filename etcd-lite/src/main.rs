@@ -112,6 +112,15 @@ async fn gateway(args: Vec<String>) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("snapshot")) {
+        let args = std::env::args_os()
+            .skip(2)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        std::process::exit(tokio::task::block_in_place(|| {
+            etcd_lite::backup::cli::run(args)
+        }));
+    }
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("gateway")) {
         let args = std::env::args_os()
             .skip(1)

@@ -336,8 +336,10 @@ impl EtcdServer {
             .map_err(|e| EtcdError::Storage(format!("opening the raft log: {e}")))?;
         let cfg = NodeConfig {
             id: member.id,
+            // The stored registry: the flags' members at a first start, the restored cluster's
+            // for a data directory made by `etcd-lite snapshot restore`.
             initial_voters: if cluster.new_cluster {
-                cluster.members.iter().map(|m| m.0).collect()
+                registry.read().keys().copied().collect()
             } else {
                 Vec::new()
             },

@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/kv.proto",
         "proto/auth.proto",
+        "proto/lease.proto",
         "proto/rpc.proto",
         "proto/raftpeer.proto",
         "proto/v3lock.proto",

@@ -534,12 +534,22 @@ impl MvccStore {
     /// waiting for sled (about 10 µs a record). A crash before sled has it all replays the
     /// record. Only a snapshot too large for one record is written to sled in place.
     pub fn restore_snapshot(&self, data: &[u8], keep_meta: &[&str]) -> Result<Recovered> {
+        self.restore_records(parse_snapshot(data)?, keep_meta)
+    }
+
+    /// Replaces the store's content with `records` (sled keys and values, as a snapshot
+    /// lists them), keeping the metadata named in `keep_meta`.
+    pub fn restore_records(
+        &self,
+        mut records: Vec<(Vec<u8>, Vec<u8>)>,
+        keep_meta: &[&str],
+    ) -> Result<Recovered> {
         let t0 = std::time::Instant::now();
         // The image is of the data being replaced (the new epoch would refuse it anyway).
         if let Some(dir) = &self.dir {
             image::remove(dir);
         }
-        let mut records = parse_snapshot(data)?;
+        let size: usize = records.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
         // Snapshots list records in key order; sorting (linear then) guarantees it for the
         // index built below and the lookups of the replacement.
         records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -564,7 +574,7 @@ impl MvccStore {
         let (parsed, count) = (t0.elapsed(), records.len());
         self.log_staged()?;
         let kept: Vec<Vec<u8>> = keep_meta.iter().map(|n| meta_key(n)).collect();
-        let via_log = self.wal.lock().is_some() && data.len() < self.log_record_max;
+        let via_log = self.wal.lock().is_some() && size < self.log_record_max;
         if via_log {
             self.replace_through_log(records, &kept)?;
         } else {
@@ -1170,6 +1180,12 @@ impl ReadView<'_> {
         let mut out = Vec::new();
         self.for_each_record_from(start, |k, v| out.push((k.to_vec(), v.to_vec())))?;
         Ok(out)
+    }
+
+    /// Calls `f` with every record of the store (key-values by revision, then leases, then
+    /// metadata), in key order, without copying them.
+    pub fn for_each_record(&self, f: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        self.for_each_record_from(&[], f)
     }
 
     /// Calls `f` with every record of [`Self::records_from`], without copying them.

@@ -19,6 +19,11 @@ pub mod authpb {
     include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
+/// `leasepb`: a lease as etcd's backend (and so its snapshots) stores it.
+pub mod leasepb {
+    include!(concat!(env!("OUT_DIR"), "/leasepb.rs"));
+}
+
 /// `etcdserverpb`: requests, responses and the KV, Watch, Lease, Cluster, Maintenance and Auth services.
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));

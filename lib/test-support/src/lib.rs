@@ -119,23 +119,37 @@ impl EtcdLite {
         Self::start_with(bin, extra, env, false)
     }
 
-    fn start_with(bin: &str, extra: &[&str], env: &[(&str, &str)], tls: bool) -> Self {
+    /// A member with its own ports and an empty directory, not started: put a data
+    /// directory at [`EtcdLite::data_dir`] (a restored snapshot, say), then
+    /// [`EtcdLite::respawn`].
+    pub fn stopped(bin: &str, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("etcd-lite-test")
             .tempdir()
             .expect("creating a temporary data directory");
-        let mut m = EtcdLite {
+        EtcdLite {
             bin: PathBuf::from(bin),
             dir,
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            tls,
-        };
+            env: Vec::new(),
+            tls: false,
+        }
+    }
+
+    /// Where the member keeps its data (`--data-dir`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn start_with(bin: &str, extra: &[&str], env: &[(&str, &str)], tls: bool) -> Self {
+        let mut m = Self::stopped(bin, extra);
+        m.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        m.tls = tls;
         m.spawn();
         m
     }
