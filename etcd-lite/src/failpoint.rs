@@ -3,6 +3,8 @@
 //! member started without the variable pays one load per check.
 //!
 //! - `panic-on-compact`: the raft node's thread panics when it applies a compaction.
+//! - `slow-defragment`: a defragmentation waits 2 s between copying the store and switching to
+//!   the copy (tests show that reads and writes go on meanwhile).
 
 use std::sync::OnceLock;
 

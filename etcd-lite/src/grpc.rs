@@ -603,8 +603,19 @@ impl Maintenance for Services {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.0.refuse_on_learner()?;
         self.admin(&r)?;
-        // sled reclaims space itself; defragmenting amounts to making everything durable, which
-        // the raft node's thread does (the store has one writer). etcd leaves the header unset.
+        // The store's files are rewritten with what it holds now while reads and writes go on
+        // (etcd stops the member instead); then the raft thread (the store's one writer)
+        // makes everything durable and restarts the store's log. etcd leaves the header unset.
+        let server = self.0.clone();
+        let done = tokio::task::spawn_blocking(move || server.store.defragment())
+            .await
+            .map_err(|e| Status::internal(format!("defragment: {e}")))??;
+        tracing::info!(
+            before = done.before,
+            after = done.after,
+            took_ms = done.took.as_millis() as u64,
+            "defragmented"
+        );
         self.0.node.make_durable().await.map_err(EtcdError::from)?;
         Ok(Response::new(DefragmentResponse { header: None }))
     }
