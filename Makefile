@@ -36,6 +36,7 @@ image: build dist
 bench: build dist image
 	./target/release/etcd-bench compare
 	./target/release/etcd-bench compare-cluster
+	./target/release/etcd-bench compare-backup
 	./target/release/rkt-bench --rkt target/$(DIST_TARGET)/dist/rkt
 	./target/release/pod-bench --rkt target/$(DIST_TARGET)/dist/rkt
 	./target/release/fleet-bench --etcd-lite target/release/etcd-lite --machines 100 --units 10000

@@ -65,6 +65,23 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Backups and defragmentation side by side: `etcdctl snapshot save` from each server,
+    /// `snapshot restore` by etcdctl 3.4 and by etcd-lite (time, peak RSS), and defrag after
+    /// 90% of the keys are deleted and compacted (space given back, longest write wait).
+    CompareBackup {
+        #[arg(long)]
+        etcd_lite: Option<PathBuf>,
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: PathBuf,
+        #[arg(long, default_value = "/usr/bin/etcdctl")]
+        etcdctl: PathBuf,
+        /// Key counts to save and restore (256-byte values).
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        keys: Vec<usize>,
+        /// Keys written before 90% are deleted, compacted and defragmented.
+        #[arg(long, default_value_t = 100_000)]
+        defrag_keys: usize,
+    },
     /// Start etcd-lite and etcd side by side and compare them.
     Compare {
         /// The etcd-lite binary (default: next to this one).
@@ -1164,6 +1181,282 @@ fn print_rows(etcd: Vec<Metric>, lite: Vec<Metric>) {
     println!("(ratio > 1 means etcd-lite is better: faster, higher throughput or smaller)");
 }
 
+/// Runs `cmd` to its end; wall time and peak RSS (MiB: its VmHWM, sampled every 2 ms until
+/// it exits, so a peak in its last 2 ms may be missed).
+fn timed_child(cmd: &mut Command) -> Result<(Duration, f64)> {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning")?;
+    let mut peak: f64 = 0.0;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        peak = peak.max(hwm_mib(child.id()));
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let took = t0.elapsed();
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("{cmd:?} failed: {err}");
+    }
+    Ok((took, peak))
+}
+
+fn dir_mib(path: &Path) -> f64 {
+    fn size(path: &Path) -> u64 {
+        std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => size(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    size(path) as f64 / (1024.0 * 1024.0)
+}
+
+/// Save (and restore with `restore_bin`) `keys` keys from a fresh server of `bin`; the
+/// snapshot file stays in `out` for the other tool's restore.
+async fn measure_backup(
+    bin: &Path,
+    lite: bool,
+    etcdctl: &Path,
+    restore_bin: &Path,
+    keys: usize,
+    out: &Path,
+) -> Result<Vec<Metric>> {
+    let srv = start(bin, lite).await?;
+    let ep = format!("127.0.0.1:{}", srv.port);
+    run(std::slice::from_ref(&ep), 64, keys, 256, Op::Put, keys).await?;
+    let file = out.join(if lite { "lite.db" } else { "etcd.db" });
+    let _ = std::fs::remove_file(&file);
+    // The server's RSS while it sends the snapshot, sampled.
+    let pid = srv.child.id();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mib(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let rss_before = rss_mib(pid);
+    let writer = Writer::start(KvClient::new(channel(&ep, None).await?));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (save, _) = tokio::task::block_in_place(|| {
+        timed_child(
+            Command::new(etcdctl)
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &ep, "--command-timeout", "600s"])
+                .arg("snapshot")
+                .arg("save")
+                .arg(&file),
+        )
+    })?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let longest = writer.stop().await?;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))?;
+    let size = std::fs::metadata(&file)?.len() as f64 / (1024.0 * 1024.0);
+    drop(srv);
+    let k = keys / 1000;
+    let mut rows = vec![
+        (
+            format!("save {k}k keys: time (ms)"),
+            save.as_secs_f64() * 1e3,
+            false,
+        ),
+        (
+            format!("save {k}k keys: server RSS growth (MiB)"),
+            (peak - rss_before).max(0.0),
+            false,
+        ),
+        (format!("save {k}k keys: snapshot size (MiB)"), size, false),
+        (
+            format!("save {k}k keys: longest write wait (ms)"),
+            longest.as_secs_f64() * 1e3,
+            false,
+        ),
+    ];
+    // Each tool restores the reference snapshot (etcd's), as a migration would.
+    let source = out.join("etcd.db");
+    let source = if source.exists() {
+        source
+    } else {
+        file.clone()
+    };
+    let target = out.join(if lite {
+        "lite-restored"
+    } else {
+        "etcd-restored"
+    });
+    let _ = std::fs::remove_dir_all(&target);
+    let (restore, rss) = timed_child(
+        Command::new(restore_bin)
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(&source)
+            .arg("--data-dir")
+            .arg(&target),
+    )?;
+    let _ = std::fs::remove_dir_all(&target);
+    rows.push((
+        format!("restore {k}k keys: time (ms)"),
+        restore.as_secs_f64() * 1e3,
+        false,
+    ));
+    rows.push((format!("restore {k}k keys: peak RSS (MiB)"), rss, false));
+    Ok(rows)
+}
+
+/// One client putting in a loop, one put at a time, until stopped: the longest a put took.
+struct Writer {
+    writing: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl Writer {
+    fn start(mut kv: KvClient<Channel>) -> Self {
+        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = writing.clone();
+        let task = tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            let mut i = 0u64;
+            while flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let _ = kv
+                    .put(PutRequest {
+                        key: format!("during/{i}").into_bytes(),
+                        value: vec![b'v'; 256],
+                        ..Default::default()
+                    })
+                    .await;
+                longest = longest.max(t0.elapsed());
+                i += 1;
+            }
+            longest
+        });
+        Writer { writing, task }
+    }
+
+    async fn stop(self) -> Result<Duration> {
+        self.writing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
+
+/// `keys` keys, 90% deleted and compacted, then defrag while one client keeps writing: the
+/// data directory before and after, the defrag's time, and the longest a write waited.
+async fn measure_defrag(bin: &Path, lite: bool, keys: usize) -> Result<Vec<Metric>> {
+    use etcd_api::etcdserverpb::{
+        maintenance_client::MaintenanceClient, CompactionRequest, DefragmentRequest,
+        DeleteRangeRequest,
+    };
+    let srv = start(bin, lite).await?;
+    let ep = format!("127.0.0.1:{}", srv.port);
+    run(std::slice::from_ref(&ep), 64, keys, 256, Op::Put, keys).await?;
+    let ch = channel(&ep, None).await?;
+    let mut kv = KvClient::new(ch.clone());
+    let del = kv
+        .delete_range(DeleteRangeRequest {
+            key: b"bench/".to_vec(),
+            range_end: format!("bench/{:08}", keys * 9 / 10).into_bytes(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let rev = del.header.map(|h| h.revision).unwrap_or_default();
+    kv.compact(CompactionRequest {
+        revision: rev,
+        physical: true,
+    })
+    .await?;
+    let data = srv.dir.path().join("data");
+    let before = dir_mib(&data);
+    let writer = Writer::start(kv.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    MaintenanceClient::new(ch)
+        .defragment(DefragmentRequest {})
+        .await?;
+    let took = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let longest = writer.stop().await?;
+    let after = dir_mib(&data);
+    let k = keys / 1000;
+    Ok(vec![
+        (
+            format!("defrag {k}k keys, 90% gone: dir before (MiB)"),
+            before,
+            false,
+        ),
+        (
+            format!("defrag {k}k keys, 90% gone: dir after (MiB)"),
+            after,
+            false,
+        ),
+        (
+            format!("defrag {k}k keys, 90% gone: time (ms)"),
+            took.as_secs_f64() * 1e3,
+            false,
+        ),
+        (
+            format!("defrag {k}k keys: longest write wait (ms)"),
+            longest.as_secs_f64() * 1e3,
+            false,
+        ),
+    ])
+}
+
+async fn compare_backup(
+    lite_bin: &Path,
+    etcd_bin: &Path,
+    etcdctl: &Path,
+    keys: &[usize],
+    defrag_keys: usize,
+) -> Result<()> {
+    for b in [etcd_bin, etcdctl] {
+        if !b.exists() {
+            bail!(
+                "{} not found; run `make deps` (etcd-server, etcd-client)",
+                b.display()
+            );
+        }
+    }
+    let out = tempfile::tempdir()?;
+    let (mut e, mut l) = (Vec::new(), Vec::new());
+    for &n in keys {
+        eprintln!("saving and restoring {n} keys: etcd ...");
+        e.extend(measure_backup(etcd_bin, false, etcdctl, etcdctl, n, out.path()).await?);
+        eprintln!("saving and restoring {n} keys: etcd-lite ...");
+        l.extend(measure_backup(lite_bin, true, etcdctl, lite_bin, n, out.path()).await?);
+    }
+    eprintln!("defragmenting: etcd ...");
+    e.extend(measure_defrag(etcd_bin, false, defrag_keys).await?);
+    eprintln!("defragmenting: etcd-lite ...");
+    l.extend(measure_defrag(lite_bin, true, defrag_keys).await?);
+    print_rows(e, l);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().cmd {
@@ -1207,6 +1500,19 @@ async fn main() -> Result<()> {
                 );
             }
             compare_cluster(&lite, &etcd, scale, failovers, rounds).await?;
+        }
+        Cmd::CompareBackup {
+            etcd_lite,
+            etcd,
+            etcdctl,
+            keys,
+            defrag_keys,
+        } => {
+            let lite = match etcd_lite {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("etcd-lite"),
+            };
+            compare_backup(&lite, &etcd, &etcdctl, &keys, defrag_keys).await?;
         }
         Cmd::Compare {
             etcd_lite,
