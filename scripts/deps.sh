@@ -4,7 +4,7 @@
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -eu
 
-PACKAGES="gcc protobuf-compiler libprotobuf-dev etcd-client etcd-server etcd-discovery curl jq busybox-static
+PACKAGES="gcc protobuf-compiler libprotobuf-dev etcd-client etcd-server etcd-discovery dnsmasq-base curl jq busybox-static
     systemd-container mmdebstrap iproute2 util-linux
     libseccomp-dev pkg-config podman runc crun openssh-client openssl
     skopeo umoci docker-registry iptables

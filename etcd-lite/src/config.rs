@@ -36,6 +36,10 @@ use crate::server::{ClusterSpec, Limits, MemberInfo};
     etcd-lite --name node1 --listen-peer-urls http://10.0.0.1:2380 \\
         --initial-advertise-peer-urls http://10.0.0.1:2380 --discovery https://discovery.etcd.io/TOKEN
 
+    # bootstrap from DNS SRV records (_etcd-server._tcp.example.com)
+    etcd-lite --name node1 --listen-peer-urls http://10.0.0.1:2380 \\
+        --initial-advertise-peer-urls http://node1.example.com:2380 --discovery-srv example.com
+
     # on a machine that is not a member: a local endpoint passing clients to the members
     etcd-lite gateway start --endpoints 10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
 
@@ -108,6 +112,14 @@ pub struct Config {
     /// HTTP proxy to reach the discovery service through.
     #[arg(long, env = "ETCD_DISCOVERY_PROXY")]
     pub discovery_proxy: Option<String>,
+    /// Bootstrap from DNS: the members are the SRV records `_etcd-server-ssl._tcp.DOMAIN`
+    /// (https peer URLs) and `_etcd-server._tcp.DOMAIN` (http). Replaces --initial-cluster on
+    /// the first start.
+    #[arg(long, env = "ETCD_DISCOVERY_SRV")]
+    pub discovery_srv: Option<String>,
+    /// Suffix of the SRV names --discovery-srv looks up (`_etcd-server-NAME._tcp.DOMAIN`).
+    #[arg(long, default_value = "", env = "ETCD_DISCOVERY_SRV_NAME")]
+    pub discovery_srv_name: String,
     /// What a member that finds the discovered cluster full does. etcd-lite has no v2 proxy
     /// mode, so both values exit with etcd's "discovery: cluster is full".
     #[arg(long, default_value = "proxy", env = "ETCD_DISCOVERY_FALLBACK",

@@ -22,12 +22,20 @@ use tokio::net::{TcpListener, TcpStream};
     about = "Pass client connections through to an etcd cluster's members (an L4 gateway).",
     after_help = "Examples:\n  \
         etcd-lite gateway start --endpoints 10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379\n  \
+        etcd-lite gateway start --discovery-srv example.com\n  \
         ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:23790 put k v"
 )]
 pub struct GatewayConfig {
     /// Comma-separated client endpoints of the cluster (host:port or URLs).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
+    /// Take the endpoints from DNS SRV records instead: `_etcd-client-ssl._tcp.DOMAIN` and
+    /// `_etcd-client._tcp.DOMAIN`.
+    #[arg(long)]
+    pub discovery_srv: Option<String>,
+    /// Suffix of the SRV names --discovery-srv looks up (`_etcd-client-NAME._tcp.DOMAIN`).
+    #[arg(long, default_value = "")]
+    pub discovery_srv_name: String,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:23790")]
     pub listen_addr: SocketAddr,
@@ -141,7 +149,10 @@ pub async fn run(
     cfg: GatewayConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let given: Vec<String> = cfg.endpoints.split(',').filter_map(host_port).collect();
+    let given: Vec<String> = match &cfg.discovery_srv {
+        Some(domain) => crate::srv::client_endpoints(domain, &cfg.discovery_srv_name).await?,
+        None => cfg.endpoints.split(',').filter_map(host_port).collect(),
+    };
     if given.is_empty() {
         anyhow::bail!("--endpoints: no endpoint given");
     }

@@ -663,8 +663,8 @@ impl Maintenance for Services {
         // the answer streams from disk whatever the store's size.
         let server = self.0.clone();
         let (file, total, rev) = tokio::task::spawn_blocking(move || {
-            let view = server.store.read();
-            let rev = view.rev;
+            let view = server.store.backup_view()?;
+            let rev = view.rev();
             crate::backup::snapshot_file(&view, None).map(|(f, len)| (f, len, rev))
         })
         .await

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod serve;
 pub mod server;
+pub mod srv;
 pub mod tls;
 pub mod v2_admin;
 pub mod v2store;

@@ -149,6 +149,30 @@ async fn main() -> anyhow::Result<()> {
             cfg.initial_cluster_token = url;
         }
     }
+    if let Some(domain) = cfg.discovery_srv.clone() {
+        if cfg.discovery.is_some() || cfg.initial_cluster.is_some() {
+            anyhow::bail!(
+                "multiple discovery or bootstrap flags are set: give one of --initial-cluster, --discovery or --discovery-srv"
+            );
+        }
+        if !data_dir.join("member").exists() {
+            let peer_urls: Vec<String> = cfg
+                .initial_advertise_peer_urls
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            let cluster = etcd_lite::srv::initial_cluster(
+                &domain,
+                &cfg.discovery_srv_name,
+                &cfg.name,
+                &peer_urls,
+            )
+            .await?;
+            tracing::info!(initial_cluster = %cluster, "discovered the cluster from DNS SRV records");
+            cfg.initial_cluster = Some(cluster);
+        }
+    }
     let member = cfg.member()?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -157,8 +181,10 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let mut cluster = cfg.cluster()?;
-    let clustered =
-        cfg.initial_cluster.is_some() || cfg.discovery.is_some() || !cluster.new_cluster;
+    let clustered = cfg.initial_cluster.is_some()
+        || cfg.discovery.is_some()
+        || cfg.discovery_srv.is_some()
+        || !cluster.new_cluster;
     let mut member = member;
     etcd_lite::wal::cut_corrupt_records(cfg.unsafe_wal_cut_corrupt);
     let opened = EtcdServer::open_store(&data_dir, cfg.cache_bytes)

@@ -140,11 +140,11 @@ pub fn execute(cmd: SnapshotCommand) -> anyhow::Result<String> {
                 cluster_id: member.cluster_id,
                 members: cluster.members,
             };
-            let loaded = restore(&file, skip_hash_check, &target)?;
+            let revision = restore(&file, skip_hash_check, &target)?;
             Ok(format!(
                 "restored snapshot {} (revision {}) to {} as member {:x} of cluster {:x}\n",
                 file.display(),
-                loaded.revision,
+                revision,
                 data_dir.display(),
                 member.id,
                 member.cluster_id

@@ -36,7 +36,7 @@ use sha2::Digest;
 use crate::auth::{AuthState, Perm, Role, User};
 use crate::machine::{MemberEntry, APPLIED_META, AUTH_META, CLIENTS_META, MEMBERS_META};
 use crate::mvcc::revision::{Revision, KV_PREFIX, LEASE_PREFIX, META_PREFIX};
-use crate::mvcc::store::ReadView;
+use crate::mvcc::store::BackupView;
 use crate::mvcc::MvccStore;
 
 /// What a backup or a restore can fail with; messages follow etcdutl's where it has one.
@@ -110,7 +110,7 @@ fn compact_rev_value(main: i64) -> Vec<u8> {
 
 /// Writes what `view` sees as an etcd backend database to `out` (positioned anywhere; the
 /// file is written from its start). Returns the file and the database's size in bytes.
-pub fn write_db(view: &ReadView<'_>, out: File) -> Result<(File, u64)> {
+pub fn write_db(view: &BackupView<'_>, out: File) -> Result<(File, u64)> {
     let mut w = bbolt::Writer::new(out)?;
     let mut leases: Vec<(i64, i64)> = Vec::new();
     let mut meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -268,7 +268,7 @@ fn write_auth<W: std::io::Write + Seek>(w: &mut bbolt::Writer<W>, auth: &AuthSta
 
 /// A snapshot file made from a store: the database then its SHA-256, as etcd sends it.
 /// Returns the file (at its start) and its length.
-pub fn snapshot_file(view: &ReadView<'_>, dir: Option<&Path>) -> Result<(File, u64)> {
+pub fn snapshot_file(view: &BackupView<'_>, dir: Option<&Path>) -> Result<(File, u64)> {
     let tmp = match dir {
         Some(d) => tempfile::tempfile_in(d)?,
         None => tempfile::tempfile()?,
@@ -514,7 +514,8 @@ pub struct RestoreTarget {
 /// Makes `target.data_dir` from the snapshot at `path`. The snapshot is read and checked in
 /// full first; the directory is built beside its final name and renamed into place at the
 /// end, so a failure leaves nothing behind.
-pub fn restore(path: &Path, skip_hash_check: bool, target: &RestoreTarget) -> Result<Loaded> {
+/// Returns the snapshot's revision.
+pub fn restore(path: &Path, skip_hash_check: bool, target: &RestoreTarget) -> Result<i64> {
     if target.data_dir.exists() {
         return Err(BackupError::Exists(target.data_dir.clone()));
     }
@@ -526,7 +527,8 @@ pub fn restore(path: &Path, skip_hash_check: bool, target: &RestoreTarget) -> Re
         // Left by a restore that did not finish: nothing else writes there.
         std::fs::remove_dir_all(&tmp)?;
     }
-    let built = build_dir(&tmp, &loaded, target);
+    let revision = loaded.revision;
+    let built = build_dir(&tmp, loaded, target);
     if let Err(e) = built {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -541,13 +543,13 @@ pub fn restore(path: &Path, skip_hash_check: bool, target: &RestoreTarget) -> Re
             let _ = d.sync_all();
         }
     }
-    Ok(loaded)
+    Ok(revision)
 }
 
-fn build_dir(tmp: &Path, loaded: &Loaded, target: &RestoreTarget) -> Result<()> {
+fn build_dir(tmp: &Path, loaded: Loaded, target: &RestoreTarget) -> Result<()> {
     std::fs::create_dir_all(tmp)?;
     let (store, _) = MvccStore::open(&tmp.join("member"), 64 << 20)?;
-    store.restore_records(loaded.records.clone(), &[])?;
+    store.load_records(loaded.records)?;
     let registry = serde_json::to_vec(&target.members)
         .map_err(|e| BackupError::Malformed(format!("member list: {e}")))?;
     store.set_meta(MEMBERS_META, &registry)?;

@@ -67,6 +67,9 @@ pub struct MvccStore {
     to_sled: Option<std::sync::mpsc::SyncSender<Job>>,
     /// Set by a defragmentation: the next flush or sync restarts the log (a checkpoint).
     checkpoint_soon: std::sync::atomic::AtomicBool,
+    /// Held (shared) by backups while they read; compactions and restores, which remove
+    /// records, take it exclusively.
+    backup_lock: RwLock<()>,
     sled_writer: Option<std::thread::JoinHandle<()>>,
     state: RwLock<State>,
     published: AtomicI64,
@@ -103,6 +106,50 @@ impl Sled {
 enum Job {
     Apply(Arc<Overlay>),
     Defragment(std::sync::mpsc::Sender<Result<Defragmented>>),
+}
+
+/// See [`MvccStore::backup_view`].
+pub struct BackupView<'a> {
+    _no_compaction: parking_lot::RwLockReadGuard<'a, ()>,
+    db: sled::Db,
+    rev: i64,
+    compacted: i64,
+    /// The key-value records of the overlays when the view was taken.
+    kv_overlay: Overlay,
+    /// Lease and metadata records, copied.
+    rest: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl BackupView<'_> {
+    /// The revision the view is at.
+    pub fn rev(&self) -> i64 {
+        self.rev
+    }
+
+    pub fn compacted(&self) -> i64 {
+        self.compacted
+    }
+
+    /// Calls `f` with every record (key-values by revision, then leases, then metadata) in key
+    /// order.
+    pub fn for_each_record(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let rev = self.rev;
+        merge_from(
+            &self.db,
+            &self.kv_overlay,
+            &[super::revision::KV_PREFIX],
+            |k, v| {
+                if Revision::from_key(k).is_some_and(|(r, _)| r.main <= rev) {
+                    f(k, v);
+                }
+                Ok(())
+            },
+        )?;
+        for (k, v) in &self.rest {
+            f(k, v);
+        }
+        Ok(())
+    }
 }
 
 /// What a defragmentation did: sled's size on disk before and after.
@@ -577,9 +624,25 @@ impl MvccStore {
     /// lists them), keeping the metadata named in `keep_meta`.
     pub fn restore_records(
         &self,
-        mut records: Vec<(Vec<u8>, Vec<u8>)>,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
         keep_meta: &[&str],
     ) -> Result<Recovered> {
+        self.replace_records(records, keep_meta, true)
+    }
+
+    /// Fills a new store with `records` (a restored backup): written to sled at once, not
+    /// through the log, which would hold a second copy of everything until a checkpoint.
+    pub fn load_records(&self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Recovered> {
+        self.replace_records(records, &[], false)
+    }
+
+    fn replace_records(
+        &self,
+        mut records: Vec<(Vec<u8>, Vec<u8>)>,
+        keep_meta: &[&str],
+        allow_log: bool,
+    ) -> Result<Recovered> {
+        let _no_backup = self.backup_lock.write();
         let t0 = std::time::Instant::now();
         // The image is of the data being replaced (the new epoch would refuse it anyway).
         if let Some(dir) = &self.dir {
@@ -610,11 +673,13 @@ impl MvccStore {
         let (parsed, count) = (t0.elapsed(), records.len());
         self.log_staged()?;
         let kept: Vec<Vec<u8>> = keep_meta.iter().map(|n| meta_key(n)).collect();
-        let via_log = self.wal.lock().is_some() && size < self.log_record_max;
+        let via_log = allow_log && self.wal.lock().is_some() && size < self.log_record_max;
         if via_log {
             self.replace_through_log(records, &kept)?;
-        } else {
+        } else if allow_log {
             self.replace_in_place(&records, &kept)?;
+        } else {
+            self.fill(records)?;
         }
         let written = t0.elapsed();
         let current = state.current;
@@ -738,6 +803,31 @@ impl MvccStore {
         Ok(())
     }
 
+    /// Writes `records` into a new, empty store a batch at a time (not atomic: only for a
+    /// store no member runs on yet), freeing each record once written.
+    fn fill(&self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        self.apply_overlay()?;
+        let sled = self.sled();
+        if sled.db.iter().next().is_some() {
+            return Err(EtcdError::Storage(
+                "loading records into a store that has some".into(),
+            ));
+        }
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for (k, v) in records {
+            batch.insert(k, v);
+            n += 1;
+            if n % 4096 == 0 {
+                sled.db.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        batch.insert(meta_key(EPOCH_META), new_epoch());
+        sled.db.apply_batch(batch)?;
+        sled.sync()?;
+        Ok(())
+    }
+
     /// Makes snapshots larger than `n` bytes restore in place (tests).
     #[cfg(test)]
     pub fn set_log_record_max(&mut self, n: usize) {
@@ -782,6 +872,7 @@ impl MvccStore {
         let store = MvccStore {
             sled,
             checkpoint_soon: Default::default(),
+            backup_lock: RwLock::new(()),
             wal: parking_lot::Mutex::new(wal),
             staged: parking_lot::Mutex::new(Staged::default()),
             overlay: RwLock::new(replayed),
@@ -846,6 +937,40 @@ impl MvccStore {
             .map_err(|_| EtcdError::Storage("the sled writer stopped".into()))??;
         self.checkpoint_soon.store(true, Ordering::Relaxed);
         Ok(done)
+    }
+
+    /// A consistent copy of the store at the published revision for a backup, read without
+    /// holding the store's locks: the leases, metadata and the overlays' key-values are copied
+    /// at once (they are small), then sled's key-values are read as the backup goes, skipping
+    /// revisions written since. Revision records never change once written; only compactions
+    /// and restores remove them, and they wait until the view is dropped.
+    pub fn backup_view(&self) -> Result<BackupView<'_>> {
+        let no_compaction = self.backup_lock.read();
+        let view = self.read();
+        let kv = |r: &Overlay| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+            r.records
+                .range(vec![super::revision::KV_PREFIX]..vec![super::revision::KV_PREFIX + 1])
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let mut kv_overlay = Overlay::default();
+        if let Some(a) = &view.applying {
+            kv_overlay.extend(kv(a));
+        }
+        kv_overlay.extend(kv(&view.overlay));
+        let mut rest = Vec::new();
+        view.for_each_record_from(&[LEASE_PREFIX], |k, v| rest.push((k.to_vec(), v.to_vec())))?;
+        let (rev, compacted) = (view.rev, view.state.compacted);
+        let db = self.db();
+        drop(view);
+        Ok(BackupView {
+            _no_compaction: no_compaction,
+            db,
+            rev,
+            compacted,
+            kv_overlay,
+            rest,
+        })
     }
 
     /// The newest revision readers may see.
@@ -1075,8 +1200,10 @@ impl MvccStore {
         })
     }
 
-    /// Drops history older than `at` (etcd's compaction). Does not bump the revision.
+    /// Drops history older than `at` (etcd's compaction). Does not bump the revision. Waits
+    /// for a running backup ([`MvccStore::backup_view`]).
     pub fn compact(&self, at: i64) -> Result<()> {
+        let _no_backup = self.backup_lock.write();
         // Dropped revisions may still be staged or in the overlay: put everything in sled first.
         self.log_staged()?;
         self.apply_overlay()?;
@@ -1422,12 +1549,6 @@ impl ReadView<'_> {
         let mut out = Vec::new();
         self.for_each_record_from(start, |k, v| out.push((k.to_vec(), v.to_vec())))?;
         Ok(out)
-    }
-
-    /// Calls `f` with every record of the store (key-values by revision, then leases, then
-    /// metadata), in key order, without copying them.
-    pub fn for_each_record(&self, f: impl FnMut(&[u8], &[u8])) -> Result<()> {
-        self.for_each_record_from(&[], f)
     }
 
     /// Calls `f` with every record of [`Self::records_from`], without copying them.
@@ -2294,6 +2415,52 @@ mod tests {
             c.read().get(b"k0").expect("get").map(|kv| kv.value),
             Some(vec![49])
         );
+    }
+
+    #[test]
+    fn a_backup_view_is_of_one_revision_and_holds_off_compactions() {
+        let s = MvccStore::temporary().expect("store");
+        let put = |k: &str| {
+            let mut w = s.write();
+            w.put(k.as_bytes(), b"v".to_vec(), 0, false).expect("put");
+            w.commit().expect("commit");
+            s.flush().expect("flush");
+            s.publish(s.read_current());
+        };
+        for i in 0..3000 {
+            put(&format!("k{}", i % 100));
+        }
+        let view = s.backup_view().expect("view");
+        let at = view.rev();
+        // Writes go on while the view is read (they are not in it).
+        for i in 0..3000 {
+            put(&format!("later{i}"));
+        }
+        s.apply_overlay().expect("to sled");
+        let compacting = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|t| {
+            let c = t.spawn(|| {
+                s.compact(at).expect("compact");
+                compacting.store(true, Ordering::SeqCst);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut revs = Vec::new();
+            view.for_each_record(|k, _| {
+                if let Some((r, _)) = Revision::from_key(k) {
+                    revs.push(r.main);
+                }
+            })
+            .expect("read");
+            assert!(
+                !compacting.load(Ordering::SeqCst),
+                "compacted under a backup"
+            );
+            assert_eq!(revs.len(), 3000);
+            assert_eq!(revs.last(), Some(&at));
+            drop(view);
+            c.join().expect("compaction");
+        });
+        assert_eq!(s.read().compacted(), at);
     }
 
     #[test]
