@@ -364,23 +364,34 @@ pub fn status(path: &Path) -> Result<Status> {
     })
 }
 
-/// What [`read_db`] found: the store's records, and the compaction etcd had scheduled but
-/// not finished (the restored store finishes it).
+/// Where [`read_db`] hands the key-values it reads.
+pub type RecordSink<'a> = dyn FnMut(Vec<u8>, Vec<u8>) -> Result<()> + 'a;
+
+/// What [`read_db`] found besides the key-values: the snapshot's revision, the other records
+/// (leases, compaction, auth: small), and the compaction etcd had scheduled but not finished
+/// (the restored store finishes it).
 pub struct Loaded {
-    pub records: Vec<(Vec<u8>, Vec<u8>)>,
     pub revision: i64,
+    pub key_values: usize,
+    pub other: Vec<(Vec<u8>, Vec<u8>)>,
     pub scheduled_compaction: Option<i64>,
 }
 
-/// Reads a snapshot into the store's records (key-values, leases, compaction, auth), checking
-/// its hash and every record. Nothing is written.
-pub fn read_db(path: &Path, skip_hash_check: bool) -> Result<Loaded> {
+/// Reads a snapshot, checking its hash and every record; hands each key-value, as a store
+/// record, to `key_values` (when given), in revision order. Nothing is written.
+pub fn read_db(
+    path: &Path,
+    skip_hash_check: bool,
+    mut key_values: Option<&mut RecordSink<'_>>,
+) -> Result<Loaded> {
     let (f, db_len) = open_checked(path, skip_hash_check)?;
     let db = bbolt::Reader::open(f, db_len)?;
     let buckets = db.buckets()?;
     let bad = |what: String| BackupError::Malformed(what);
-    let mut records = Vec::new();
+    let mut other = Vec::new();
     let mut revision = 0;
+    let mut count = 0;
+    let mut sink_error: Option<BackupError> = None;
     if let Some(root) = bbolt::find(&buckets, KEY) {
         db.for_each(root, &mut |k, v, _| {
             let (rev, tomb) = parse_etcd_rev_key(k).ok_or_else(|| {
@@ -393,9 +404,16 @@ pub fn read_db(path: &Path, skip_hash_check: bool) -> Result<Loaded> {
                 ))
             })?;
             revision = revision.max(rev.main);
-            records.push((rev.to_key(tomb).to_vec(), v.to_vec()));
+            count += 1;
+            if let Some(sink) = key_values.as_mut() {
+                if let Err(e) = sink(rev.to_key(tomb).to_vec(), v.to_vec()) {
+                    sink_error = Some(e);
+                    return Err(bbolt::BboltError::Corrupt("stopped".into()));
+                }
+            }
             Ok(())
-        })?;
+        })
+        .map_err(|e| sink_error.take().unwrap_or(e.into()))?;
     }
     if let Some(root) = bbolt::find(&buckets, LEASE) {
         db.for_each(root, &mut |k, v, _| {
@@ -408,7 +426,7 @@ pub fn read_db(path: &Path, skip_hash_check: bool) -> Result<Loaded> {
             }
             let mut key = vec![LEASE_PREFIX];
             key.extend_from_slice(&l.id.to_be_bytes());
-            records.push((key, l.ttl.to_be_bytes().to_vec()));
+            other.push((key, l.ttl.to_be_bytes().to_vec()));
             Ok(())
         })?;
     }
@@ -433,19 +451,20 @@ pub fn read_db(path: &Path, skip_hash_check: bool) -> Result<Loaded> {
         })?;
     }
     if finished > 0 {
-        records.push((META_COMPACTED.to_vec(), finished.to_be_bytes().to_vec()));
+        other.push((META_COMPACTED.to_vec(), finished.to_be_bytes().to_vec()));
     }
     let auth = read_auth(&db, &buckets)?;
     if auth != AuthState::default() {
         let json = serde_json::to_vec(&auth).map_err(|e| bad(format!("auth state: {e}")))?;
         let mut key = vec![META_PREFIX];
         key.extend_from_slice(AUTH_META.as_bytes());
-        records.push((key, json));
+        other.push((key, json));
     }
-    records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    other.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(Loaded {
-        records,
         revision: revision.max(finished),
+        key_values: count,
+        other,
         scheduled_compaction: (scheduled > finished).then_some(scheduled),
     })
 }
@@ -519,7 +538,8 @@ pub fn restore(path: &Path, skip_hash_check: bool, target: &RestoreTarget) -> Re
     if target.data_dir.exists() {
         return Err(BackupError::Exists(target.data_dir.clone()));
     }
-    let loaded = read_db(path, skip_hash_check)?;
+    // First the whole snapshot is checked, keeping nothing but the small records.
+    let loaded = read_db(path, skip_hash_check, None)?;
     let mut tmp = target.data_dir.clone().into_os_string();
     tmp.push(".restoring");
     let tmp = PathBuf::from(tmp);
@@ -527,8 +547,7 @@ pub fn restore(path: &Path, skip_hash_check: bool, target: &RestoreTarget) -> Re
         // Left by a restore that did not finish: nothing else writes there.
         std::fs::remove_dir_all(&tmp)?;
     }
-    let revision = loaded.revision;
-    let built = build_dir(&tmp, loaded, target);
+    let built = build_dir(path, &tmp, &loaded, target);
     if let Err(e) = built {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -543,13 +562,31 @@ pub fn restore(path: &Path, skip_hash_check: bool, target: &RestoreTarget) -> Re
             let _ = d.sync_all();
         }
     }
-    Ok(revision)
+    Ok(loaded.revision)
 }
 
-fn build_dir(tmp: &Path, loaded: Loaded, target: &RestoreTarget) -> Result<()> {
+/// Builds the data directory in `tmp`: the snapshot's key-values read a second time and
+/// written to the new store as they come (memory stays small whatever the snapshot's size),
+/// then the other records and this member's identity.
+fn build_dir(path: &Path, tmp: &Path, loaded: &Loaded, target: &RestoreTarget) -> Result<()> {
     std::fs::create_dir_all(tmp)?;
     let (store, _) = MvccStore::open(&tmp.join("member"), 64 << 20)?;
-    store.load_records(loaded.records)?;
+    let mut failed = None;
+    store
+        .fill_from(|put| {
+            let mut sink = |k: Vec<u8>, v: Vec<u8>| -> Result<()> { Ok(put(k, v)?) };
+            if let Err(e) = read_db(path, true, Some(&mut sink)) {
+                failed = Some(e);
+                return Err(crate::error::EtcdError::Storage(
+                    "reading the snapshot".into(),
+                ));
+            }
+            for (k, v) in &loaded.other {
+                put(k.clone(), v.clone())?;
+            }
+            Ok(())
+        })
+        .map_err(|e| failed.take().unwrap_or(e.into()))?;
     let registry = serde_json::to_vec(&target.members)
         .map_err(|e| BackupError::Malformed(format!("member list: {e}")))?;
     store.set_meta(MEMBERS_META, &registry)?;

@@ -620,27 +620,51 @@ impl MvccStore {
         self.restore_records(parse_snapshot(data)?, keep_meta)
     }
 
+    /// Fills a new, empty store (a restored backup) with the records `source` hands to `put`,
+    /// in any order: written to sled a batch at a time as they come, not through the log (not
+    /// atomic: only for a store no member runs on yet). The index is then read from sled, as
+    /// at a restart.
+    pub fn fill_from(
+        &self,
+        source: impl FnOnce(&mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<()>) -> Result<()>,
+    ) -> Result<()> {
+        let _no_backup = self.backup_lock.write();
+        self.apply_overlay()?;
+        let sled = self.sled();
+        if sled.db.iter().next().is_some() {
+            return Err(EtcdError::Storage(
+                "filling a store that has records".into(),
+            ));
+        }
+        if let Some(dir) = &self.dir {
+            image::remove(dir);
+        }
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        source(&mut |k, v| {
+            batch.insert(k, v);
+            n += 1;
+            if n.is_multiple_of(4096) {
+                sled.db.apply_batch(std::mem::take(&mut batch))?;
+            }
+            Ok(())
+        })?;
+        batch.insert(meta_key(EPOCH_META), new_epoch());
+        sled.db.apply_batch(batch)?;
+        sled.sync()?;
+        let (state, _) = Self::load(&sled.db, &Overlay::default(), None, None)?;
+        let current = state.current;
+        *self.state.write() = state;
+        self.published.store(current, Ordering::Release);
+        Ok(())
+    }
+
     /// Replaces the store's content with `records` (sled keys and values, as a snapshot
     /// lists them), keeping the metadata named in `keep_meta`.
     pub fn restore_records(
         &self,
-        records: Vec<(Vec<u8>, Vec<u8>)>,
-        keep_meta: &[&str],
-    ) -> Result<Recovered> {
-        self.replace_records(records, keep_meta, true)
-    }
-
-    /// Fills a new store with `records` (a restored backup): written to sled at once, not
-    /// through the log, which would hold a second copy of everything until a checkpoint.
-    pub fn load_records(&self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Recovered> {
-        self.replace_records(records, &[], false)
-    }
-
-    fn replace_records(
-        &self,
         mut records: Vec<(Vec<u8>, Vec<u8>)>,
         keep_meta: &[&str],
-        allow_log: bool,
     ) -> Result<Recovered> {
         let _no_backup = self.backup_lock.write();
         let t0 = std::time::Instant::now();
@@ -673,13 +697,11 @@ impl MvccStore {
         let (parsed, count) = (t0.elapsed(), records.len());
         self.log_staged()?;
         let kept: Vec<Vec<u8>> = keep_meta.iter().map(|n| meta_key(n)).collect();
-        let via_log = allow_log && self.wal.lock().is_some() && size < self.log_record_max;
+        let via_log = self.wal.lock().is_some() && size < self.log_record_max;
         if via_log {
             self.replace_through_log(records, &kept)?;
-        } else if allow_log {
-            self.replace_in_place(&records, &kept)?;
         } else {
-            self.fill(records)?;
+            self.replace_in_place(&records, &kept)?;
         }
         let written = t0.elapsed();
         let current = state.current;
@@ -800,31 +822,6 @@ impl MvccStore {
         if let Some(w) = self.wal.lock().as_mut() {
             w.reset(None)?;
         }
-        Ok(())
-    }
-
-    /// Writes `records` into a new, empty store a batch at a time (not atomic: only for a
-    /// store no member runs on yet), freeing each record once written.
-    fn fill(&self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
-        self.apply_overlay()?;
-        let sled = self.sled();
-        if sled.db.iter().next().is_some() {
-            return Err(EtcdError::Storage(
-                "loading records into a store that has some".into(),
-            ));
-        }
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for (k, v) in records {
-            batch.insert(k, v);
-            n += 1;
-            if n % 4096 == 0 {
-                sled.db.apply_batch(std::mem::take(&mut batch))?;
-            }
-        }
-        batch.insert(meta_key(EPOCH_META), new_epoch());
-        sled.db.apply_batch(batch)?;
-        sled.sync()?;
         Ok(())
     }
 
