@@ -140,3 +140,24 @@ fn the_gateway_refuses_bad_flags_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_gateway_without_members_fails_requests_then_serves_again() {
+    let mut members = start_cluster(BIN, 1, &[]);
+    let gw = Gateway::start(&members[0].endpoint());
+    assert!(gw.etcdctl(&["put", "k", "before"]).status.success());
+    members[0].kill9();
+    // Nothing answers: requests fail (the gateway closes the connections it cannot pass on),
+    // and nothing is made up.
+    for _ in 0..3 {
+        let out = gw.etcdctl(&["get", "k", "--print-value-only"]);
+        assert!(!out.status.success(), "{out:?}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("before"));
+    }
+    // The member comes back on its port: the gateway retries it and serves again.
+    members[0].respawn();
+    eventually(Duration::from_secs(30), "a read through the gateway", || {
+        let out = gw.etcdctl(&["get", "k", "--print-value-only"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == "before\n"
+    });
+}
