@@ -81,6 +81,7 @@ W=$ROOT/etc/systemd/system
 mkdir -p "$W/multi-user.target.wants" "$W/sysinit.target.wants" "$W/timers.target.wants" "$W/local-fs.target.wants" \
     "$W/sockets.target.wants" "$W/network-online.target.wants"
 ln -sf /usr/lib/systemd/system/etcd-lite.service "$W/multi-user.target.wants/etcd-lite.service"
+ln -sf /usr/lib/systemd/system/etcd-lite-gateway.service "$W/multi-user.target.wants/etcd-lite-gateway.service"
 ln -sf /usr/lib/systemd/system/fleetd.service "$W/multi-user.target.wants/fleetd.service"
 ln -sf /usr/lib/systemd/system/fleetd.socket "$W/sockets.target.wants/fleetd.socket"
 ln -sf /usr/lib/systemd/system/corelite-firstboot.service "$W/sysinit.target.wants/corelite-firstboot.service"

@@ -156,8 +156,12 @@ fn a_gateway_without_members_fails_requests_then_serves_again() {
     }
     // The member comes back on its port: the gateway retries it and serves again.
     members[0].respawn();
-    eventually(Duration::from_secs(30), "a read through the gateway", || {
-        let out = gw.etcdctl(&["get", "k", "--print-value-only"]);
-        out.status.success() && String::from_utf8_lossy(&out.stdout) == "before\n"
-    });
+    eventually(
+        Duration::from_secs(30),
+        "a read through the gateway",
+        || {
+            let out = gw.etcdctl(&["get", "k", "--print-value-only"]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout) == "before\n"
+        },
+    );
 }

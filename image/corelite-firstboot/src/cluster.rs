@@ -37,6 +37,9 @@ pub struct Spec {
     pub ca_days: u32,
     /// Turn etcd auth on once the cluster is up (users by certificate).
     pub etcd_auth: bool,
+    /// How many of the nodes (the first ones) are etcd members; the others are workers
+    /// (a local gateway to the members instead of a member). `None`: every node is a member.
+    pub members: Option<usize>,
 }
 
 /// `name=IP,name=IP,...`: names are host names, neither names nor addresses repeat.
@@ -99,12 +102,22 @@ pub fn generate(spec: &Spec) -> Result<Generated, String> {
         spec.ca_days,
     )?;
     let admin = ca.issue("root", &[], false, spec.cert_days)?;
-    let initial_cluster = spec
-        .nodes
+    let members = spec.members.unwrap_or(spec.nodes.len());
+    if members == 0 || members > spec.nodes.len() {
+        return Err(format!(
+            "--members {members}: between 1 and the number of nodes ({})",
+            spec.nodes.len()
+        ));
+    }
+    let initial_cluster = spec.nodes[..members]
         .iter()
         .map(|n| format!("{}=https://{}:2380", n.name, n.ip))
         .collect::<Vec<_>>()
         .join(",");
+    let workers: Vec<String> = spec.nodes[members..]
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
     let mut nodes = Vec::new();
     for n in &spec.nodes {
         let names = vec![
@@ -126,6 +139,7 @@ pub fn generate(spec: &Spec) -> Result<Generated, String> {
             etcd: Some(Etcd {
                 name: None,
                 initial_cluster: initial_cluster.clone(),
+                workers: workers.clone(),
                 initial_cluster_token: spec.token.clone(),
                 initial_cluster_state: "new".into(),
                 auth: spec.etcd_auth,
@@ -171,8 +185,12 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
 /// certificate: `. DIR/env`.
 pub fn env_file(spec: &Spec, pki: &Path) -> String {
     let first = &spec.nodes[0];
-    let endpoints = spec
-        .nodes
+    // Members only: a worker's gateway listens on its loopback.
+    let members = spec
+        .members
+        .unwrap_or(spec.nodes.len())
+        .min(spec.nodes.len());
+    let endpoints = spec.nodes[..members]
         .iter()
         .map(|n| format!("https://{}:2379", n.ip))
         .collect::<Vec<_>>()
@@ -253,6 +271,40 @@ mod tests {
             cert_days: 30,
             ca_days: 60,
             etcd_auth: true,
+            members: None,
+        }
+    }
+
+    #[test]
+    fn members_then_workers_from_one_etcd_section() {
+        let mut s = spec("n1=10.0.0.11,n2=10.0.0.12,n3=10.0.0.13,n4=10.0.0.14,n5=10.0.0.15");
+        s.members = Some(3);
+        let g = generate(&s).expect("generate");
+        let sections: Vec<&Etcd> = g
+            .nodes
+            .iter()
+            .map(|(_, c)| c.etcd.as_ref().expect("etcd"))
+            .collect();
+        // Every node gets the same etcd section; what it is follows from its name.
+        assert!(sections.iter().all(|e| *e == sections[0]));
+        assert_eq!(sections[0].member_names(), ["n1", "n2", "n3"]);
+        assert_eq!(sections[0].workers, ["n4", "n5"]);
+        let roles: Vec<bool> = g
+            .nodes
+            .iter()
+            .map(|(_, c)| c.is_worker(c.etcd.as_ref().expect("etcd")))
+            .collect();
+        assert_eq!(roles, [false, false, false, true, true]);
+        let env = env_file(&s, Path::new("/x/pki"));
+        assert!(env.contains(
+            "ETCDCTL_ENDPOINTS=https://10.0.0.11:2379,https://10.0.0.12:2379,https://10.0.0.13:2379\n"
+        ));
+        for bad in [Some(0), Some(6)] {
+            s.members = bad;
+            match generate(&s) {
+                Err(e) => assert!(e.contains("--members"), "{e}"),
+                Ok(_) => panic!("--members {bad:?} accepted"),
+            }
         }
     }
 

@@ -98,6 +98,12 @@ pub struct Etcd {
     pub name: Option<String>,
     /// `name=https://IP:2380,...` (http:// without `tls`), every member of the initial cluster.
     pub initial_cluster: String,
+    /// Nodes that are not etcd members (workers): each runs a local gateway on
+    /// 127.0.0.1:2379 to the members' client ports instead of a member. Every node may boot
+    /// from the same `etcd` section: a node is a member when `initial_cluster` names it, a
+    /// worker when this list does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
     #[serde(default = "default_token")]
     pub initial_cluster_token: String,
     /// `new` (default) or `existing`.
@@ -116,6 +122,24 @@ impl Etcd {
         self.initial_cluster
             .split(',')
             .filter_map(|m| m.split_once('=').map(|(n, _)| n.to_string()))
+            .collect()
+    }
+
+    /// Every node's name: the members', then the workers'.
+    pub fn node_names(&self) -> Vec<String> {
+        let mut all = self.member_names();
+        all.extend(self.workers.iter().cloned());
+        all
+    }
+
+    /// The members' client endpoints (`IP:2379`), from their peer URLs in `initial_cluster`.
+    pub fn member_endpoints(&self) -> Vec<String> {
+        self.initial_cluster
+            .split(',')
+            .filter_map(|m| m.split_once('=').map(|(_, url)| url))
+            .filter_map(|url| url.split_once("://").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.trim_end_matches('/').rsplit_once(':'))
+            .map(|(host, _)| format!("{host}:2379"))
             .collect()
     }
 }
@@ -270,11 +294,28 @@ impl Config {
                 }
                 found |= name == me;
             }
-            if !found {
+            let worker = e.workers.contains(&me);
+            if found && worker {
+                return Err(invalid(
+                    "etcd.workers",
+                    format!("{me} is a member (in initial_cluster) and a worker"),
+                ));
+            }
+            if !found && !worker {
                 return Err(invalid(
                     "etcd.initial_cluster",
-                    format!("does not name this member ({me})"),
+                    format!(
+                        "does not name this node ({me}): list it there (a member) or in etcd.workers"
+                    ),
                 ));
+            }
+            for w in &e.workers {
+                let label_ok = !w.is_empty()
+                    && w.len() <= 63
+                    && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !label_ok {
+                    return Err(invalid("etcd.workers", format!("{w:?} is not a host name")));
+                }
             }
             if e.initial_cluster_state != "new" && e.initial_cluster_state != "existing" {
                 return Err(invalid(
@@ -368,6 +409,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether this node is a worker of the cluster `e` describes (listed in its workers, not
+    /// in its initial cluster).
+    pub fn is_worker(&self, e: &Etcd) -> bool {
+        let me = e.name.clone().unwrap_or_else(|| self.hostname.clone());
+        e.workers.contains(&me) && !e.member_names().contains(&me)
     }
 
     /// This node's own address, if static.
@@ -479,7 +527,18 @@ pub fn render(c: &Config) -> Vec<File> {
     }
     let scheme = if c.tls.is_some() { "https" } else { "http" };
     let ip = c.address().map(|a| a.to_string());
-    if let Some(e) = &c.etcd {
+    if let Some(e) = c.etcd.as_ref().filter(|e| c.is_worker(e)) {
+        // A worker: a local endpoint passing clients (fleetd, etcdctl) through to the members.
+        out.push(file(
+            "/etc/etcd-lite/gateway.env",
+            format!(
+                "# Written by corelite-firstboot.\nGATEWAY_ENDPOINTS={}\n",
+                e.member_endpoints().join(",")
+            ),
+            0o644,
+        ));
+    }
+    if let Some(e) = c.etcd.as_ref().filter(|e| !c.is_worker(e)) {
         let name = e.name.clone().unwrap_or_else(|| c.hostname.clone());
         let me = e
             .initial_cluster
@@ -515,7 +574,7 @@ pub fn render(c: &Config) -> Vec<File> {
                 "/etc/corelite/etcd-auth.env",
                 format!(
                     "# Written by corelite-firstboot.\nCORELITE_ETCD_AUTH_NODES={}\n",
-                    e.member_names().join(",")
+                    e.node_names().join(",")
                 ),
                 0o644,
             ));
@@ -611,6 +670,36 @@ mod tests {
         );
         assert!(fleet.contains("FLEET_PUBLIC_IP=10.219.0.11\n"));
         assert!(files.contains_key("/etc/systemd/system/hello.service"));
+    }
+
+    #[test]
+    fn a_worker_runs_a_gateway_to_the_members_instead_of_a_member() {
+        let text = GOOD
+            .replace("\"hostname\": \"node1\"", "\"hostname\": \"node4\"")
+            .replace(
+                "node2=http://10.219.0.12:2380\"",
+                "node2=http://10.219.0.12:2380\", \"workers\": [\"node4\"]",
+            );
+        let c = Config::parse(&text).expect("a worker's config");
+        assert!(c.is_worker(c.etcd.as_ref().expect("etcd")));
+        let files: BTreeMap<_, _> = render(&c)
+            .into_iter()
+            .map(|f| (f.path, f.contents))
+            .collect();
+        assert!(!files.contains_key("/etc/etcd-lite/etcd-lite.env"));
+        assert_eq!(
+            files["/etc/etcd-lite/gateway.env"],
+            "# Written by corelite-firstboot.\nGATEWAY_ENDPOINTS=10.219.0.11:2379,10.219.0.12:2379\n"
+        );
+        // fleetd talks to the local gateway as it would to a local member.
+        assert!(
+            files["/etc/fleet/fleetd.env"].contains("FLEET_ETCD_SERVERS=http://127.0.0.1:2379\n")
+        );
+        // The members of the same config stay members.
+        let member =
+            Config::parse(&text.replace("\"hostname\": \"node4\"", "\"hostname\": \"node2\""))
+                .expect("a member's config");
+        assert!(!member.is_worker(member.etcd.as_ref().expect("etcd")));
     }
 
     #[test]
@@ -742,7 +831,15 @@ mod tests {
             ),
             (
                 r#"{"hostname": "n", "etcd": {"initial_cluster": "x=http://1.2.3.4:2380"}}"#,
-                "does not name this member",
+                "does not name this node (n): list it there (a member) or in etcd.workers",
+            ),
+            (
+                r#"{"hostname": "n", "etcd": {"initial_cluster": "n=http://1.2.3.4:2380", "workers": ["n"]}}"#,
+                "is a member (in initial_cluster) and a worker",
+            ),
+            (
+                r#"{"hostname": "n", "etcd": {"initial_cluster": "x=http://1.2.3.4:2380", "workers": ["n", "bad_name"]}}"#,
+                "etcd.workers",
             ),
             (
                 r#"{"hostname": "n", "etcd": {"initial_cluster": "n=1.2.3.4:2380"}}"#,

@@ -16,6 +16,9 @@ use corelite_firstboot::cluster::{self, Spec};
     after_help = "EXAMPLES:
     corelite-config new-cluster --nodes node1=10.0.0.11,node2=10.0.0.12,node3=10.0.0.13 \\
         --gateway 10.0.0.1 --dns 10.0.0.1 --ssh-key ~/.ssh/id_ed25519.pub --out mycluster
+    # five nodes: three etcd members, two workers
+    corelite-config new-cluster --nodes n1=10.0.0.11,n2=10.0.0.12,n3=10.0.0.13,n4=10.0.0.14,n5=10.0.0.15 \\
+        --members 3 --out mycluster
     . mycluster/env && etcdctl endpoint health && fleetctl list-machines
 
 WHAT IT WRITES (under --out; none of these may exist yet):
@@ -70,6 +73,10 @@ struct NewCluster {
     /// admin's is `root`; each node's user reads and writes fleet's keys).
     #[arg(long)]
     etcd_auth: bool,
+    /// How many of the nodes, the first ones, are etcd members (an odd number: 3 or 5); the
+    /// others are workers, reaching the members through a local gateway. Default: all.
+    #[arg(long)]
+    members: Option<usize>,
     /// The directory to write into.
     #[arg(long)]
     out: PathBuf,
@@ -104,6 +111,7 @@ fn new_cluster(a: NewCluster) -> Result<()> {
         cert_days: a.cert_days,
         ca_days: a.ca_days,
         etcd_auth: a.etcd_auth,
+        members: a.members,
     };
     let g = cluster::generate(&spec).map_err(anyhow::Error::msg)?;
     let wrote = cluster::write(&a.out, &spec, &g).map_err(anyhow::Error::msg)?;
