@@ -120,8 +120,9 @@ pub struct Config {
     /// Suffix of the SRV names --discovery-srv looks up (`_etcd-server-NAME._tcp.DOMAIN`).
     #[arg(long, default_value = "", env = "ETCD_DISCOVERY_SRV_NAME")]
     pub discovery_srv_name: String,
-    /// What a member that finds the discovered cluster full does. etcd-lite has no v2 proxy
-    /// mode, so both values exit with etcd's "discovery: cluster is full".
+    /// What a node that finds the discovered cluster full does: `exit` with etcd's
+    /// "discovery: cluster is full", or `proxy`: serve its client URL as a gateway to the
+    /// members (a worker; nothing is written to its data directory).
     #[arg(long, default_value = "proxy", env = "ETCD_DISCOVERY_FALLBACK",
           value_parser = ["exit", "proxy"])]
     pub discovery_fallback: String,

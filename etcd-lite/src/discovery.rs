@@ -230,6 +230,22 @@ impl Discovery {
         Ok((nodes, index))
     }
 
+    /// The peer URLs of the cluster the token describes once it is full (the first `size`
+    /// registrations): what a member that finds it full proxies to (`--discovery-fallback
+    /// proxy`).
+    pub fn members(&self) -> Result<Vec<String>, DiscoveryError> {
+        let size = self.size()?;
+        let (mut nodes, _) = self.list()?;
+        nodes.retain(|n| n.id != "_config");
+        nodes.sort_by_key(|n| n.created);
+        Ok(nodes
+            .iter()
+            .take(size)
+            .flat_map(|n| n.value.split(','))
+            .filter_map(|entry| entry.split_once('=').map(|(_, url)| url.to_string()))
+            .collect())
+    }
+
     /// Registers member `id` (hex) as `name=peer-url,...` and waits for the whole cluster; the
     /// initial cluster (`name=url,...` of every member, in registration order).
     pub fn join(&self, id: u64, me: &str) -> Result<String, DiscoveryError> {

@@ -59,9 +59,17 @@ fn exit_on_panic() {
     }));
 }
 
+/// What the discovery service said.
+enum Discovered {
+    /// The initial cluster, this member in it.
+    Member(String),
+    /// The cluster is full without this member: the members' peer URLs.
+    Full(Vec<String>),
+}
+
 /// etcd's v2 discovery for a first start: registers this member under the token URL `url`
 /// and waits for the rest; the initial cluster they form.
-async fn discover(cfg: &Config, url: &str) -> anyhow::Result<String> {
+async fn discover(cfg: &Config, url: &str) -> anyhow::Result<Discovered> {
     if cfg.initial_cluster.is_some() {
         anyhow::bail!("--discovery and --initial-cluster exclude each other: give one");
     }
@@ -76,12 +84,70 @@ async fn discover(cfg: &Config, url: &str) -> anyhow::Result<String> {
         .join(",");
     let (url, proxy) = (url.to_string(), cfg.discovery_proxy.clone());
     tracing::info!(url = %url, member_id = %format!("{:x}", member.id), "discovering the cluster");
-    let cluster = tokio::task::spawn_blocking(move || {
-        etcd_lite::discovery::Discovery::new(&url, proxy.as_deref())?.join(member.id, &entry)
+    let found = tokio::task::spawn_blocking(move || {
+        use etcd_lite::discovery::{Discovery, DiscoveryError};
+        let d = Discovery::new(&url, proxy.as_deref())?;
+        match d.join(member.id, &entry) {
+            Ok(cluster) => Ok(Discovered::Member(cluster)),
+            Err(DiscoveryError::FullCluster) => Ok(Discovered::Full(d.members()?)),
+            Err(e) => Err(e),
+        }
     })
     .await??;
-    tracing::info!(initial_cluster = %cluster, "discovered the cluster");
-    Ok(cluster)
+    if let Discovered::Member(cluster) = &found {
+        tracing::info!(initial_cluster = %cluster, "discovered the cluster");
+    }
+    Ok(found)
+}
+
+/// `--discovery-fallback proxy`, for a node that found the discovered cluster full: it serves
+/// its client URL as a gateway to the members (etcd falls back to its v2 proxy), writing
+/// nothing to its data directory; a restart asks the discovery service again.
+async fn proxy_to(cfg: &Config, peer_urls: Vec<String>) -> anyhow::Result<()> {
+    let peer_tls = match cfg.peer_tls()? {
+        Some(t) => Some(etcd_lite::tls::peer_configs(&t).context("loading the peer TLS files")?),
+        None => None,
+    };
+    // The members publish their client URLs once they run: ask until they have.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let endpoints = loop {
+        let hello =
+            etcd_lite::consensus::transport::hello(&peer_urls, peer_tls.as_ref().map(|t| &t.1))
+                .await;
+        let clients: Vec<String> = hello
+            .iter()
+            .flat_map(|h| h.members.iter().flat_map(|m| m.client_urls.clone()))
+            .collect();
+        if !clients.is_empty() {
+            break clients;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "discovery: cluster is full, and none of its members ({}) told its client URLs to proxy to",
+                peer_urls.join(",")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (listen, _) = *cfg
+        .listen_addrs()?
+        .first()
+        .context("--listen-client-urls: no address to serve the proxy on")?;
+    tracing::warn!(
+        members = ?endpoints,
+        %listen,
+        "discovery: cluster is full; serving as a gateway to its members (--discovery-fallback proxy)"
+    );
+    let gateway = etcd_lite::gateway::GatewayConfig {
+        endpoints: endpoints.join(","),
+        discovery_srv: None,
+        discovery_srv_name: String::new(),
+        listen_addr: listen,
+        retry_delay: Duration::from_secs(5),
+        refresh_interval: Duration::from_secs(10),
+        log_level: cfg.log_level.clone(),
+    };
+    etcd_lite::gateway::run(gateway, shutdown_signal()).await
 }
 
 /// `etcd-lite gateway start ...`: the L4 gateway of [`etcd_lite::gateway`] instead of a member.
@@ -145,8 +211,18 @@ async fn main() -> anyhow::Result<()> {
         if !data_dir.join("member").exists() {
             // A first start: the discovery service says who the cluster is. Nothing is written
             // to the data directory before it has answered.
-            cfg.initial_cluster = Some(discover(&cfg, &url).await?);
-            cfg.initial_cluster_token = url;
+            match discover(&cfg, &url).await? {
+                Discovered::Member(cluster) => {
+                    cfg.initial_cluster = Some(cluster);
+                    cfg.initial_cluster_token = url;
+                }
+                Discovered::Full(members) if cfg.discovery_fallback == "proxy" => {
+                    return proxy_to(&cfg, members).await;
+                }
+                Discovered::Full(_) => {
+                    return Err(etcd_lite::discovery::DiscoveryError::FullCluster.into())
+                }
+            }
         }
     }
     if let Some(domain) = cfg.discovery_srv.clone() {
@@ -308,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
                 server.member.id,
                 server.node.clone(),
                 server.registry.clone(),
+                server.clients.clone(),
                 etcd_lite::consensus::transport::max_peer_message(
                     server.limits.quota_backend_bytes,
                 ),

@@ -107,7 +107,7 @@ fn text(o: &Output) -> String {
 }
 
 #[test]
-fn three_members_bootstrap_through_the_discovery_service_and_a_fourth_finds_it_full() {
+fn three_members_bootstrap_through_the_discovery_service_and_later_nodes_exit_or_proxy() {
     let store = EtcdLite::start(BIN, &[]);
     let mut procs = Procs(Vec::new());
     let base = discovery_service(&store, &mut procs);
@@ -154,10 +154,11 @@ fn three_members_bootstrap_through_the_discovery_service_and_a_fourth_finds_it_f
         .iter()
         .all(|m| m.starts_with('d') && m.contains("=http://127.0.0.1:")));
 
-    // A fourth member: etcd's error, a failed exit, and no data directory.
+    // A fourth member that will not proxy: etcd's error, a failed exit, no data directory.
     let (args, _) = member_args(dir.path(), "d4", &url);
     let out = Command::new(BIN)
         .args(&args)
+        .args(["--discovery-fallback", "exit"])
         .output()
         .expect("a fourth member");
     assert!(!out.status.success());
@@ -170,6 +171,32 @@ fn three_members_bootstrap_through_the_discovery_service_and_a_fourth_finds_it_f
         !dir.path().join("d4").exists(),
         "a refused member wrote its data directory"
     );
+
+    // A fifth with etcd's default fallback (proxy) becomes a worker: it serves its client
+    // URL as a gateway to the members, and is no member.
+    let (args, p5) = member_args(dir.path(), "d5", &url);
+    let log = std::fs::File::create(dir.path().join("d5.log")).expect("log");
+    procs.0.push(
+        Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("a fifth node"),
+    );
+    eventually(Duration::from_secs(30), "a read through the proxy", || {
+        text(&etcdctl(p5, &["get", "k", "--print-value-only"])) == "v\n"
+    });
+    let put = etcdctl(p5, &["put", "via", "proxy"]);
+    assert!(put.status.success(), "{}", text(&put));
+    assert_eq!(
+        text(&etcdctl(ports[0], &["get", "via", "--print-value-only"])),
+        "proxy\n"
+    );
+    let list = text(&etcdctl(p5, &["member", "list"]));
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains(", d5,"), "{list}");
+    assert!(!dir.path().join("d5").join("member").exists());
 
     // A restart does not discover again (the token is full now): the data directory says
     // who the member is.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use etcd_api::raftpeer::peer_client::PeerClient;
 use etcd_api::raftpeer::peer_server::{Peer, PeerServer};
 use etcd_api::raftpeer::{HelloRequest, HelloResponse, MessageBatch, PeerMember, SendAck};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use protobuf::Message as _;
 use raft::prelude::Message;
 use std::sync::Arc;
@@ -343,6 +343,8 @@ pub struct PeerService<O> {
     me: u64,
     node: Node<O>,
     registry: Registry,
+    /// The client URLs each member published, by member id.
+    clients: Arc<RwLock<std::collections::BTreeMap<u64, Vec<String>>>>,
 }
 
 /// The largest message the peer port decodes when the backend quota is small (etcd's rafthttp
@@ -367,6 +369,7 @@ impl<O: Send + 'static> PeerService<O> {
         me: u64,
         node: Node<O>,
         registry: Registry,
+        clients: Arc<RwLock<std::collections::BTreeMap<u64, Vec<String>>>>,
         max_message: usize,
     ) -> PeerServer<Self> {
         PeerServer::new(PeerService {
@@ -374,6 +377,7 @@ impl<O: Send + 'static> PeerService<O> {
             me,
             node,
             registry,
+            clients,
         })
         .max_decoding_message_size(max_message)
     }
@@ -405,6 +409,7 @@ impl<O: Send + 'static> Peer for PeerService<O> {
         &self,
         _req: tonic::Request<HelloRequest>,
     ) -> Result<tonic::Response<HelloResponse>, tonic::Status> {
+        let clients = self.clients.read();
         let members = self
             .registry
             .read()
@@ -413,6 +418,7 @@ impl<O: Send + 'static> Peer for PeerService<O> {
                 id: *id,
                 name: name.clone(),
                 peer_urls: urls.clone(),
+                client_urls: clients.get(id).cloned().unwrap_or_default(),
             })
             .collect();
         Ok(tonic::Response::new(HelloResponse {
