@@ -140,6 +140,7 @@ pub fn generate(spec: &Spec) -> Result<Generated, String> {
                 name: None,
                 initial_cluster: initial_cluster.clone(),
                 workers: workers.clone(),
+                discovery: None,
                 initial_cluster_token: spec.token.clone(),
                 initial_cluster_state: "new".into(),
                 auth: spec.etcd_auth,

@@ -97,7 +97,14 @@ pub struct Etcd {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `name=https://IP:2380,...` (http:// without `tls`), every member of the initial cluster.
+    /// Give this or `discovery`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub initial_cluster: String,
+    /// An etcd discovery token URL (`https://discovery.etcd.io/TOKEN`, or a service of your
+    /// own) instead of `initial_cluster`: the first nodes to register (the token's size) become
+    /// the members, every later one a worker (a gateway to them). Needs a static address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
     /// Nodes that are not etcd members (workers): each runs a local gateway on
     /// 127.0.0.1:2379 to the members' client ports instead of a member. Every node may boot
     /// from the same `etcd` section: a node is a member when `initial_cluster` names it, a
@@ -262,7 +269,42 @@ impl Config {
                 ));
             }
         }
-        if let Some(e) = &self.etcd {
+        if let Some(e) = self.etcd.as_ref().filter(|e| e.discovery.is_some()) {
+            let url = e.discovery.as_deref().unwrap_or_default();
+            if !e.initial_cluster.is_empty() || !e.workers.is_empty() {
+                return Err(invalid(
+                    "etcd.discovery",
+                    "give discovery or initial_cluster (with workers), not both",
+                ));
+            }
+            let ok = url
+                .split_once("://")
+                .is_some_and(|(s, rest)| matches!(s, "http" | "https") && rest.contains('/'));
+            if !ok {
+                return Err(invalid(
+                    "etcd.discovery",
+                    format!("{url:?} is not http(s)://HOST/TOKEN"),
+                ));
+            }
+            if self.address().is_none() {
+                return Err(invalid(
+                    "etcd.discovery",
+                    "needs a static network.address (it is this node's advertised URL)",
+                ));
+            }
+            if e.auth {
+                return Err(invalid(
+                    "etcd.auth",
+                    "with discovery the nodes are not known in advance: list them in initial_cluster and workers for auth",
+                ));
+            }
+        } else if let Some(e) = &self.etcd {
+            if e.initial_cluster.is_empty() {
+                return Err(invalid(
+                    "etcd.initial_cluster",
+                    "give the members (or etcd.discovery)",
+                ));
+            }
             let me = e.name.clone().unwrap_or_else(|| self.hostname.clone());
             let mut found = false;
             for m in e.initial_cluster.split(',') {
@@ -538,7 +580,24 @@ pub fn render(c: &Config) -> Vec<File> {
             0o644,
         ));
     }
-    if let Some(e) = c.etcd.as_ref().filter(|e| !c.is_worker(e)) {
+    if let Some(e) = c.etcd.as_ref().filter(|e| e.discovery.is_some()) {
+        // Member or worker, as the discovery service says at the first start.
+        let name = e.name.clone().unwrap_or_else(|| c.hostname.clone());
+        let host = ip.clone().unwrap_or_default();
+        let mut env = format!(
+            "# Written by corelite-firstboot.\nETCD_NAME={name}\nETCD_DISCOVERY={}\nETCD_DISCOVERY_FALLBACK=proxy\nETCD_INITIAL_ADVERTISE_PEER_URLS={scheme}://{host}:2380\nETCD_LISTEN_PEER_URLS={scheme}://0.0.0.0:2380\nETCD_LISTEN_CLIENT_URLS={scheme}://0.0.0.0:2379\nETCD_ADVERTISE_CLIENT_URLS={scheme}://{host}:2379\n",
+            e.discovery.as_deref().unwrap_or_default()
+        );
+        if c.tls.is_some() {
+            env.push_str(&etcd_tls_env());
+        }
+        out.push(file("/etc/etcd-lite/etcd-lite.env", env, 0o644));
+    }
+    if let Some(e) = c
+        .etcd
+        .as_ref()
+        .filter(|e| e.discovery.is_none() && !c.is_worker(e))
+    {
         let name = e.name.clone().unwrap_or_else(|| c.hostname.clone());
         let me = e
             .initial_cluster
@@ -558,14 +617,7 @@ pub fn render(c: &Config) -> Vec<File> {
             e.initial_cluster, e.initial_cluster_token, e.initial_cluster_state
         );
         if c.tls.is_some() {
-            // Both ports ask for a certificate signed by the cluster CA: clients (etcdctl,
-            // curl, fleetd) and peers alike.
-            env.push_str(&format!(
-                "ETCD_CERT_FILE={0}\nETCD_KEY_FILE={1}\nETCD_TRUSTED_CA_FILE={2}\nETCD_CLIENT_CERT_AUTH=true\nETCD_PEER_CERT_FILE={0}\nETCD_PEER_KEY_FILE={1}\nETCD_PEER_TRUSTED_CA_FILE={2}\nETCD_PEER_CLIENT_CERT_AUTH=true\n",
-                pki("node.pem"),
-                pki("node-key.pem"),
-                pki("ca.pem")
-            ));
+            env.push_str(&etcd_tls_env());
         }
         out.push(file("/etc/etcd-lite/etcd-lite.env", env, 0o644));
         if e.auth {
@@ -637,6 +689,18 @@ pub fn render(c: &Config) -> Vec<File> {
     out
 }
 
+/// etcd-lite's TLS flags: both ports ask for a certificate signed by the cluster CA, from
+/// clients (etcdctl, curl, fleetd) and peers alike.
+fn etcd_tls_env() -> String {
+    let pki = |name: &str| format!("{PKI_DIR}/{name}");
+    format!(
+        "ETCD_CERT_FILE={0}\nETCD_KEY_FILE={1}\nETCD_TRUSTED_CA_FILE={2}\nETCD_CLIENT_CERT_AUTH=true\nETCD_PEER_CERT_FILE={0}\nETCD_PEER_KEY_FILE={1}\nETCD_PEER_TRUSTED_CA_FILE={2}\nETCD_PEER_CLIENT_CERT_AUTH=true\n",
+        pki("node.pem"),
+        pki("node-key.pem"),
+        pki("ca.pem")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,6 +764,29 @@ mod tests {
             Config::parse(&text.replace("\"hostname\": \"node4\"", "\"hostname\": \"node2\""))
                 .expect("a member's config");
         assert!(!member.is_worker(member.etcd.as_ref().expect("etcd")));
+    }
+
+    #[test]
+    fn with_a_discovery_url_the_service_decides_member_or_worker() {
+        let text = r#"{"hostname": "node7", "network": {"address": "10.219.0.17/24"},
+            "etcd": {"discovery": "http://10.219.0.1:8087/0123abcd"}}"#;
+        let c = Config::parse(text).expect("a discovery config");
+        let files: BTreeMap<_, _> = render(&c)
+            .into_iter()
+            .map(|f| (f.path, f.contents))
+            .collect();
+        let env = &files["/etc/etcd-lite/etcd-lite.env"];
+        for want in [
+            "ETCD_NAME=node7\n",
+            "ETCD_DISCOVERY=http://10.219.0.1:8087/0123abcd\n",
+            "ETCD_DISCOVERY_FALLBACK=proxy\n",
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.219.0.17:2380\n",
+            "ETCD_ADVERTISE_CLIENT_URLS=http://10.219.0.17:2379\n",
+        ] {
+            assert!(env.contains(want), "{want} in {env}");
+        }
+        assert!(!env.contains("ETCD_INITIAL_CLUSTER"));
+        assert!(!files.contains_key("/etc/etcd-lite/gateway.env"));
     }
 
     #[test]
@@ -832,6 +919,22 @@ mod tests {
             (
                 r#"{"hostname": "n", "etcd": {"initial_cluster": "x=http://1.2.3.4:2380"}}"#,
                 "does not name this node (n): list it there (a member) or in etcd.workers",
+            ),
+            (
+                r#"{"hostname": "n", "etcd": {}}"#,
+                "give the members (or etcd.discovery)",
+            ),
+            (
+                r#"{"hostname": "n", "etcd": {"discovery": "http://d/t"}}"#,
+                "needs a static network.address",
+            ),
+            (
+                r#"{"hostname": "n", "network": {"address": "10.0.0.3/24"}, "etcd": {"discovery": "ftp://d/t"}}"#,
+                "etcd.discovery",
+            ),
+            (
+                r#"{"hostname": "n", "network": {"address": "10.0.0.3/24"}, "etcd": {"discovery": "http://d/t", "initial_cluster": "n=http://1.2.3.4:2380"}}"#,
+                "not both",
             ),
             (
                 r#"{"hostname": "n", "etcd": {"initial_cluster": "n=http://1.2.3.4:2380", "workers": ["n"]}}"#,
