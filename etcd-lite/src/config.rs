@@ -40,6 +40,11 @@ use crate::server::{ClusterSpec, Limits, MemberInfo};
     etcd-lite --name node1 --listen-peer-urls http://10.0.0.1:2380 \\
         --initial-advertise-peer-urls http://node1.example.com:2380 --discovery-srv example.com
 
+    # join a running cluster as a learner, promoted once caught up (no `member add` by hand)
+    etcd-lite --name node4 --listen-peer-urls http://10.0.0.4:2380 \\
+        --initial-advertise-peer-urls http://10.0.0.4:2380 --initial-cluster-state existing \\
+        --initial-cluster node1=http://10.0.0.1:2380,node4=http://10.0.0.4:2380 --self-add
+
     # on a machine that is not a member: a local endpoint passing clients to the members
     etcd-lite gateway start --endpoints 10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
 
@@ -97,6 +102,14 @@ pub struct Config {
     #[arg(long, default_value = "new", env = "ETCD_INITIAL_CLUSTER_STATE",
           value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
+    /// With --initial-cluster-state existing: when the cluster does not list this member's
+    /// peer URLs yet, add it as a learner (MemberAdd through a member's client URL), then
+    /// promote it to a voter once it has caught up. Without this flag such a member exits
+    /// and asks for `etcdctl member add` first. The cluster must let this node add members
+    /// (no etcd auth, or a root client certificate: the peer certificate is presented).
+    #[arg(long, env = "ETCD_SELF_ADD", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, default_value_t = false)]
+    pub self_add: bool,
     /// Initial cluster token, which makes cluster and member ids unique.
     #[arg(
         long,

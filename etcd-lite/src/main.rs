@@ -100,6 +100,105 @@ async fn discover(cfg: &Config, url: &str) -> anyhow::Result<Discovered> {
     Ok(found)
 }
 
+/// The members' client URLs, as they told them in `hello`.
+fn hello_clients(hello: &etcd_api::raftpeer::HelloResponse) -> Vec<String> {
+    hello
+        .members
+        .iter()
+        .flat_map(|m| m.client_urls.clone())
+        .collect()
+}
+
+/// A Cluster service client for a member's client URL (https with `tls`: the peer
+/// certificate, which the image's members also accept on their client port).
+async fn cluster_client(
+    url: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<etcd_api::etcdserverpb::cluster_client::ClusterClient<tonic::transport::Channel>>
+{
+    let mut ep = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    if url.starts_with("https://") {
+        ep = ep.tls_config(
+            tls.cloned()
+                .context("https:// client URLs need the peer TLS files")?,
+        )?;
+    }
+    Ok(etcd_api::etcdserverpb::cluster_client::ClusterClient::new(
+        ep.connect().await?,
+    ))
+}
+
+/// `--self-add`: MemberAdd of this member's peer URLs as a learner, through the first member
+/// that takes it; the new member's id.
+async fn add_self_as_learner(
+    hello: &etcd_api::raftpeer::HelloResponse,
+    peer_urls: &[String],
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<u64> {
+    let clients = hello_clients(hello);
+    if clients.is_empty() {
+        anyhow::bail!("--self-add: no member has told its client URLs yet; try again shortly");
+    }
+    let mut why = Vec::new();
+    for url in &clients {
+        let added = async {
+            let mut c = cluster_client(url, tls).await?;
+            let r = c
+                .member_add(etcd_api::etcdserverpb::MemberAddRequest {
+                    peer_ur_ls: peer_urls.to_vec(),
+                    is_learner: true,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            r.into_inner()
+                .member
+                .map(|m| m.id)
+                .context("the answer names no member")
+        }
+        .await;
+        match added {
+            Ok(id) => return Ok(id),
+            Err(e) => why.push(format!("{url}: {e:#}")),
+        }
+    }
+    anyhow::bail!("--self-add: no member added this one: {}", why.join("; "))
+}
+
+/// Asks the members to promote this learner until it is a voter (the leader refuses until it
+/// has caught up, with etcd's "can only promote a learner member which is in sync with
+/// leader").
+async fn promote_self(
+    server: std::sync::Arc<EtcdServer>,
+    clients: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) {
+    let id = server.member.id;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match server.status().await {
+            Ok(st) if st.voters.contains(&id) => {
+                tracing::info!("this member is a voter now");
+                return;
+            }
+            _ => {}
+        }
+        for url in &clients {
+            let Ok(mut c) = cluster_client(url, tls.as_ref()).await else {
+                continue;
+            };
+            match c
+                .member_promote(etcd_api::etcdserverpb::MemberPromoteRequest { id })
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => tracing::debug!(%url, error = %e.message(), "promoting this learner"),
+            }
+        }
+    }
+}
+
 /// `--discovery-fallback proxy`, for a node that found the discovered cluster full: it serves
 /// its client URL as a gateway to the members (etcd falls back to its v2 proxy), writing
 /// nothing to its data directory; a restart asks the discovery service again.
@@ -262,6 +361,8 @@ async fn main() -> anyhow::Result<()> {
         || cfg.discovery_srv.is_some()
         || !cluster.new_cluster;
     let mut member = member;
+    // Client URLs of the members, when this member added itself (it promotes itself later).
+    let mut self_added: Option<Vec<String>> = None;
     etcd_lite::wal::cut_corrupt_records(cfg.unsafe_wal_cut_corrupt);
     let opened = EtcdServer::open_store(&data_dir, cfg.cache_bytes)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
@@ -289,17 +390,31 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("--initial-cluster-state existing: no existing member answered")?;
         member.cluster_id = hello.cluster_id;
+        let mine = |h: &etcd_api::raftpeer::HelloResponse| {
+            h.members
+                .iter()
+                .find(|m| m.peer_urls.iter().any(|u| member.peer_urls.contains(u)))
+                .cloned()
+        };
+        let mut hello = hello;
+        if mine(&hello).is_none() && cfg.self_add {
+            let id =
+                add_self_as_learner(&hello, &member.peer_urls, peer_tls.as_ref().map(|t| &t.1))
+                    .await?;
+            tracing::info!(member_id = %format!("{id:x}"), "added this member to the cluster as a learner");
+            self_added = Some(hello_clients(&hello));
+            // The member list as it is now, this member in it.
+            hello = etcd_lite::consensus::transport::hello(&urls, peer_tls.as_ref().map(|t| &t.1))
+                .await
+                .context("the cluster stopped answering after adding this member")?;
+        }
         // Our id is the one `member add` gave our peer URLs.
-        let me = hello
-            .members
-            .iter()
-            .find(|m| m.peer_urls.iter().any(|u| member.peer_urls.contains(u)))
-            .with_context(|| {
-                format!(
-                    "this member's peer URLs {:?} are not in the cluster: run `etcdctl member add` first",
-                    member.peer_urls
-                )
-            })?;
+        let me = mine(&hello).with_context(|| {
+            format!(
+                "this member's peer URLs {:?} are not in the cluster: run `etcdctl member add` first (or start with --self-add)",
+                member.peer_urls
+            )
+        })?;
         member.id = me.id;
         cluster.members = hello
             .members
@@ -352,6 +467,13 @@ async fn main() -> anyhow::Result<()> {
     );
     server.spawn_lease_sweeper();
     server.spawn_publisher();
+    if let Some(clients) = self_added {
+        tokio::spawn(promote_self(
+            server.clone(),
+            clients,
+            peer_tls.as_ref().map(|t| t.1.clone()),
+        ));
+    }
     let app = etcd_lite::http::router(server.clone(), cfg.enable_v2);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

@@ -947,3 +947,85 @@ fn a_call_ends_at_its_clients_deadline_and_is_never_proposed_after() {
         "the abandoned put was applied: {out}"
     );
 }
+
+/// `--self-add`: a node started with the cluster's member list and `existing` adds itself as a
+/// learner, catches up, and promotes itself to a voter, with no `member add` by hand; without
+/// the flag it stops and says what to do.
+#[test]
+fn a_member_adds_itself_as_a_learner_and_is_promoted() {
+    let c = Cluster::start(3);
+    for i in 0..50 {
+        c.members[0].ok(&["put", &format!("s{i}"), "x"]);
+    }
+    // The cluster's peer URLs, as `member list` shows them (ID, status, name, peer, client).
+    let list = c.members[0].ok(&["member", "list"]);
+    let mut initial: Vec<String> = list
+        .lines()
+        .map(|l| l.split(", ").collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4)
+        .map(|f| format!("{}={}", f[2], f[3]))
+        .collect();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    initial.push(format!("m3={url}"));
+    let initial = initial.join(",");
+    let flags = [
+        "--name",
+        "m3",
+        "--initial-advertise-peer-urls",
+        &url,
+        "--listen-peer-urls",
+        &url,
+        "--initial-cluster",
+        &initial,
+        "--initial-cluster-state",
+        "existing",
+    ];
+    // Without --self-add: refused, and the cluster is unchanged.
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .args(flags)
+        .output()
+        .expect("etcd-lite");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--self-add"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.members[1].ok(&["member", "list"]).lines().count(), 3);
+    // With it: a learner first, then a voter that serves everything.
+    let mut with = flags.to_vec();
+    with.push("--self-add");
+    let m3 = EtcdLite::start(BIN, &with);
+    eventually(Duration::from_secs(30), "m3 promoted to a voter", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.members[1].ok(&["member", "list", "-w", "json"]))
+                .expect("json");
+        let ms = v["members"].as_array().cloned().unwrap_or_default();
+        ms.len() == 4
+            && ms
+                .iter()
+                .all(|m| m["isLearner"].as_bool() != Some(true) && m["name"].as_str().is_some())
+    });
+    // m3 itself knows once it applies its promotion (a moment after the leader does).
+    eventually(Duration::from_secs(10), "m3 serving writes", || {
+        m3.try_etcdctl(&["put", "from-m3", "1"]).is_ok()
+    });
+    assert_eq!(
+        m3.ok(&["get", "s", "--prefix", "--keys-only"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        50
+    );
+    assert_eq!(
+        c.members[2].ok(&["get", "from-m3", "--print-value-only"]),
+        "1\n"
+    );
+}
