@@ -141,6 +141,7 @@ pub fn generate(spec: &Spec) -> Result<Generated, String> {
                 initial_cluster: initial_cluster.clone(),
                 workers: workers.clone(),
                 discovery: None,
+                self_add: false,
                 initial_cluster_token: spec.token.clone(),
                 initial_cluster_state: "new".into(),
                 auth: spec.etcd_auth,

@@ -116,6 +116,11 @@ pub struct Etcd {
     /// `new` (default) or `existing`.
     #[serde(default = "default_state")]
     pub initial_cluster_state: String,
+    /// With `existing`: a node that the cluster does not list yet adds itself as a learner and
+    /// is promoted once caught up (etcd-lite's `--self-add`), instead of waiting for
+    /// `etcdctl member add`. Not with `auth` (adding a member needs root).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_add: bool,
     /// Turn etcd auth on once the cluster is up (needs `tls`): clients are the users their
     /// certificate's common name names; `root` (the admin certificate) may do anything, each
     /// member's node user reads and writes fleet's keys.
@@ -363,6 +368,18 @@ impl Config {
                 return Err(invalid(
                     "etcd.initial_cluster_state",
                     "must be new or existing",
+                ));
+            }
+            if e.self_add && e.initial_cluster_state != "existing" {
+                return Err(invalid(
+                    "etcd.self_add",
+                    "only for a node joining a running cluster (initial_cluster_state existing)",
+                ));
+            }
+            if e.self_add && e.auth {
+                return Err(invalid(
+                    "etcd.self_add",
+                    "with auth on, adding a member needs root: add this node with etcdctl member add",
                 ));
             }
             if e.auth && self.tls.is_none() {
@@ -616,6 +633,9 @@ pub fn render(c: &Config) -> Vec<File> {
             "# Written by corelite-firstboot.\nETCD_NAME={name}\nETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_TOKEN={}\nETCD_INITIAL_CLUSTER_STATE={}\nETCD_INITIAL_ADVERTISE_PEER_URLS={me}\nETCD_LISTEN_PEER_URLS={scheme}://0.0.0.0:2380\nETCD_LISTEN_CLIENT_URLS={scheme}://0.0.0.0:2379\nETCD_ADVERTISE_CLIENT_URLS={scheme}://{host}:2379\n",
             e.initial_cluster, e.initial_cluster_token, e.initial_cluster_state
         );
+        if e.self_add {
+            env.push_str("ETCD_SELF_ADD=true\n");
+        }
         if c.tls.is_some() {
             env.push_str(&etcd_tls_env());
         }
@@ -764,6 +784,30 @@ mod tests {
             Config::parse(&text.replace("\"hostname\": \"node4\"", "\"hostname\": \"node2\""))
                 .expect("a member's config");
         assert!(!member.is_worker(member.etcd.as_ref().expect("etcd")));
+    }
+
+    #[test]
+    fn a_node_joining_a_running_cluster_may_add_itself() {
+        let text = GOOD.replace(
+            "node2=http://10.219.0.12:2380\"",
+            "node2=http://10.219.0.12:2380\", \"initial_cluster_state\": \"existing\", \"self_add\": true",
+        );
+        let c = Config::parse(&text).expect("a joining node's config");
+        let files: BTreeMap<_, _> = render(&c)
+            .into_iter()
+            .map(|f| (f.path, f.contents))
+            .collect();
+        let env = &files["/etc/etcd-lite/etcd-lite.env"];
+        assert!(
+            env.contains("ETCD_INITIAL_CLUSTER_STATE=existing\n")
+                && env.contains("ETCD_SELF_ADD=true\n")
+        );
+        let new = GOOD.replace(
+            "node2=http://10.219.0.12:2380\"",
+            "node2=http://10.219.0.12:2380\", \"self_add\": true",
+        );
+        let e = Config::parse(&new).expect_err("self_add in a new cluster");
+        assert!(e.to_string().contains("etcd.self_add"), "{e}");
     }
 
     #[test]
