@@ -166,12 +166,11 @@ async fn add_self_as_learner(
     anyhow::bail!("--self-add: no member added this one: {}", why.join("; "))
 }
 
-/// Asks the members to promote this learner until it is a voter (the leader refuses until it
-/// has caught up, with etcd's "can only promote a learner member which is in sync with
-/// leader").
+/// `--self-add`: while this member is a learner, asks the other members (at the client URLs
+/// they published, which reach a learner through the log) to promote it; the leader refuses
+/// until it has caught up. Returns once it is a voter, at once for a voter (a restart).
 async fn promote_self(
     server: std::sync::Arc<EtcdServer>,
-    clients: Vec<String>,
     tls: Option<tonic::transport::ClientTlsConfig>,
 ) {
     let id = server.member.id;
@@ -179,11 +178,18 @@ async fn promote_self(
         tokio::time::sleep(Duration::from_secs(1)).await;
         match server.status().await {
             Ok(st) if st.voters.contains(&id) => {
-                tracing::info!("this member is a voter now");
+                tracing::info!("this member is a voter");
                 return;
             }
             _ => {}
         }
+        let clients: Vec<String> = server
+            .clients
+            .read()
+            .iter()
+            .filter(|(m, _)| **m != id)
+            .flat_map(|(_, urls)| urls.clone())
+            .collect();
         for url in &clients {
             let Ok(mut c) = cluster_client(url, tls.as_ref()).await else {
                 continue;
@@ -361,8 +367,6 @@ async fn main() -> anyhow::Result<()> {
         || cfg.discovery_srv.is_some()
         || !cluster.new_cluster;
     let mut member = member;
-    // Client URLs of the members, when this member added itself (it promotes itself later).
-    let mut self_added: Option<Vec<String>> = None;
     etcd_lite::wal::cut_corrupt_records(cfg.unsafe_wal_cut_corrupt);
     let opened = EtcdServer::open_store(&data_dir, cfg.cache_bytes)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
@@ -402,7 +406,6 @@ async fn main() -> anyhow::Result<()> {
                 add_self_as_learner(&hello, &member.peer_urls, peer_tls.as_ref().map(|t| &t.1))
                     .await?;
             tracing::info!(member_id = %format!("{id:x}"), "added this member to the cluster as a learner");
-            self_added = Some(hello_clients(&hello));
             // The member list as it is now, this member in it.
             hello = etcd_lite::consensus::transport::hello(&urls, peer_tls.as_ref().map(|t| &t.1))
                 .await
@@ -467,10 +470,10 @@ async fn main() -> anyhow::Result<()> {
     );
     server.spawn_lease_sweeper();
     server.spawn_publisher();
-    if let Some(clients) = self_added {
+    if cfg.self_add {
+        // Also after a restart before the promotion.
         tokio::spawn(promote_self(
             server.clone(),
-            clients,
             peer_tls.as_ref().map(|t| t.1.clone()),
         ));
     }
