@@ -40,6 +40,22 @@ impl SledFiles {
     }
 }
 
+/// Bytes of the files under `path`, subdirectories included (0 for what cannot be read).
+pub fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Copies a directory tree as it is now: what a crash would leave of it (tests).
 #[cfg(test)]
 pub fn crash_copy(from: &Path, to: &Path) {

@@ -1,27 +1,11 @@
 //! `etcdctl defrag` gives back the space of deleted and compacted records, while writes go on
 //! (etcd stops the whole member while it defragments: etcd issue #9222).
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use test_support::EtcdLite;
-
-fn dir_size(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 fn count(m: &EtcdLite, prefix: &str) -> usize {
     m.ok(&["get", prefix, "--prefix", "--keys-only"])
@@ -60,7 +44,7 @@ fn defrag_gives_back_space_while_writes_go_on() {
     // A debug build takes a while over 90,000 removals.
     m.ok(&["compact", &rev.to_string(), "--command-timeout", "120s"]);
     let data = m.data_dir();
-    let before = dir_size(&data);
+    let before = etcd_lite::durable::dir_size(&data);
 
     let stop = AtomicBool::new(false);
     let (defrag_start, defrag_end, writes) = std::thread::scope(|s| {
@@ -106,7 +90,7 @@ fn defrag_gives_back_space_while_writes_go_on() {
         longest < Duration::from_secs(1),
         "a write waited {longest:?}: the defragmentation blocked it"
     );
-    let after = dir_size(&data);
+    let after = etcd_lite::durable::dir_size(&data);
     eprintln!(
         "defrag: {before} -> {after} bytes on disk in {:?}; {} writes answered meanwhile, the \
          longest write took {longest:?}",

@@ -1211,21 +1211,7 @@ fn timed_child(cmd: &mut Command) -> Result<(Duration, f64)> {
 }
 
 fn dir_mib(path: &Path) -> f64 {
-    fn size(path: &Path) -> u64 {
-        std::fs::read_dir(path)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| match e.metadata() {
-                        Ok(m) if m.is_dir() => size(&e.path()),
-                        Ok(m) => m.len(),
-                        Err(_) => 0,
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    size(path) as f64 / (1024.0 * 1024.0)
+    etcd_lite::durable::dir_size(path) as f64 / (1024.0 * 1024.0)
 }
 
 /// Save (and restore with `restore_bin`) `keys` keys from a fresh server of `bin`; the

@@ -725,7 +725,8 @@ impl MvccStore {
         if let Some(v) = self.applying.read().as_ref().and_then(|a| a.get(k)) {
             return Ok(v.cloned());
         }
-        Ok(self.db().get(k)?.map(|v| v.to_vec()))
+        let got = self.get_sled(k)?;
+        Ok(got.map(|v| v.to_vec()))
     }
 
     /// Restore through the write-ahead log: one record that turns the store into exactly
@@ -897,6 +898,12 @@ impl MvccStore {
 
     fn db(&self) -> sled::Db {
         self.sled.read().db.clone()
+    }
+
+    /// One lookup in sled: the read path's, without cloning the database handle.
+    fn get_sled(&self, key: &[u8]) -> Result<Option<sled::IVec>> {
+        let sled = self.sled.read();
+        Ok(sled.db.get(key)?)
     }
 
     /// Rewrites sled's files with only what the store holds now, giving back the space that
@@ -1178,7 +1185,7 @@ impl MvccStore {
                 None => Err(missing(rev, "removed")),
             };
         }
-        match self.db().get(key)? {
+        match self.get_sled(&key)? {
             Some(v) => decode(&v),
             None => Err(missing(rev, "missing")),
         }
@@ -1313,21 +1320,6 @@ fn open_sled(path: &std::path::Path, cache_bytes: u64) -> Result<sled::Db> {
 }
 
 /// Size of a directory's files, in bytes.
-fn dir_size(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// The sled thread's defragmentation: copies the database into a new directory, syncs it,
 /// points the store at it (a file renamed into place, so a crash leaves one or the other),
 /// swaps it in and removes the old one. Nothing writes to sled meanwhile: this thread is
@@ -1347,7 +1339,7 @@ fn defragment(shared: &RwLock<Arc<Sled>>) -> Result<Defragmented> {
         .parent()
         .ok_or_else(|| EtcdError::Storage("the store's directory has no parent".into()))?
         .to_path_buf();
-    let before = dir_size(&old_path);
+    let before = crate::durable::dir_size(&old_path);
     let generation = old_path
         .file_name()
         .and_then(|n| n.to_str())
@@ -1399,7 +1391,7 @@ fn defragment(shared: &RwLock<Arc<Sled>>) -> Result<Defragmented> {
     // the old files go (open handles keep them readable until they are dropped).
     drop(old);
     let _ = std::fs::remove_dir_all(&old_path);
-    let after = dir_size(&new_path);
+    let after = crate::durable::dir_size(&new_path);
     tracing::info!(
         before,
         after,
@@ -1533,7 +1525,7 @@ impl ReadView<'_> {
         match staged {
             Some(Some(v)) => Ok(f(v)),
             Some(None) => Err(missing(rev, "removed")),
-            None => match self.store.db().get(key)? {
+            None => match self.store.get_sled(&key)? {
                 Some(v) => Ok(f(&v)),
                 None => Err(missing(rev, "missing")),
             },
